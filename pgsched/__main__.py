@@ -1,0 +1,5 @@
+"""Entry point for ``python -m pgsched``."""
+
+from pgsched.cli import main
+
+main()

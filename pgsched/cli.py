@@ -1,0 +1,356 @@
+"""The ``sched`` command line. Commands parse their arguments, make one call into the core, and print;
+``main`` is the one place that turns errors into an ``Error:`` line and an exit code. Heavy modules are
+imported inside the commands that need them, so that ``sched --help`` and ``sched add`` start fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from pgsched.errors import SchedError
+
+if TYPE_CHECKING:
+    from pgsched.db import Connection
+    from pgsched.settings import Settings
+
+app = typer.Typer(
+    name="sched",
+    help="A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state: dict[str, Any] = {"debug": False}
+
+# Options shared by several commands, declared once so twin commands cannot drift apart.
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
+QueueOption = Annotated[Optional[str], typer.Option("--queue", "-Q", help="Queue name.", show_default=False)]
+StaleAfter = Annotated[
+    Optional[str], typer.Option("--stale-after", help="Heartbeat age after which a worker counts as dead [30s].")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    from pgsched.settings import load_settings
+
+    return load_settings(**overrides)
+
+
+def _connect(settings: Settings) -> Connection:
+    from pgsched.db import connect
+    from pgsched.settings import resolve_dsn
+
+    return connect(resolve_dsn(settings))
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (passwords redacted).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."""
+    _state["debug"] = debug
+    if version:
+        from pgsched import __version__
+
+        sys.stdout.write(f"sched {__version__}\n")
+        raise typer.Exit()
+
+
+@app.command()
+def migrate(
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if any migration is pending; change nothing.")] = False,
+    as_json: JsonOutput = False,
+) -> None:
+    """Apply pending schema migrations (safe to run concurrently and repeatedly)."""
+    from pgsched import migrate as migrations
+
+    with _connect(_settings()) as conn:
+        if check:
+            todo = migrations.pending(conn)
+            if as_json:
+                _print_json({"pending": [f"{m.version:04d}_{m.name}" for m in todo]})
+            for m in todo if not as_json else []:
+                sys.stdout.write(f"{m.version:04d}_{m.name}\n")
+            if todo:
+                raise SchedError(f"{len(todo)} migration(s) pending; run `sched migrate`")
+            if not as_json:
+                sys.stderr.write("schema is current\n")
+            return
+        done = migrations.apply(conn)
+    if as_json:
+        _print_json({"applied": [f"{m.version:04d}_{m.name}" for m in done]})
+        return
+    for m in done:
+        sys.stdout.write(f"{m.version:04d}_{m.name}\n")
+    sys.stderr.write(f"applied {len(done)} migration(s)\n" if done else "schema is current\n")
+
+
+@app.command()
+def add(
+    task: Annotated[Optional[str], typer.Argument(help="Task name, e.g. send_report or sched.noop.")] = None,
+    payload: Annotated[
+        Optional[str], typer.Option("--payload", "-p", help="JSON object: inline, a file path, or - for stdin.")
+    ] = None,
+    queue: Annotated[str, typer.Option("--queue", "-Q", help="Queue name.")] = "default",
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000..1000).")] = 0,
+    delay: Annotated[Optional[str], typer.Option("--delay", help="Run after this long, e.g. 30s, 5m, 1h30m.")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Run at this ISO 8601 time.")] = None,
+    max_attempts: Annotated[
+        Optional[int], typer.Option("--max-attempts", help="Attempts before the job fails [3].")
+    ] = None,
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Per-attempt time limit [5m].")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="Dedupe key: one live job per queue and key.")] = None,
+    after: Annotated[
+        Optional[list[int]], typer.Option("--after", help="Run only after job ID succeeds (repeatable).")
+    ] = None,
+    jsonl: Annotated[
+        Optional[str], typer.Option("--jsonl", help="Add one job per JSON line of FILE (- for stdin).")
+    ] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Add a job (or many with --jsonl) and print each new job's id."""
+    from pgsched.durations import parse_duration
+    from pgsched.jobspec import JobDefaults, build_job, read_payload_argument
+    from pgsched.models import Enqueued
+
+    settings = _settings()
+    defaults = JobDefaults(
+        task=task,
+        payload_json=read_payload_argument(payload, settings.max_payload_bytes),
+        queue=queue,
+        priority=priority,
+        max_attempts=settings.max_attempts if max_attempts is None else max_attempts,
+        timeout_s=settings.job_timeout if timeout is None else parse_duration(timeout, what="timeout"),
+        key=key,
+    )
+    results: list[Enqueued]
+    if jsonl is not None:
+        if after:
+            raise _usage("--after cannot be combined with --jsonl")
+        jobs = _read_jsonl(jsonl, defaults, delay, at, settings.max_payload_bytes)
+        from pgsched import repository
+
+        with _connect(settings) as conn:
+            results = repository.enqueue_many(conn, jobs)
+    else:
+        job = build_job(defaults, after=after or (), delay=delay, at=at)
+        from pgsched import repository
+
+        with _connect(settings) as conn:
+            results = [repository.enqueue(conn, job)]
+    out = sys.stdout
+    for result in results:
+        if as_json:
+            out.write(json.dumps({"id": result.id, "deduplicated": result.deduplicated}) + "\n")
+        else:
+            out.write(f"{result.id}\n")
+
+
+def _read_jsonl(path: str, defaults: Any, delay: str | None, at: str | None, max_bytes: int) -> list:
+    from dataclasses import replace
+
+    from pgsched.jobspec import jobs_from_jsonl, parse_at, parse_delay
+
+    if delay is not None and at is not None:
+        raise _usage("use --delay or --at, not both")
+    base = replace(
+        defaults,
+        delay_s=parse_delay(delay) if delay is not None else None,
+        run_at=parse_at(at) if at is not None else None,
+    )
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise _usage(f"cannot read {path!r}: {exc.strerror}") from None
+    with stream:
+        try:
+            lines = stream.readlines()
+        except UnicodeDecodeError:
+            raise _usage(f"{path!r} is not UTF-8 text") from None
+    if sys.stderr.isatty() and len(lines) > 1000:
+        from rich.progress import track
+
+        return list(jobs_from_jsonl(track(lines, description="validating", transient=True), base, max_bytes))
+    return list(jobs_from_jsonl(lines, base, max_bytes))
+
+
+def _usage(message: str) -> SchedError:
+    from pgsched.errors import InvalidInput
+
+    return InvalidInput(message)
+
+
+@app.command()
+def status(
+    job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="Show one job in detail.")] = None,
+    queue: QueueOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Show per-queue counts and workers, or one job's detail."""
+    from pgsched import repository
+
+    if queue is not None:
+        from pgsched.models import check_queue
+
+        check_queue(queue)
+    with _connect(_settings()) as conn:
+        if job_id is not None:
+            job = repository.get_job(conn, job_id)
+            if as_json:
+                _print_json(_job_json(job))
+            else:
+                from pgsched.render import print_job
+
+                print_job(job)
+            return
+        queues = repository.count_by_queue(conn, queue)
+        workers = repository.list_workers(conn)
+    if as_json:
+        _print_json({"queues": queues, "workers": workers})
+    else:
+        from pgsched.render import print_summary
+
+        print_summary(queues, workers)
+
+
+_JOB_JSON_FIELDS = (
+    "id queue task state attempt max_attempts priority run_at created_at started_at finished_at payload result "
+    "error progress depends_on why"
+).split()
+
+
+def _job_json(job: dict[str, Any]) -> dict[str, Any]:
+    from pgsched.render import iso
+
+    shaped = {name: job.get(name) for name in _JOB_JSON_FIELDS}
+    for name in ("run_at", "created_at", "started_at", "finished_at"):
+        shaped[name] = iso(shaped[name])
+    shaped["depends_on"] = list(shaped["depends_on"] or [])
+    return shaped
+
+
+@app.command()
+def reap(stale_after: StaleAfter = None, as_json: JsonOutput = False) -> None:
+    """Requeue jobs of dead workers and overdue runs now (workers also do this on their own)."""
+    import asyncio
+
+    from pgsched import repository
+    from pgsched.db import connect_async
+    from pgsched.settings import resolve_dsn
+
+    settings = _settings(stale_after=stale_after)
+
+    async def run() -> repository.ReapResult:
+        conn = await connect_async(resolve_dsn(settings), application_name="sched-reap")
+        try:
+            return await repository.reap_stale(conn, settings.stale_after, settings.timeout_grace, wait=True)
+        finally:
+            await conn.close()
+
+    result = asyncio.run(run())
+    if as_json:
+        _print_json({"requeued": result.requeued, "failed": result.failed, "workers_removed": result.workers_removed})
+    else:
+        sys.stdout.write(
+            f"requeued {len(result.requeued)}, failed {len(result.failed)}, "
+            f"removed {result.workers_removed} dead worker(s)\n"
+        )
+
+
+@app.command()
+def cleanup(
+    older_than: Annotated[
+        Optional[str], typer.Option("--older-than", help="Delete jobs finished longer ago than this [7d].")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Rows per transaction.")] = 5000,
+    as_json: JsonOutput = False,
+) -> None:
+    """Delete succeeded, failed and cancelled jobs by completion time, in small batches (cron-safe)."""
+    import time
+
+    from pgsched import repository
+
+    settings = _settings(retention=older_than)
+    started = time.perf_counter()
+    with _connect(settings) as conn:
+        if dry_run:
+            counts = repository.count_finished(conn, settings.retention)
+        else:
+            counts = repository.CleanupCounts()
+            while True:
+                batch = repository.delete_finished_batch(conn, settings.retention, batch_size)
+                counts.succeeded += batch.succeeded
+                counts.failed += batch.failed
+                counts.cancelled += batch.cancelled
+                if batch.total < batch_size:
+                    break
+    elapsed = time.perf_counter() - started
+    report = {
+        "dry_run": dry_run,
+        "deleted": 0 if dry_run else counts.total,
+        "would_delete": counts.total if dry_run else 0,
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+        "cancelled": counts.cancelled,
+        "seconds": round(elapsed, 3),
+        "rows_per_s": round(counts.total / elapsed) if elapsed > 0 and not dry_run else None,
+    }
+    if as_json:
+        _print_json(report)
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        sys.stdout.write(
+            f"{verb} {counts.total} job(s): {counts.succeeded} succeeded, {counts.failed} failed, "
+            f"{counts.cancelled} cancelled ({elapsed:.2f}s)\n"
+        )
+
+
+def main() -> None:
+    """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
+    code = 0
+    try:
+        result = app(standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except SchedError as exc:
+        _report(exc, exc.message, exc.exit_code)
+        code = exc.exit_code
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        code = exc.exit_code
+        _report(exc, exc.format_message(), code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("Aborted.\n")
+        code = 130
+    except Exception as exc:  # a bug: still one line, with the traceback behind --debug
+        _report(exc, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+        code = 1
+    sys.exit(code)
+
+
+def _report(exc: BaseException, message: str, code: int) -> None:
+    from pgsched.db import redact
+
+    if _state["debug"]:
+        import traceback
+
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+    line = " ".join(message.split())
+    sys.stderr.write(redact(f"Error: {line}") + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Database access: the only module that imports psycopg. It connects, runs named queries, copies rows in,
+and translates psycopg's errors into sched's own, with any password taken out of their text."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb, set_json_dumps
+
+from pgsched.errors import DatabaseError, DatabaseUnavailable, InvalidInput, SchedError
+
+__all__ = ["AsyncConnection", "Connection", "Jsonb", "connect", "connect_async", "redact"]
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/?#@\s]*:)([^@\s]*)(@)")
+_PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_known_secrets: set[str] = set()
+
+
+def remember_secret(dsn: str) -> None:
+    """Note the password inside ``dsn`` so that ``redact`` removes it from any text, wherever it appears."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    if password:
+        _known_secrets.add(str(password))
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every DSN password (in URLs, key=value strings, or remembered) replaced by ***."""
+    text = _PASSWORD_IN_URL.sub(r"\1***\3", text)
+    text = _PASSWORD_IN_KV.sub(r"\1***", text)
+    for secret in _known_secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _already_json(value: Any) -> str:
+    # Payloads are validated and encoded once, before they reach the COPY.
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return redact(lines[0] if lines else type(exc).__name__)
+
+
+def translate(exc: psycopg.Error) -> SchedError:
+    """Map a psycopg error to the SchedError a caller should see."""
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(
+        exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
+    ):
+        return DatabaseUnavailable(f"cannot reach the database: {_first_line(exc)}")
+    if isinstance(exc, (pg_errors.IntegrityError, pg_errors.DataError)):
+        return InvalidInput(f"the database rejected the input: {_first_line(exc)}")
+    if isinstance(exc, pg_errors.UndefinedTable):
+        from pgsched.errors import MigrationsPending
+
+        return MigrationsPending("the sched tables do not exist here; run `sched migrate`")
+    return DatabaseError(f"database error: {_first_line(exc)}")
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Re-raise psycopg errors raised inside the block as SchedErrors."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise translate(exc) from None
+
+
+class Connection:
+    """A synchronous connection that runs named queries in autocommit mode unless inside ``transaction()``."""
+
+    def __init__(self, raw: psycopg.Connection) -> None:
+        self.raw = raw
+
+    def rows(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
+        with translated(), self.raw.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def row(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> tuple | None:
+        with translated(), self.raw.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone() if cur.description else None
+
+    def run(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> int:
+        """Execute and return the number of rows affected."""
+        with translated(), self.raw.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def copy_rows(self, sql: str, types: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Stream rows through binary COPY, typed with ``types``; json/jsonb values are already-encoded text."""
+        with translated(), self.raw.cursor() as cur:
+            set_json_dumps(_already_json, cur)
+            with cur.copy(sql) as copy:
+                copy.set_types(types)
+                for values in rows:
+                    copy.write_row(values)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with translated(), self.raw.transaction():
+            yield self
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncConnection:
+    """An asyncio connection with the same verbs, plus pipelines and notifications for the worker."""
+
+    def __init__(self, raw: psycopg.AsyncConnection) -> None:
+        self.raw = raw
+
+    async def rows(self, sql: str, params: dict[str, Any] | None = None, *, prepare: bool | None = None) -> list:
+        try:
+            cur = await self.raw.execute(sql, params, prepare=prepare)
+            return await cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    async def row(self, sql: str, params: dict[str, Any] | None = None) -> tuple | None:
+        try:
+            cur = await self.raw.execute(sql, params)
+            return await cur.fetchone() if cur.description else None
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.raw.transaction():
+                yield self
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    async def listen(self, channels: Sequence[str]) -> None:
+        for channel in channels:
+            await self.rows(f'LISTEN "{channel}"')
+
+    async def notifications(self, timeout: float) -> list[tuple[str, str]]:
+        """Wait up to ``timeout`` seconds for notifications; return (channel, payload) pairs received."""
+        found: list[tuple[str, str]] = []
+        try:
+            async for note in self.raw.notifies(timeout=timeout, stop_after=1):
+                found.append((note.channel, note.payload))
+            # Drain whatever else already arrived without waiting again.
+            async for note in self.raw.notifies(timeout=0.0):
+                found.append((note.channel, note.payload))
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+        return found
+
+    @property
+    def broken(self) -> bool:
+        return self.raw.broken or self.raw.closed
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
+def _options(application_name: str) -> dict[str, Any]:
+    return {"autocommit": True, "application_name": application_name, "connect_timeout": 5}
+
+
+def connect(dsn: str, *, application_name: str = "sched") -> Connection:
+    """Open a connection to ``dsn``; an unreachable server raises DatabaseUnavailable with no password."""
+    remember_secret(dsn)
+    with translated():
+        return Connection(psycopg.connect(dsn, **_options(application_name)))
+
+
+async def connect_async(dsn: str, *, application_name: str = "sched-worker") -> AsyncConnection:
+    """Open an asyncio connection to ``dsn``."""
+    remember_secret(dsn)
+    try:
+        raw = await psycopg.AsyncConnection.connect(dsn, **_options(application_name))
+    except psycopg.Error as exc:
+        raise translate(exc) from None
+    return AsyncConnection(raw)
+
+
+def wrap(raw: psycopg.Connection) -> Connection:
+    """Use a caller's own psycopg connection (and its open transaction) for sched's queries."""
+    return Connection(raw)
+
+
+def server_version(conn: Connection) -> int:
+    """The server's version number, e.g. 150020."""
+    return conn.raw.info.server_version

@@ -1,0 +1,44 @@
+"""Parsing of human durations (``30s``, ``5m``, ``1h30m``, ``7d``, plain seconds) and rates (``100/s``)."""
+
+import re
+
+from pgsched.errors import InvalidInput
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
+_PLAIN = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Return the number of seconds in ``text``; raise InvalidInput when it is not a duration."""
+    value = text.strip().lower()
+    if _PLAIN.fullmatch(value):
+        return float(value)
+    if value and _WHOLE.fullmatch(value):
+        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(value))
+    raise InvalidInput(f"invalid {what} {text!r}: use e.g. 30s, 5m, 2h, 7d, 1h30m or plain seconds")
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds compactly for people: ``90`` becomes ``1m30s``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds % 1 else f"{seconds:.0f}s"
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return "".join(parts)
+
+
+def parse_rate(text: str) -> float:
+    """Return events per second in ``text`` (``100/s``, ``5/m``, ``1000/h``, or a plain number per second)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise InvalidInput(f"invalid rate {text!r}: use e.g. 100/s, 30/m or 1000/h")
+    per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[match.group(2) or "s"]
+    return float(match.group(1)) / per

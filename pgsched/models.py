@@ -1,0 +1,160 @@
+"""The values sched passes around: a job to add, a claimed job, a job's detail, and input validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pgsched.errors import InvalidInput
+
+STATES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+TASK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+PRIORITY_RANGE = (-1000, 1000)
+MAX_ATTEMPTS_RANGE = (1, 1000)
+MAX_TIMEOUT_S = 7 * 86400.0
+MAX_KEY_LENGTH = 255
+
+
+def check_queue(name: str) -> str:
+    """Return ``name`` if it is a valid queue name."""
+    if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid queue name {name!r}: use 1-64 letters, digits or _ . : -")
+    return name
+
+
+def check_task(name: str) -> str:
+    """Return ``name`` if it is a valid task name."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise InvalidInput(f"invalid task name {name!r}: use 1-128 letters, digits or _ . : -")
+    return name
+
+
+def _check_int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"invalid {what} {value!r}: must be an integer from {low} to {high}")
+    return value
+
+
+def check_priority(value: Any) -> int:
+    """Return ``value`` if it is a valid priority."""
+    return _check_int(value, "priority", *PRIORITY_RANGE)
+
+
+def check_max_attempts(value: Any) -> int:
+    """Return ``value`` if it is a valid attempt budget."""
+    return _check_int(value, "max attempts", *MAX_ATTEMPTS_RANGE)
+
+
+def check_timeout(seconds: float) -> float:
+    """Return ``seconds`` if it is a valid job timeout."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise InvalidInput(f"invalid timeout {seconds!r}: must be more than 0 and at most 7d")
+    return float(seconds)
+
+
+def check_key(key: Any) -> str | None:
+    """Return ``key`` if it is a valid dedupe key (or None)."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+        raise InvalidInput(f"invalid key: must be 1-{MAX_KEY_LENGTH} characters")
+    return key
+
+
+def encode_payload(payload: Any, max_bytes: int) -> str:
+    """Serialize a payload to JSON text after checking it is an object no larger than ``max_bytes``."""
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"payload must be a JSON object, not {_json_kind(payload)}")
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"payload is not JSON-serializable: {exc}") from None
+    if "\\u0000" in text:
+        raise InvalidInput("payload must not contain NUL characters (\\u0000)")
+    size = len(text.encode())
+    if size > max_bytes:
+        raise InvalidInput(f"payload is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)")
+    return text
+
+
+def parse_payload(text: str, max_bytes: int) -> dict[str, Any]:
+    """Parse JSON text into a payload object, with one-line errors for bad input."""
+    if len(text.encode()) > max_bytes * 2 + 1024:
+        raise InvalidInput(f"payload is over the limit of {max_bytes} bytes (SCHED_MAX_PAYLOAD_BYTES)")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidInput("payload is nested too deeply") from None
+    encode_payload(value, max_bytes)
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidInput(f"payload is not valid JSON: {name} is not allowed")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated job ready to insert."""
+
+    task: str
+    payload_json: str = "{}"
+    queue: str = "default"
+    priority: int = 0
+    run_at: datetime | None = None
+    delay_s: float | None = None
+    max_attempts: int = 3
+    timeout_s: float = 300.0
+    key: str | None = None
+    after: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Enqueued:
+    """The outcome of adding one job."""
+
+    id: int
+    deduplicated: bool = False
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker holds: what it needs to run it and to fence its outcome."""
+
+    id: int
+    task: str
+    payload: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_s: float
+    queue: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, waiting in the worker's buffer to be written."""
+
+    job_id: int
+    attempt: int
+    kind: str  # "succeeded", "failed", "cancelled" or "released"
+    result: Any = None
+    error: str | None = None
+    retryable: bool = True
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 3600.0

@@ -1,0 +1,102 @@
+"""Rich rendering of what people read: the status summary and a job's detail."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pgsched.durations import format_duration
+
+STATE_STYLES = {
+    "waiting": "magenta",
+    "queued": "cyan",
+    "scheduled": "blue",
+    "running": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+
+def iso(value: datetime | None) -> str | None:
+    """An ISO 8601 timestamp, or None."""
+    return value.isoformat() if value is not None else None
+
+
+def queue_table(queues: list[dict[str, Any]]) -> Table:
+    """Per-queue counts by state, with the lag."""
+    table = Table(title="queues", title_justify="left", expand=False, pad_edge=False)
+    table.add_column("queue", overflow="fold")
+    for state in ("waiting", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"):
+        table.add_column(state, justify="right", style=STATE_STYLES[state])
+    table.add_column("lag", justify="right")
+    for q in queues:
+        table.add_row(
+            q["queue"],
+            *(str(q[s]) for s in ("waiting", "queued", "scheduled", "running", "succeeded", "failed", "cancelled")),
+            format_duration(q["oldest_ready_age_s"]) if q["oldest_ready_age_s"] else "-",
+        )
+    return table
+
+
+def worker_table(workers: list[dict[str, Any]]) -> Table:
+    """Live workers with their load and heartbeat age."""
+    table = Table(title="workers", title_justify="left", pad_edge=False)
+    table.add_column("host", overflow="fold")
+    table.add_column("pid", justify="right")
+    table.add_column("queues", overflow="fold")
+    table.add_column("running", justify="right")
+    table.add_column("heartbeat", justify="right")
+    for w in workers:
+        table.add_row(
+            w["host"],
+            str(w["pid"]),
+            ",".join(w["queues"]),
+            f"{w['running']}/{w['concurrency']}",
+            format_duration(max(w["heartbeat_age_s"], 0.0)) + " ago",
+        )
+    return table
+
+
+def print_summary(queues: list[dict[str, Any]], workers: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Print the status summary tables."""
+    console = console or Console()
+    if not queues:
+        console.print("no jobs yet")
+    else:
+        console.print(queue_table(queues))
+    if workers:
+        console.print(worker_table(workers))
+    else:
+        console.print("no live workers")
+
+
+def print_job(job: dict[str, Any], console: Console | None = None) -> None:
+    """Print one job's detail as a two-column table."""
+    console = console or Console()
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    state = job["state"]
+    for name in ("id", "queue", "task"):
+        table.add_row(name, str(job[name]))
+    table.add_row("state", f"[{STATE_STYLES.get(state, '')}]{state}[/]")
+    table.add_row("attempt", f"{job['attempt']} of {job['max_attempts']}")
+    table.add_row("priority", str(job["priority"]))
+    for name in ("run_at", "created_at", "started_at", "finished_at"):
+        if job.get(name) is not None:
+            table.add_row(name, iso(job[name]) or "")
+    if job.get("depends_on"):
+        table.add_row("depends on", ", ".join(str(i) for i in job["depends_on"]))
+    for name in ("payload", "result", "progress"):
+        if job.get(name) is not None:
+            table.add_row(name, json.dumps(job[name], ensure_ascii=False))
+    if job.get("error"):
+        table.add_row("error", job["error"], style="red")
+    if job.get("why"):
+        table.add_row("why", job["why"])
+    console.print(table, highlight=False, markup=True)
