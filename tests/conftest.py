@@ -1,0 +1,107 @@
+"""Shared fixtures: a PostgreSQL server, a template database migrated once per session, and a fresh
+database per test (``CREATE DATABASE ... TEMPLATE``), so no test depends on another's leftovers."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pgsched import db, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """An admin DSN: SCHED_TEST_DATABASE_URL, or an embedded server private to this test session."""
+    configured = os.environ.get("SCHED_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    from pgsched.embedded import ensure_server
+
+    with tempfile.TemporaryDirectory(prefix="sched-test-pg-") as folder:
+        # The server stops when this process exits (the embedded wheel's last-user rule).
+        yield make_conninfo(ensure_server(Path(folder) / "data"), dbname="postgres")
+
+
+def _admin(server_dsn: str) -> psycopg.Connection:
+    return psycopg.connect(server_dsn, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """The name of a database migrated once for the whole session."""
+    name = f"sched_tmpl_{os.getpid()}"
+    with _admin(server_dsn) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with db.connect(make_conninfo(server_dsn, dbname=name)) as conn:
+        migrate.apply(conn)
+    yield name
+    with _admin(server_dsn) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _fresh_database(server_dsn: str, template: str | None) -> str:
+    name = f"sched_t_{os.getpid()}_{next(_counter)}"
+    with _admin(server_dsn) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return name
+
+
+def _drop_database(server_dsn: str, name: str) -> None:
+    with _admin(server_dsn) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A DSN to a fresh, migrated database that is dropped after the test."""
+    name = _fresh_database(server_dsn, template_db)
+    yield make_conninfo(server_dsn, dbname=name)
+    _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def empty_dsn(server_dsn: str) -> Iterator[str]:
+    """A DSN to a fresh database with no sched schema at all."""
+    name = _fresh_database(server_dsn, None)
+    yield make_conninfo(server_dsn, dbname=name)
+    _drop_database(server_dsn, name)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[db.Connection]:
+    """A sched connection to the test's database."""
+    with db.connect(dsn) as connection:
+        yield connection
+
+
+@pytest.fixture
+def sched(dsn: str):
+    """Run the real ``sched`` CLI in a subprocess against the test's database."""
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
+        full_env = {**os.environ, "SCHED_DATABASE_URL": dsn, **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "pgsched", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=tempfile.gettempdir(),
+        )
+
+    return run
