@@ -331,3 +331,16 @@ async def reap_stale(conn: AsyncConnection, stale_after_s: float, grace_s: float
             await conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues)})
         result.workers_removed = len(await conn.rows(query("WorkerDeleteStale"), params))
     return result
+
+
+async def set_progress(conn: AsyncConnection, worker_id: str, job_id: int, attempt: int, progress_json: str) -> bool:
+    """Store a running job's progress; False when the attempt was fenced off."""
+    rows = await conn.rows(
+        query("JobSetProgress"), {"id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress_json}
+    )
+    return bool(rows)
+
+
+async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:
+    """Ids of this worker's running jobs whose cancellation was requested."""
+    return {r[0] for r in await conn.rows(query("JobListCancelRequested"), {"worker_id": worker_id})}

@@ -21,6 +21,8 @@ CREATE TABLE sched_jobs (
     result        jsonb,
     error         text,
     progress      jsonb,
+    -- Set by `sched cancel` on a running job; the worker holding it stops the handler (NOTIFY or poll).
+    cancel_requested_at timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
     finished_at   timestamptz,

@@ -175,6 +175,17 @@ SELECT (SELECT count(*) FROM cancelled) AS cancelled,
        (SELECT count(*) FROM released WHERE state = 'queued') AS released,
        (SELECT array_agg(DISTINCT queue) FROM released WHERE state = 'queued') AS queues;
 
+-- name: JobSetProgress
+-- A running handler's progress report, fenced like every other write from a worker.
+UPDATE sched_jobs SET progress = %(progress)s::jsonb
+WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+RETURNING id;
+
+-- name: JobListCancelRequested
+-- Which of a worker's running jobs someone asked to cancel (the polling fallback for the NOTIFY).
+SELECT id FROM sched_jobs
+WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested_at IS NOT NULL;
+
 -- name: JobReapLockTry
 -- Only one reaper at a time across all workers; the lock ends with the transaction.
 SELECT pg_try_advisory_xact_lock(hashtext('sched_reaper'));
