@@ -19,6 +19,8 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_ATTEMPTS_RANGE = (1, 1000)
 MAX_TIMEOUT_S = 7 * 86400.0
 MAX_KEY_LENGTH = 255
+# A \u0000 escape in JSON text, but not an escaped backslash followed by the letters "u0000".
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def check_queue(name: str) -> str:
@@ -62,9 +64,18 @@ def check_key(key: Any) -> str | None:
     """Return ``key`` if it is a valid dedupe key (or None)."""
     if key is None:
         return None
-    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or "\x00" in key or not _is_unicode(key):
         raise InvalidInput(f"invalid key: must be 1-{MAX_KEY_LENGTH} characters")
     return key
+
+
+def _is_unicode(text: str) -> bool:
+    # Lone surrogates (from "\ud800" escapes or undecodable argv bytes) cannot be sent to PostgreSQL.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def encode_payload(payload: Any, max_bytes: int) -> str:
@@ -75,8 +86,12 @@ def encode_payload(payload: Any, max_bytes: int) -> str:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"payload is not JSON-serializable: {exc}") from None
-    if "\\u0000" in text:
+    except RecursionError:
+        raise InvalidInput("payload is nested too deeply") from None
+    if _ESCAPED_NUL.search(text):
         raise InvalidInput("payload must not contain NUL characters (\\u0000)")
+    if not _is_unicode(text):
+        raise InvalidInput("payload must be valid Unicode (it holds a lone surrogate such as \\ud800)")
     size = len(text.encode())
     if size > max_bytes:
         raise InvalidInput(f"payload is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)")
@@ -85,7 +100,7 @@ def encode_payload(payload: Any, max_bytes: int) -> str:
 
 def parse_payload(text: str, max_bytes: int) -> dict[str, Any]:
     """Parse JSON text into a payload object, with one-line errors for bad input."""
-    if len(text.encode()) > max_bytes * 2 + 1024:
+    if len(text.encode(errors="surrogatepass")) > max_bytes * 2 + 1024:
         raise InvalidInput(f"payload is over the limit of {max_bytes} bytes (SCHED_MAX_PAYLOAD_BYTES)")
     try:
         value = json.loads(text, parse_constant=_reject_constant)
@@ -93,6 +108,8 @@ def parse_payload(text: str, max_bytes: int) -> dict[str, Any]:
         raise InvalidInput(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidInput("payload is nested too deeply") from None
+    except ValueError:  # json turns numbers into ints, which refuse more than 4300 digits
+        raise InvalidInput("payload is not valid JSON: a number has too many digits") from None
     encode_payload(value, max_bytes)
     return value
 

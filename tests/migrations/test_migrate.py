@@ -1,0 +1,217 @@
+"""Migrations: up from an empty database, idempotent, ordered, safe to run concurrently, and checkable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from pgsched import db, migrate
+from pgsched.errors import DatabaseError
+
+SNAPSHOT_QUERIES = {
+    "tables": """
+        SELECT c.relname, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' ORDER BY 1""",
+    "columns": """
+        SELECT table_name, column_name, data_type, udt_name, is_nullable, coalesce(column_default, '')
+        FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2""",
+    "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2""",
+    "types": """
+        SELECT t.typname, e.enumlabel FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+        ORDER BY 1, e.enumsortorder""",
+    "migrations": "SELECT version, name, checksum FROM sched_migrations ORDER BY 1",
+}
+
+
+def snapshot(conn: db.Connection) -> dict[str, list[tuple]]:
+    """The parts of the catalog a migration can change."""
+    return {name: conn.rows(sql) for name, sql in SNAPSHOT_QUERIES.items()}
+
+
+def test_migrates_an_empty_database(empty_dsn: str) -> None:
+    with db.connect(empty_dsn) as conn:
+        assert [m.version for m in migrate.pending(conn)] == [m.version for m in migrate.available()]
+        done = migrate.apply(conn)
+        assert [m.version for m in done] == [m.version for m in migrate.available()]
+        assert migrate.pending(conn) == []
+        tables = {name for name, kind in conn.rows(SNAPSHOT_QUERIES["tables"]) if kind == "r"}
+        assert {"sched_jobs", "sched_job_deps", "sched_workers", "sched_migrations"} <= tables
+        indexes = {row[1] for row in conn.rows(SNAPSHOT_QUERIES["indexes"])}
+        assert {
+            "sched_jobs_ready",
+            "sched_jobs_live_dedupe_key",
+            "sched_jobs_finished",
+            "sched_jobs_running",
+        } <= indexes
+        applied = migrate.applied(conn)
+        assert applied == {m.version: m.checksum for m in migrate.available()}
+
+
+def test_running_again_changes_nothing(empty_dsn: str) -> None:
+    with db.connect(empty_dsn) as conn:
+        migrate.apply(conn)
+        before = snapshot(conn)
+        assert migrate.apply(conn) == []
+        after = snapshot(conn)
+    assert before["columns"] and before["indexes"] and before["constraints"]
+    assert after == before
+
+
+def test_migrated_schema_matches_a_fresh_template(empty_dsn: str, conn: db.Connection) -> None:
+    # The per-test databases are copies of the session template; both must match a from-zero migrate.
+    with db.connect(empty_dsn) as fresh:
+        migrate.apply(fresh)
+        expected = snapshot(fresh)
+    assert snapshot(conn) == expected
+
+
+def _write(folder: Path, name: str, sql: str) -> None:
+    (folder / name).write_text(sql)
+
+
+def _fake_migrations(folder: Path) -> None:
+    # Written in the reverse of version order, with names sorting the other way, and with files to ignore.
+    _write(folder, "0010_alpha.sql", "INSERT INTO fake_log (step) VALUES ('0010');")
+    _write(folder, "0003_beta.sql", "INSERT INTO fake_log (step) VALUES ('0003'); ALTER TABLE fake_log ADD c3 int;")
+    _write(folder, "0002_zeta.sql", "INSERT INTO fake_log (step) VALUES ('0002');")
+    _write(
+        folder,
+        "0001_base.sql",
+        """CREATE TABLE fake_log (n serial PRIMARY KEY, step text NOT NULL);
+           CREATE TABLE sched_migrations (version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                                          applied_at timestamptz NOT NULL DEFAULT now());
+           INSERT INTO fake_log (step) VALUES ('0001');""",
+    )
+    _write(folder, "queries.sql", "-- name: Nope\nSELECT 1/0;")
+    _write(folder, "12_short.sql", "SELECT 1/0;")
+    _write(folder, "0004_notes.txt", "SELECT 1/0;")
+
+
+def test_applies_files_in_version_order(empty_dsn: str, tmp_path: Path) -> None:
+    _fake_migrations(tmp_path)
+    with db.connect(empty_dsn) as conn:
+        done = migrate.apply(conn, tmp_path)
+        assert [(m.version, m.name) for m in done] == [(1, "base"), (2, "zeta"), (3, "beta"), (10, "alpha")]
+        assert conn.rows("SELECT step FROM fake_log ORDER BY n") == [("0001",), ("0002",), ("0003",), ("0010",)]
+        assert [v for v, *_ in conn.rows("SELECT version FROM sched_migrations ORDER BY applied_at, version")] == [
+            1,
+            2,
+            3,
+            10,
+        ]
+        # A new file with a lower number than the newest applied one is still applied, and only it.
+        _write(tmp_path, "0005_late.sql", "INSERT INTO fake_log (step) VALUES ('0005');")
+        assert [m.version for m in migrate.pending(conn, tmp_path)] == [5]
+        assert [m.version for m in migrate.apply(conn, tmp_path)] == [5]
+        assert conn.rows("SELECT step FROM fake_log ORDER BY n")[-1] == ("0005",)
+        assert migrate.apply(conn, tmp_path) == []
+
+
+def test_a_failing_migration_is_rolled_back_alone(empty_dsn: str, tmp_path: Path) -> None:
+    _fake_migrations(tmp_path)
+    _write(
+        tmp_path,
+        "0003_beta.sql",
+        "INSERT INTO fake_log (step) VALUES ('0003'); DO $$ BEGIN RAISE EXCEPTION 'broken migration'; END $$;",
+    )
+    with db.connect(empty_dsn) as conn:
+        with pytest.raises(DatabaseError, match="broken migration"):
+            migrate.apply(conn, tmp_path)
+        assert conn.rows("SELECT step FROM fake_log ORDER BY n") == [("0001",), ("0002",)]
+        assert sorted(migrate.applied(conn)) == [1, 2]
+        # The lock was released: another session can migrate at once.
+        with db.connect(empty_dsn) as other:
+            assert other.row("SELECT pg_try_advisory_lock(hashtext('sched_migrate'))") == (True,)
+
+
+def test_duplicate_versions_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path, "0001_a.sql", "SELECT 1;")
+    _write(tmp_path, "0001_b.sql", "SELECT 1;")
+    with pytest.raises(DatabaseError, match="two migration files share a version number"):
+        migrate.available(tmp_path)
+
+
+def test_concurrent_migrates_apply_each_migration_once(empty_dsn: str) -> None:
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        try:
+            with db.connect(empty_dsn) as conn:
+                barrier.wait(timeout=30)
+                results.append([m.version for m in migrate.apply(conn)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    everything = [m.version for m in migrate.available()]
+    # Exactly one of them applied everything; the others found nothing left to do.
+    assert sorted(results) == [[], [], everything]
+    with db.connect(empty_dsn) as conn:
+        assert [row[0] for row in conn.rows("SELECT version FROM sched_migrations ORDER BY 1")] == everything
+
+
+def test_concurrent_migrate_processes(empty_dsn: str) -> None:
+    env = {"SCHED_DATABASE_URL": empty_dsn, "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgsched", "migrate", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    applied = sorted(len(json.loads(out)["applied"]) for out, _ in outputs)
+    assert applied == [0, len(migrate.available())]
+    with db.connect(empty_dsn) as conn:
+        assert (
+            conn.row("SELECT count(*), count(DISTINCT version) FROM sched_migrations")
+            == (len(migrate.available()),) * 2
+        )
+
+
+def test_check_reports_pending_and_changes_nothing(empty_dsn: str, sched) -> None:
+    env = {"SCHED_DATABASE_URL": empty_dsn}
+    with db.connect(empty_dsn) as conn:
+        before = conn.rows(SNAPSHOT_QUERIES["tables"])
+        checked = sched("migrate", "--check", env=env)
+        assert checked.returncode == 1
+        assert checked.stdout.splitlines() == [f"{m.version:04d}_{m.name}" for m in migrate.available()]
+        n = len(migrate.available())
+        assert checked.stderr.splitlines() == [f"Error: {n} migration(s) pending; run `sched migrate`"]
+        assert conn.rows(SNAPSHOT_QUERIES["tables"]) == before == []
+
+        as_json = sched("migrate", "--check", "--json", env=env)
+        assert as_json.returncode == 1
+        assert json.loads(as_json.stdout) == {"pending": [f"{m.version:04d}_{m.name}" for m in migrate.available()]}
+
+        applied = sched("migrate", env=env)
+        assert applied.returncode == 0, applied.stderr
+        assert applied.stdout.splitlines() == [f"{m.version:04d}_{m.name}" for m in migrate.available()]
+        after = snapshot(conn)
+
+        current = sched("migrate", "--check", env=env)
+        assert (current.returncode, current.stdout, current.stderr) == (0, "", "schema is current\n")
+        again = sched("migrate", env=env)
+        assert (again.returncode, again.stdout, again.stderr) == (0, "", "schema is current\n")
+        assert snapshot(conn) == after
