@@ -5,6 +5,7 @@ imported inside the commands that need them, so that ``sched --help`` and ``sche
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -321,6 +322,10 @@ def cleanup(
 def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0
+    if "_SCHED_COMPLETE" in os.environ:  # a shell asking for completions (see completions/)
+        from pgsched.completions import enable_runtime_completion
+
+        enable_runtime_completion()
     try:
         result = app(standalone_mode=False)
         code = result if isinstance(result, int) else 0

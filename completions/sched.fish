@@ -1,0 +1,1 @@
+complete --command sched --no-files --arguments "(env _SCHED_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) sched)" --condition "env _SCHED_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) sched"
