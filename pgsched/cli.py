@@ -46,7 +46,7 @@ def _settings(**overrides: Any) -> Settings:
 
 def _connect(settings: Settings) -> Connection:
     from pgsched.db import connect
-    from pgsched.settings import resolve_dsn
+    from pgsched.quicksettings import resolve_dsn
 
     return connect(resolve_dsn(settings))
 
@@ -125,8 +125,9 @@ def add(
     from pgsched.durations import parse_duration
     from pgsched.jobspec import JobDefaults, build_job, read_payload_argument
     from pgsched.models import Enqueued
+    from pgsched.quicksettings import quick_settings
 
-    settings = _settings()
+    settings = quick_settings()
     defaults = JobDefaults(
         task=task,
         payload_json=read_payload_argument(payload, settings.max_payload_bytes),
@@ -317,6 +318,84 @@ def cleanup(
             f"{verb} {counts.total} job(s): {counts.succeeded} succeeded, {counts.failed} failed, "
             f"{counts.cancelled} cancelled ({elapsed:.2f}s)\n"
         )
+
+
+@app.command()
+def worker(
+    queue: Annotated[
+        Optional[list[str]], typer.Option("--queue", "-Q", help="Queue to serve (repeatable; in priority order).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, max=10000, help="Jobs run at once.")] = 10,
+    app_module: Annotated[
+        Optional[str], typer.Option("--app", help="Module that registers handlers with @task [SCHED_APP].")
+    ] = None,
+    processes: Annotated[int, typer.Option("--processes", min=1, max=256, help="Worker processes to supervise.")] = 1,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=10000, help="Most jobs claimed per query.")
+    ] = 500,
+    health_port: Annotated[
+        Optional[int], typer.Option("--health-port", min=0, max=65535, help="Serve /healthz and /metrics here.")
+    ] = None,
+    health_host: Annotated[str, typer.Option("--health-host", help="Address of the health server.")] = "127.0.0.1",
+    shutdown_timeout: Annotated[
+        str, typer.Option("--shutdown-timeout", help="How long running jobs may finish after SIGTERM.")
+    ] = "30s",
+    poll_interval: Annotated[
+        Optional[str], typer.Option("--poll-interval", help="Polling fallback interval [1s].")
+    ] = None,
+    stale_after: StaleAfter = None,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once nothing is ready and nothing is running.")] = False,
+    no_listen: Annotated[
+        bool, typer.Option("--no-listen", help="Poll only, no LISTEN/NOTIFY (for PgBouncer transaction mode).")
+    ] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs (each job at -v).")] = 0,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Fewer logs.")] = 0,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+) -> None:
+    """Run jobs: claim ready jobs, run their handlers, record outcomes; stop gracefully on SIGTERM."""
+    from pgsched.durations import parse_duration
+    from pgsched.logs import configure
+    from pgsched.models import check_queue
+    from pgsched.settings import resolve_dsn
+
+    settings = _settings(app=app_module, poll_interval=poll_interval, stale_after=stale_after)
+    queues = [check_queue(q) for q in (queue or ["default"])]
+    shutdown_s = parse_duration(shutdown_timeout, what="shutdown timeout")
+    level = configure(verbose - quiet, json_lines=log_json)
+    if processes > 1:
+        from pgsched.worker.supervisor import supervise
+
+        def child_args(i: int) -> list[str]:
+            args = ["worker", "--concurrency", str(concurrency), "--batch-size", str(batch_size)]
+            args += [part for q in queues for part in ("--queue", q)]
+            args += ["--shutdown-timeout", str(shutdown_s), "--poll-interval", str(settings.poll_interval)]
+            args += ["--stale-after", str(settings.stale_after)]
+            if settings.app:
+                args += ["--app", settings.app]
+            if health_port is not None:
+                args += ["--health-port", str(health_port + i), "--health-host", health_host]
+            args += ["--burst"] * burst + ["--no-listen"] * no_listen + ["--log-json"] * log_json
+            args += ["-v"] * max(verbose, 0) + ["-q"] * max(quiet, 0)
+            return args
+
+        raise typer.Exit(supervise(processes, child_args))
+    from pgsched.worker import WorkerConfig, run_worker
+
+    config = WorkerConfig(
+        queues=queues,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=settings.poll_interval,
+        stale_after=settings.stale_after,
+        shutdown_timeout=shutdown_s,
+        timeout_grace=settings.timeout_grace,
+        listen=not no_listen,
+        burst=burst,
+        health_host=health_host,
+        health_port=health_port,
+        log_jobs=level == "DEBUG",
+    )
+    raise typer.Exit(run_worker(resolve_dsn(settings), config, settings.app))
 
 
 def main() -> None:

@@ -3,16 +3,19 @@ functions pick a query by name, pass parameters, and shape the rows. No loops ov
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgsched.db import AsyncConnection, Connection
-from pgsched.errors import InvalidInput, NotFound
+from pgsched.errors import InvalidInput, NotFound, QueueFull, WrongState
 from pgsched.models import ClaimedJob, Enqueued, NewJob, Outcome
 from pgsched.sqlfiles import query
+
+if TYPE_CHECKING:
+    from pgsched.schedules import ScheduleSpec
 
 WAKEUP_CHANNEL = "sched_wakeup"
 
@@ -23,6 +26,7 @@ WAKEUP_CHANNEL = "sched_wakeup"
 def enqueue(conn: Connection, job: NewJob) -> Enqueued:
     """Insert one job (or find the live job with its key), refusing missing or failed dependencies."""
     with conn.transaction():
+        _admit(conn, job.queue, 1)
         pending = _lock_dependencies(conn, job.after) if job.after else 0
         params = {
             "queue": job.queue,
@@ -76,6 +80,8 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
     if any(job.after for job in jobs):
         raise InvalidInput("dependencies (--after) cannot be used with bulk inserts")
     with conn.transaction():
+        for queue, count in sorted(Counter(job.queue for job in jobs).items()):
+            _admit(conn, queue, count)
         reserved = conn.rows(query("JobIdReserveMany"), {"count": len(jobs)})
         now = reserved[0][1]
         ids = [row[0] for row in reserved]
@@ -216,11 +222,35 @@ async def claim_jobs(
     return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue) for r in rows]
 
 
+async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, int, float]]:
+    """Ready jobs and the age of the oldest, per queue (read through the claim's partial index)."""
+    found = []
+    for queue in queues:
+        row = await conn.row(query("QueueReadyDepth"), {"queue": queue})
+        found.append((queue, row[0], row[1]) if row else (queue, 0, 0.0))
+    return found
+
+
+async def apply_task_limits(conn: AsyncConnection, worker_id: str, jobs: Sequence[ClaimedJob]) -> None:
+    """Store the max_attempts/timeout a task declares on jobs just claimed, so the reaper uses them too."""
+    await conn.rows(
+        query("JobSetLimitsMany"),
+        {
+            "worker_id": worker_id,
+            "ids": [j.id for j in jobs],
+            "attempts": [j.attempt for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "timeouts": [j.timeout_s for j in jobs],
+        },
+    )
+
+
 @dataclass
 class RecordResult:
     """What a flush of outcomes changed: ids written, ids fenced off, and queues to wake."""
 
     written: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
     fenced: list[int] = field(default_factory=list)
     wake_queues: set[str] = field(default_factory=set)
 
@@ -234,6 +264,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
     result = RecordResult()
     async with conn.transaction():
         if done := by_kind.get("succeeded"):
+            # Results arrive as JSON text; join them into one JSON array instead of re-encoding each.
             results = [o.result for o in done]
             rows = await conn.rows(
                 query("JobSetSucceededMany"),
@@ -241,7 +272,9 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                     "worker_id": worker_id,
                     "ids": [o.job_id for o in done],
                     "attempts": [o.attempt for o in done],
-                    "results": json.dumps(results) if any(r is not None for r in results) else None,
+                    "results": "[" + ",".join(r or "null" for r in results) + "]"
+                    if any(r is not None for r in results)
+                    else None,
                 },
                 prepare=True,
             )
@@ -260,6 +293,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                 },
             )
             result.written.extend(r[0] for r in rows)
+            result.retried.extend(r[0] for r in rows if r[1] == "queued")
         if cancelled := by_kind.get("cancelled"):
             rows = await conn.rows(
                 query("JobSetCancelledMany"),
@@ -344,3 +378,252 @@ async def set_progress(conn: AsyncConnection, worker_id: str, job_id: int, attem
 async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:
     """Ids of this worker's running jobs whose cancellation was requested."""
     return {r[0] for r in await conn.rows(query("JobListCancelRequested"), {"worker_id": worker_id})}
+
+
+# --- queue controls --------------------------------------------------------------------------------------
+
+
+def _admit(conn: Connection, queue: str, count: int) -> None:
+    """Refuse ``count`` new jobs on ``queue`` when that would pass its max backlog; call inside the insert's
+    transaction, which then holds the capped queue's row until it commits, so concurrent adds take turns."""
+    row = conn.row(query("QueueAdmit"), {"queue": queue})
+    if row is None:
+        return
+    max_backlog, queued = row
+    if queued >= max_backlog:
+        raise QueueFull(f"queue {queue} is full ({queued} jobs)")
+    if queued + count > max_backlog:
+        raise QueueFull(f"queue {queue} has room for {max_backlog - queued} more jobs, not {count}")
+
+
+def set_queue_paused(conn: Connection, queue: str, paused: bool) -> None:
+    """Pause or resume ``queue`` for every worker."""
+    with conn.transaction():
+        conn.run(query("QueueSetPaused"), {"queue": queue, "paused": paused})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def set_queue_rate(conn: Connection, queue: str, rate: float | None, burst: float | None = None) -> None:
+    """Limit ``queue`` to ``rate`` jobs per second across all workers (bursts up to ``burst``); None removes it."""
+    if rate is not None and burst is None:
+        burst = max(1.0, rate)
+    with conn.transaction():
+        conn.run(query("QueueSetRate"), {"queue": queue, "rate": rate, "burst": burst if rate is not None else None})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def set_queue_max_backlog(conn: Connection, queue: str, max_backlog: int | None) -> None:
+    """Refuse adds to ``queue`` while it holds ``max_backlog`` queued jobs; None removes the cap."""
+    with conn.transaction():
+        conn.run(query("QueueSetMaxBacklog"), {"queue": queue, "max_backlog": max_backlog})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+_QUEUE_SETTINGS_FIELDS = "queue paused rate burst tokens max_backlog queued running".split()
+
+
+def list_queues(conn: Connection) -> list[dict[str, Any]]:
+    """Queues with jobs or settings: paused, rate, burst, current tokens, max backlog, queued and running."""
+    return [dict(zip(_QUEUE_SETTINGS_FIELDS, row, strict=True)) for row in conn.rows(query("QueueList"))]
+
+
+# --- schedules -------------------------------------------------------------------------------------------
+
+
+def upsert_schedule(conn: Connection, spec: ScheduleSpec) -> bool:
+    """Create or replace an operator's schedule; True if it is new. Its first run is the next tick from now."""
+    from datetime import UTC, datetime
+
+    from pgsched.schedules import next_tick
+
+    row = conn.row(
+        query("ScheduleUpsert"),
+        {
+            "name": spec.name,
+            "cron": spec.cron,
+            "tz": spec.tz,
+            "task": spec.task,
+            "queue": spec.queue,
+            "payload": spec.payload_json,
+            "catch_up": spec.catch_up,
+            "next_run_at": next_tick(spec.cron, spec.tz, datetime.now(UTC)),
+        },
+    )
+    return bool(row and row[0])
+
+
+_SCHEDULE_FIELDS = "name cron tz task queue payload catch_up source next_run_at last_tick created_at".split()
+
+
+def list_schedules(conn: Connection) -> list[dict[str, Any]]:
+    """Every schedule with its next run and the last tick it fired."""
+    return [dict(zip(_SCHEDULE_FIELDS, row, strict=True)) for row in conn.rows(query("ScheduleList"))]
+
+
+def delete_schedule(conn: Connection, name: str) -> None:
+    """Remove a schedule, or raise NotFound."""
+    if not conn.rows(query("ScheduleDelete"), {"name": name}):
+        raise NotFound(f"schedule {name} not found")
+
+
+async def upsert_code_schedules(conn: AsyncConnection, specs: Sequence[ScheduleSpec]) -> list[str]:
+    """Record the schedules that handlers declare in code (``@task(..., cron=...)``); a worker calls this at
+    start. Returns the names created or changed; an operator's schedule of the same name is left alone."""
+    from datetime import UTC, datetime
+
+    from pgsched.schedules import next_tick
+
+    if not specs:
+        return []
+    now = datetime.now(UTC)
+    rows = await conn.rows(
+        query("ScheduleUpsertCodeMany"),
+        {
+            "names": [s.name for s in specs],
+            "crons": [s.cron for s in specs],
+            "tzs": [s.tz for s in specs],
+            "tasks": [s.task for s in specs],
+            "queues": [s.queue for s in specs],
+            "catch_ups": [s.catch_up for s in specs],
+            "next_run_ats": [next_tick(s.cron, s.tz, now) for s in specs],
+        },
+    )
+    return [r[0] for r in rows]
+
+
+async def tick_schedules(conn: AsyncConnection, limit: int = 100) -> int:
+    """Enqueue the due ticks of every schedule and advance them; returns the number of jobs enqueued.
+
+    Safe to call from any number of workers at once: due schedules are locked with SKIP LOCKED, and the fire
+    statement only matches a schedule still at the tick that was read, with ticks newer than its last."""
+    from pgsched.schedules import due_ticks
+
+    enqueued = 0
+    async with conn.transaction():
+        for name, cron, tz, catch_up, due_at, _last_tick, now in await conn.rows(
+            query("ScheduleListDue"), {"limit": limit}
+        ):
+            ticks, upcoming = due_ticks(cron, tz, catch_up, due_at, now)
+            row = await conn.row(
+                query("ScheduleFire"),
+                {"name": name, "due_at": due_at, "ticks": ticks, "next_run_at": upcoming},
+            )
+            enqueued += row[1] if row else 0
+    return enqueued
+
+
+# --- cancel and retry ------------------------------------------------------------------------------------
+
+
+@dataclass
+class CancelResult:
+    """What a cancel did: ``state`` is "cancelled", or "running" when the request went to the job's worker."""
+
+    id: int
+    state: str
+    dependents_cancelled: int = 0
+
+
+def cancel_job(conn: Connection, job_id: int) -> CancelResult:
+    """Cancel a waiting or queued job and, transitively, its dependents; ask the worker of a running job to
+    stop it. A finished job raises WrongState, an unknown one NotFound."""
+    with conn.transaction():
+        row = conn.row(query("JobCancel"), {"id": job_id})
+        if row is None:
+            state = conn.row(query("JobGetState"), {"id": job_id})
+            if state is None:
+                raise NotFound(f"job {job_id} not found")
+            raise WrongState(f"job {job_id} already {state[0]}; nothing to cancel")
+        if row[0] == "running":
+            conn.rows(query("JobNotifyCancel"), {"id": job_id})
+            return CancelResult(job_id, "running")
+        settled = conn.row(query("JobSettleDependents"), {"ids": [job_id]})
+        return CancelResult(job_id, "cancelled", settled[0] if settled else 0)
+
+
+@dataclass
+class RetryResult:
+    """What a retry did: jobs back in the queue, jobs waiting on live dependencies, and jobs it could not revive."""
+
+    queued: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
+
+
+def retry_jobs(conn: Connection, ids: Sequence[int]) -> RetryResult:
+    """Give failed or cancelled jobs a fresh attempt budget, in one transaction, and wake workers.
+
+    A job goes back to queued when all its dependencies succeeded, to waiting while some are still live; one
+    with a failed or cancelled dependency (or whose dedupe key another live job holds) is refused. Jobs are
+    revived in rounds, so a dependency retried in the same call counts as live for its dependents."""
+    result = RetryResult()
+    remaining = sorted(set(ids))
+    with conn.transaction():
+        if remaining:
+            conn.rows(query("JobRetryLockDependencies"), {"ids": remaining})
+        queues: set[str] = set()
+        while remaining:
+            rows = conn.rows(query("JobRetryMany"), {"ids": remaining})
+            if not rows:
+                break
+            for job_id, state, queue in rows:
+                (result.queued if state == "queued" else result.waiting).append(job_id)
+                queues.add(queue)
+            done = {r[0] for r in rows}
+            remaining = [i for i in remaining if i not in done]
+        result.refused = remaining
+        if result.queued:
+            conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues)})
+    result.queued.sort()
+    result.waiting.sort()
+    return result
+
+
+def retry_job(conn: Connection, job_id: int) -> RetryResult:
+    """Retry one failed or cancelled job, or say precisely why it cannot be retried."""
+    result = retry_jobs(conn, [job_id])
+    if not result.refused:
+        return result
+    state = conn.row(query("JobGetState"), {"id": job_id})
+    if state is None:
+        raise NotFound(f"job {job_id} not found")
+    if state[0] not in ("failed", "cancelled"):
+        raise WrongState(f"job {job_id} is {state[0]}; only failed or cancelled jobs can be retried")
+    for dep_id, dep_state in conn.rows(query("JobListDependencyStates"), {"id": job_id}):
+        if dep_state in ("failed", "cancelled"):
+            raise WrongState(f"job {job_id} depends on job {dep_id}, which {dep_state}; retry that one first")
+    raise WrongState(f"job {job_id} has a dedupe key that a live job now holds")
+
+
+def retry_matching(conn: Connection, states: Sequence[str], queue: str | None = None) -> RetryResult:
+    """Retry every job in ``states`` (failed and/or cancelled), on ``queue`` or on all queues."""
+    with conn.transaction():
+        ids = [r[0] for r in conn.rows(query("JobListRetryable"), {"states": list(states), "queue": queue})]
+        return retry_jobs(conn, ids)
+
+
+# --- explaining a job ------------------------------------------------------------------------------------
+
+
+def dependency_states(conn: Connection, job_id: int) -> list[tuple[int, str]]:
+    """The jobs ``job_id`` depends on, with their states."""
+    return [(r[0], r[1]) for r in conn.rows(query("JobListDependencyStates"), {"id": job_id})]
+
+
+_FACT_FIELDS = "paused rate tokens queue_workers task_workers busy_slots slots ahead now".split()
+
+
+def explain_facts(conn: Connection, job: dict[str, Any], stale_after_s: float) -> dict[str, Any]:
+    """The facts that decide whether a ready job runs: queue settings, serving workers, their load, jobs ahead."""
+    row = conn.row(
+        query("JobExplainFacts"),
+        {
+            "id": job["id"],
+            "queue": job["queue"],
+            "task": job["task"],
+            "priority": job["priority"],
+            "run_at": job["run_at"],
+            "stale_after": timedelta(seconds=stale_after_s),
+        },
+    )
+    return dict(zip(_FACT_FIELDS, row, strict=True)) if row else {}

@@ -81,18 +81,45 @@ FROM unnest(%(queues)s::text[]) AS q;
 -- name: JobClaim
 -- Claim up to %(limit)s ready jobs of one queue for a worker. "queue = %(queue)s" rather than
 -- "queue = ANY(...)": the array form loses the index and sorts the whole ready set.
-WITH picked AS (
+-- Queue controls apply in this same statement: a paused queue yields nothing, and a rate-limited queue's
+-- bucket row is locked, refilled and charged for exactly the jobs taken, so workers together never exceed
+-- the rate. A queue without a sched_queues row (the common case) finds no row and locks nothing.
+WITH bucket AS (
+    -- greatest(): a claimer that waited for the lock may have started before the previous one refilled.
+    SELECT least(burst, tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)))
+               AS level,
+           greatest(refilled_at, clock_timestamp()) AS at
+    FROM sched_queues
+    WHERE queue = %(queue)s AND rate IS NOT NULL AND NOT paused
+    FOR UPDATE
+),
+picked AS (
     SELECT id FROM sched_jobs
     WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now() AND task = ANY(%(tasks)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND paused)
     ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
+    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
     FOR UPDATE SKIP LOCKED
+),
+charged AS (
+    UPDATE sched_queues s
+    SET tokens = b.level - (SELECT count(*) FROM picked), refilled_at = b.at
+    FROM bucket b
+    WHERE s.queue = %(queue)s
 )
 UPDATE sched_jobs j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now()
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8;
+
+-- name: JobSetLimitsMany
+-- Apply a task's declared max_attempts and timeout to jobs a worker just claimed.
+UPDATE sched_jobs j
+SET max_attempts = greatest(o.max_attempts, j.attempt), timeout = make_interval(secs => o.timeout_s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(max_attempts)s::int[], %(timeouts)s::float8[])
+     AS o(id, attempt, max_attempts, timeout_s)
+WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt;
 
 -- name: JobSetSucceededMany
 -- Record a batch of successes. %(results)s is one JSON array parallel to the ids (or NULL when no job
@@ -268,6 +295,12 @@ WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 GROUP BY queue
 ORDER BY queue;
 
+-- name: QueueReadyDepth
+-- Ready jobs of one queue and the age of the oldest, for metrics; served by the claim's partial index.
+SELECT count(*), coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
+FROM sched_jobs
+WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
+
 -- name: JobGet
 -- One job with the ids it depends on.
 SELECT j.id, j.queue, j.task, j.state::text, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
@@ -319,3 +352,229 @@ SELECT pg_advisory_unlock(hashtext('sched_migrate'));
 -- name: MigrationRecord
 -- Mark one migration applied, in the same transaction as its DDL.
 INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: QueueAdmit
+-- Admission control for an add: lock a capped queue's row (so concurrent adds take turns) and count its
+-- queued jobs. Returns nothing for a queue without a cap, which is the common case and locks nothing.
+SELECT q.max_backlog,
+       (SELECT count(*) FROM sched_jobs j WHERE j.queue = q.queue AND j.state = 'queued') AS queued
+FROM sched_queues q
+WHERE q.queue = %(queue)s AND q.max_backlog IS NOT NULL
+FOR UPDATE OF q;
+
+-- name: QueueSetPaused
+-- Pause or resume a queue; claims see it from their next statement on.
+INSERT INTO sched_queues (queue, paused) VALUES (%(queue)s, %(paused)s)
+ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+
+-- name: QueueSetRate
+-- Set (or with a NULL rate, remove) a queue's token bucket; a new bucket starts full.
+INSERT INTO sched_queues (queue, rate, burst, tokens, refilled_at)
+VALUES (%(queue)s, %(rate)s, %(burst)s, %(burst)s, CASE WHEN %(rate)s::float8 IS NOT NULL THEN now() END)
+ON CONFLICT (queue) DO UPDATE
+SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, tokens = EXCLUDED.tokens, refilled_at = EXCLUDED.refilled_at,
+    updated_at = now();
+
+-- name: QueueSetMaxBacklog
+-- Set (or with NULL remove) a queue's admission limit.
+INSERT INTO sched_queues (queue, max_backlog) VALUES (%(queue)s, %(max_backlog)s)
+ON CONFLICT (queue) DO UPDATE SET max_backlog = EXCLUDED.max_backlog, updated_at = now();
+
+-- name: QueueDeleteUnconfigured
+-- Drop a queue's row once it holds no setting, so its claims go back to the no-row path.
+DELETE FROM sched_queues
+WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL;
+
+-- name: QueueList
+-- Every queue that has jobs or settings, with its settings, current bucket level and backlog.
+WITH names AS (
+    SELECT queue FROM sched_queues
+    UNION
+    SELECT DISTINCT queue FROM sched_jobs WHERE state IN ('waiting', 'queued', 'running')
+)
+SELECT n.queue, coalesce(q.paused, false), q.rate, q.burst,
+       least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at))),
+       q.max_backlog,
+       (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'queued') AS queued,
+       (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'running') AS running
+FROM names n
+LEFT JOIN sched_queues q ON q.queue = n.queue
+ORDER BY n.queue;
+
+-- name: ScheduleUpsert
+-- Create or replace an operator's schedule; the monotonic last_tick survives a replace, so re-adding a
+-- schedule can never fire a tick twice.
+INSERT INTO sched_schedules (name, cron, tz, task, queue, payload, catch_up, source, next_run_at)
+VALUES (%(name)s, %(cron)s, %(tz)s, %(task)s, %(queue)s, %(payload)s::jsonb, %(catch_up)s, 'cli', %(next_run_at)s)
+ON CONFLICT (name) DO UPDATE
+SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, task = EXCLUDED.task, queue = EXCLUDED.queue,
+    payload = EXCLUDED.payload, catch_up = EXCLUDED.catch_up, source = 'cli',
+    next_run_at = EXCLUDED.next_run_at, updated_at = now()
+RETURNING (xmax = 0) AS created;
+
+-- name: ScheduleUpsertCodeMany
+-- Record the schedules handlers declare in code (run by every worker at start). An operator's schedule of
+-- the same name wins; an unchanged expression keeps its next run, so restarting workers skips no tick.
+INSERT INTO sched_schedules AS s (name, cron, tz, task, queue, payload, catch_up, source, next_run_at)
+SELECT name, cron, tz, task, queue, '{}', catch_up, 'code', next_run_at
+FROM unnest(%(names)s::text[], %(crons)s::text[], %(tzs)s::text[], %(tasks)s::text[], %(queues)s::text[],
+            %(catch_ups)s::text[], %(next_run_ats)s::timestamptz[])
+     AS c(name, cron, tz, task, queue, catch_up, next_run_at)
+ON CONFLICT (name) DO UPDATE
+SET cron = EXCLUDED.cron, tz = EXCLUDED.tz, task = EXCLUDED.task, queue = EXCLUDED.queue,
+    catch_up = EXCLUDED.catch_up,
+    next_run_at = CASE WHEN s.cron = EXCLUDED.cron AND s.tz = EXCLUDED.tz THEN s.next_run_at
+                       ELSE EXCLUDED.next_run_at END,
+    updated_at = now()
+WHERE s.source = 'code'
+  AND (s.cron, s.tz, s.task, s.queue, s.catch_up)
+      IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.tz, EXCLUDED.task, EXCLUDED.queue, EXCLUDED.catch_up)
+RETURNING s.name;
+
+-- name: ScheduleList
+-- Every schedule, by name.
+SELECT name, cron, tz, task, queue, payload, catch_up, source, next_run_at, last_tick, created_at
+FROM sched_schedules
+ORDER BY name;
+
+-- name: ScheduleDelete
+-- Remove a schedule; jobs it already enqueued stay.
+DELETE FROM sched_schedules WHERE name = %(name)s RETURNING name;
+
+-- name: ScheduleListDue
+-- Lock the schedules whose next tick has come; SKIP LOCKED lets concurrent tickers split them, and a
+-- ticker that sees a row only after another advanced it re-checks next_run_at and skips it.
+SELECT name, cron, tz, catch_up, next_run_at, last_tick, now()
+FROM sched_schedules
+WHERE next_run_at <= now()
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: ScheduleFire
+-- Enqueue a schedule's due ticks and advance it, in one statement. The update matches only if the row is
+-- still at the tick the caller read and every tick is later than the last one fired: the database, not
+-- the caller's care, makes each tick enqueue at most one job. The dedupe key names the tick.
+WITH fired AS (
+    UPDATE sched_schedules
+    SET next_run_at = %(next_run_at)s,
+        last_tick = coalesce((SELECT max(t) FROM unnest(%(ticks)s::timestamptz[]) AS t), last_tick),
+        updated_at = now()
+    WHERE name = %(name)s AND next_run_at = %(due_at)s
+      AND (last_tick IS NULL OR last_tick < ALL(%(ticks)s::timestamptz[]))
+    RETURNING name, task, queue, payload
+),
+ins AS (
+    INSERT INTO sched_jobs (queue, task, payload, run_at, dedupe_key)
+    SELECT f.queue, f.task, f.payload, t.tick,
+           'schedule:' || f.name || ':' || to_char(t.tick AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+    FROM fired f, unnest(%(ticks)s::timestamptz[]) AS t(tick)
+    ORDER BY t.tick
+    ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
+    DO NOTHING
+    RETURNING id, queue
+)
+SELECT (SELECT count(*) FROM fired) AS advanced,
+       (SELECT count(*) FROM ins) AS enqueued,
+       (SELECT count(*) FROM (SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
+                              FROM (SELECT DISTINCT queue AS q FROM ins) d) n) AS notified;
+
+-- name: JobCancel
+-- Cancel a waiting or queued job at once; for a running one only record the request (its worker stops
+-- the handler and records the cancellation). Returns the job's state afterwards, nothing if it is finished.
+UPDATE sched_jobs
+SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::sched_job_state,
+    finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+    error = CASE WHEN state = 'running' THEN error ELSE 'cancelled by request' END,
+    cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = %(id)s AND state IN ('waiting', 'queued', 'running')
+RETURNING state::text;
+
+-- name: JobNotifyCancel
+-- Tell the worker running a job that its cancellation was requested (delivered on commit).
+SELECT pg_notify('sched_cancel', %(id)s::text);
+
+-- name: JobGetState
+-- A job's state, to say why an operation does not apply to it.
+SELECT state::text FROM sched_jobs WHERE id = %(id)s;
+
+-- name: JobListRetryable
+-- Lock the failed or cancelled jobs a bulk retry will revive, oldest first (a dependency is always older
+-- than its dependents, so retrying in id order revives dependencies first).
+SELECT id FROM sched_jobs
+WHERE state = ANY(%(states)s::sched_job_state[]) AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY id
+FOR UPDATE;
+
+-- name: JobRetryLockDependencies
+-- Lock the dependencies of jobs about to be retried, so that a dependency finishing concurrently either
+-- commits first (the retry then counts it as done) or waits and then sees the retried job as waiting.
+SELECT d.id FROM sched_jobs d
+WHERE d.id IN (SELECT depends_on FROM sched_job_deps WHERE job_id = ANY(%(ids)s::bigint[]))
+ORDER BY d.id
+FOR SHARE;
+
+-- name: JobRetryMany
+-- Put failed or cancelled jobs back with a fresh attempt budget: queued when every dependency succeeded,
+-- waiting while some are still live. Jobs with a failed or cancelled dependency, or whose dedupe key another
+-- live job now holds, are left alone (the caller reports them). Returns the revived jobs.
+WITH candidates AS (
+    SELECT j.id, j.queue, j.dedupe_key,
+           count(dep.id) FILTER (WHERE dep.state <> 'succeeded')::int AS pending,
+           count(dep.id) FILTER (WHERE dep.state IN ('failed', 'cancelled')) AS dead
+    FROM sched_jobs j
+    LEFT JOIN sched_job_deps d ON d.job_id = j.id
+    LEFT JOIN sched_jobs dep ON dep.id = d.depends_on
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('failed', 'cancelled')
+    GROUP BY j.id
+),
+eligible AS (
+    SELECT c.id, c.pending
+    FROM (SELECT c.*, row_number() OVER (PARTITION BY c.queue, c.dedupe_key ORDER BY c.id) AS nth
+          FROM candidates c) c
+    WHERE c.dead = 0
+      AND (c.dedupe_key IS NULL
+           OR (c.nth = 1 AND NOT EXISTS (
+               SELECT 1 FROM sched_jobs o
+               WHERE o.queue = c.queue AND o.dedupe_key = c.dedupe_key AND o.state IN ('waiting', 'queued', 'running'))))
+)
+UPDATE sched_jobs j
+SET state = CASE WHEN e.pending > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state,
+    pending_deps = e.pending, attempt = 0, run_at = now(), error = NULL, result = NULL, progress = NULL,
+    worker_id = NULL, started_at = NULL, finished_at = NULL, cancel_requested_at = NULL
+FROM eligible e
+WHERE j.id = e.id
+RETURNING j.id, j.state::text, j.queue;
+
+-- name: JobListDependencyStates
+-- The jobs one job depends on, with their states.
+SELECT j.id, j.state::text
+FROM sched_job_deps d JOIN sched_jobs j ON j.id = d.depends_on
+WHERE d.job_id = %(id)s
+ORDER BY j.id;
+
+-- name: JobExplainFacts
+-- What decides whether a ready job runs: its queue's settings and bucket level, the live workers that serve
+-- its queue (and its task), their load, and how many ready jobs the claim order puts before it.
+SELECT coalesce(q.paused, false) AS paused, q.rate,
+       least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
+           AS tokens,
+       (SELECT count(*) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)) AS queue_workers,
+       (SELECT count(*) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS task_workers,
+       (SELECT coalesce(sum(w.running), 0) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS busy_slots,
+       (SELECT coalesce(sum(w.concurrency), 0) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS slots,
+       (SELECT count(*) FROM sched_jobs j
+        WHERE j.state = 'queued' AND j.queue = %(queue)s AND j.run_at <= now() AND j.id <> %(id)s
+          AND (j.priority > %(priority)s
+               OR (j.priority = %(priority)s AND (j.run_at, j.id) < (%(run_at)s::timestamptz, %(id)s::bigint))))
+           AS ahead,
+       now() AS now
+FROM (SELECT 1) AS one
+LEFT JOIN sched_queues q ON q.queue = %(queue)s;

@@ -1,0 +1,731 @@
+"""The worker engine: an asyncio loop made of small parts that share one state object.
+
+- the fetcher claims exactly as many jobs as there are free slots, one round trip per queue;
+- runners (one task per slot) execute jobs: async handlers on the loop, sync handlers in a thread pool;
+- the outcome buffer is flushed in batches by the flusher, on its own connection, while claims go on;
+- the supervisor enforces timeouts, cancellation requests and the progress rate limit;
+- the control loop beats, reaps (one reaper across all workers), and ticks schedules;
+- the listener wakes the fetcher on NOTIFY and learns when scheduled jobs fall due.
+
+Only the repository talks SQL; this module decides when to call it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import heapq
+import json
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from pgsched import repository
+from pgsched.db import AsyncConnection, connect_async
+from pgsched.errors import DatabaseUnavailable, SchedError
+from pgsched.models import ClaimedJob, Outcome
+from pgsched.worker.context import JobContext
+from pgsched.worker.registry import Registry, TaskSpec
+
+WAKEUP_CHANNEL = "sched_wakeup"
+CANCEL_CHANNEL = "sched_cancel"
+
+
+@dataclass
+class WorkerConfig:
+    """How a worker runs; the CLI fills it from flags and settings."""
+
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    concurrency: int = 10
+    batch_size: int = 500
+    poll_interval: float = 1.0
+    stale_after: float = 30.0
+    reap_interval: float = 5.0
+    shutdown_timeout: float = 30.0
+    timeout_grace: float = 10.0
+    listen: bool = True
+    burst: bool = False
+    flush_interval: float = 0.002
+    flush_size: int = 500
+    progress_interval: float = 1.0
+    log_jobs: bool = False
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        # Several beats fit in one stale-after window, so one slow beat never makes a worker look dead.
+        return max(0.2, min(5.0, self.stale_after / 4))
+
+
+class _Running:
+    """A job a runner is executing right now."""
+
+    __slots__ = ("ctx", "deadline", "job", "runner", "spec", "started", "stop_reason")
+
+    def __init__(self, job: ClaimedJob, spec: TaskSpec, ctx: JobContext, runner: asyncio.Task, timeout_s: float):
+        self.job = job
+        self.spec = spec
+        self.ctx = ctx
+        self.runner = runner
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout_s
+        self.stop_reason: str | None = None
+
+
+class _Link:
+    """One database connection of the worker, reconnected with jittered exponential backoff when lost."""
+
+    def __init__(self, worker: Worker, dsn: str, role: str) -> None:
+        self._worker = worker
+        self._dsn = dsn
+        self.role = role
+        self.conn: AsyncConnection | None = None
+        self.last_ok = 0.0
+
+    async def get(self) -> AsyncConnection:
+        if self.conn is not None and not self.conn.broken:
+            return self.conn
+        delay = 0.1
+        failures = 0
+        while True:
+            try:
+                self.conn = await connect_async(self._dsn, application_name=f"sched-worker-{self.role}")
+                if failures:
+                    logger.info("database connection ({}) restored after {} attempt(s)", self.role, failures)
+                self.last_ok = time.monotonic()
+                return self.conn
+            except DatabaseUnavailable as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning("database connection ({}) lost: {}; reconnecting", self.role, exc.message)
+                if self._worker.hard_stop.is_set():
+                    raise
+                await self._worker.sleep_unless_stopped(delay * random.uniform(0.5, 1.0), hard=True)
+                delay = min(delay * 2, 5.0)
+
+    async def lost(self) -> None:
+        """Drop a connection that failed; the next ``get`` reconnects."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            # Closing a dead socket may fail in many ways; it is gone either way.
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def ok(self) -> None:
+        self.last_ok = time.monotonic()
+
+    async def close(self) -> None:
+        await self.lost()
+
+
+class Worker:
+    """One worker process's engine; ``await Worker(...).run()`` returns the exit code."""
+
+    def __init__(self, dsn: str, config: WorkerConfig, registry: Registry, metrics: Any | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.tasks = dict(registry.tasks)
+        self.task_names = sorted(self.tasks)
+        self.id = str(uuid.uuid4())
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.metrics = metrics
+        self._claim_link = _Link(self, dsn, "claim")
+        self._outcome_link = _Link(self, dsn, "outcomes")
+        self._control_link = _Link(self, dsn, "control")
+        self._listen_link = _Link(self, dsn, "listen")
+        self._ready: collections.deque[ClaimedJob] = collections.deque()
+        self._idle_runners: collections.deque[asyncio.Future] = collections.deque()
+        self._running: dict[int, _Running] = {}
+        self._in_flight = 0
+        self._buffer: list[Outcome] = []
+        self._progress: dict[int, tuple[int, str]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: list[float] = []
+        self._debug = config.log_jobs
+        self._flush_lock = asyncio.Lock()
+        self.stop_requested = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._buffer_ready = asyncio.Event()
+        self._buffer_empty = asyncio.Event()
+        self._buffer_empty.set()
+        self._stopping = False
+        self.last_heartbeat = 0.0
+        self.started_at = time.monotonic()
+        self.counts = collections.Counter[str]()
+
+    # --- life cycle ---------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Register, work until stopped (or drained with --burst), shut down gracefully, deregister."""
+        self._loop = asyncio.get_running_loop()
+        if any(not spec.is_async for spec in self.tasks.values()):
+            self._pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="sched-job")
+        self._install_signal_handlers()
+        control = await self._control_link.get()
+        await repository.register_worker(
+            control, self.id, self.host, self.pid, self.config.queues, self.task_names, self.config.concurrency
+        )
+        self.last_heartbeat = time.monotonic()
+        logger.info(
+            "worker {} started: queues {}, concurrency {}, {} task(s)",
+            self.id[:8],
+            ",".join(self.config.queues),
+            self.config.concurrency,
+            len(self.task_names),
+        )
+        runners = [
+            asyncio.create_task(self._runner(), name=f"sched-runner-{i}") for i in range(self.config.concurrency)
+        ]
+        background = [
+            asyncio.create_task(self._flusher(), name="sched-flusher"),
+            asyncio.create_task(self._supervise(), name="sched-supervisor"),
+            asyncio.create_task(self._control(), name="sched-control"),
+        ]
+        if self.config.listen:
+            background.append(asyncio.create_task(self._listener(), name="sched-listener"))
+        health = None
+        if self.config.health_port is not None:
+            from pgsched.worker.health import start_health_server
+
+            health = await start_health_server(self, self.config.health_host, self.config.health_port)
+        fetcher = asyncio.create_task(self._fetcher(), name="sched-fetcher")
+        stop_wait = asyncio.create_task(self.stop_requested.wait())
+        await asyncio.wait({fetcher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        clean = await self._shut_down(fetcher, runners, background)
+        stop_wait.cancel()
+        if health is not None:
+            health.close()
+        for link in (self._claim_link, self._outcome_link, self._control_link, self._listen_link):
+            await link.close()
+        logger.info("worker {} stopped", self.id[:8])
+        return 0 if clean else 1
+
+    async def _shut_down(
+        self, fetcher: asyncio.Task, runners: list[asyncio.Task], background: list[asyncio.Task]
+    ) -> bool:
+        """DESIGN §6: stop claiming, let running jobs finish for up to --shutdown-timeout (a second signal
+        skips the wait), release the rest without spending an attempt, flush, deregister."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if not fetcher.done():
+            await asyncio.wait({fetcher})
+        if fetcher.done() and not fetcher.cancelled() and fetcher.exception() is not None:
+            logger.opt(exception=fetcher.exception()).error("fetcher failed")
+        # Claimed but not started: give back at once.
+        while self._ready:
+            job = self._ready.popleft()
+            self._in_flight -= 1
+            self._record(Outcome(job.id, job.attempt, "released"))
+        if self._running:
+            logger.info(
+                "waiting up to {:.0f}s for {} running job(s) to finish",
+                self.config.shutdown_timeout,
+                len(self._running),
+            )
+            deadline = time.monotonic() + self.config.shutdown_timeout
+            while self._running and time.monotonic() < deadline and not self.hard_stop.is_set():
+                self._slot_freed.clear()
+                await _wait_any(self._slot_freed, self.hard_stop, timeout=deadline - time.monotonic())
+        if self._running:
+            logger.warning("releasing {} job(s) still running", len(self._running))
+            for running in list(self._running.values()):
+                self._stop_job(running, "shutdown")
+            while self._running:
+                self._slot_freed.clear()
+                await _wait_any(self._slot_freed, timeout=0.1)
+        for waiter in self._idle_runners:
+            if not waiter.done():
+                waiter.set_result(None)
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        flushed = await self._flush_all(timeout=max(5.0, self.config.stale_after / 2))
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        deregistered = False
+        try:
+            control = await asyncio.wait_for(self._control_link.get(), timeout=5.0)
+            await repository.deregister_worker(control, self.id)
+            deregistered = True
+        except (SchedError, TimeoutError) as exc:
+            logger.error("could not deregister: {}", getattr(exc, "message", exc) or type(exc).__name__)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        return flushed and deregistered
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
+                return
+
+    def request_stop(self, sig: int | None = None) -> None:
+        """First call: graceful stop. Second call: skip waiting for running jobs."""
+        if self.stop_requested.is_set():
+            logger.warning("second signal: releasing running jobs now")
+            self.hard_stop.set()
+            return
+        if sig is not None:
+            logger.info("received {}, shutting down gracefully", signal.Signals(sig).name)
+        self.stop_requested.set()
+
+    async def sleep_unless_stopped(self, seconds: float, *, hard: bool = False) -> None:
+        """Sleep, waking early when a stop (or, with ``hard``, a forced stop) is requested."""
+        await _wait_any(self.hard_stop if hard else self.stop_requested, timeout=seconds)
+
+    # --- fetching -----------------------------------------------------------------------------------------
+
+    async def _fetcher(self) -> None:
+        config = self.config
+        confirm_drained = False
+        while not self._stopping:
+            free = config.concurrency - self._in_flight
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            # Cleared before the claim, so a NOTIFY that lands while the claim runs is not lost.
+            self._wake.clear()
+            try:
+                claimed = await self._claim(free)
+            except DatabaseUnavailable:
+                await self._claim_link.lost()
+                continue
+            except SchedError as exc:
+                logger.error("claim failed: {}", exc.message)
+                await self.sleep_unless_stopped(config.poll_interval)
+                continue
+            if claimed:
+                confirm_drained = False
+                continue
+            if config.burst and self._in_flight == 0:
+                # Outcomes not yet written may release dependents: flush, then look once more.
+                await self._flush_all(timeout=None)
+                if confirm_drained:
+                    logger.info("burst: nothing ready and nothing running; exiting")
+                    self.stop_requested.set()
+                    return
+                confirm_drained = True
+                continue
+            await self._wait_for_work()
+
+    async def _claim(self, free: int) -> int:
+        conn = await self._claim_link.get()
+        claimed = 0
+        for queue in self.config.queues:
+            jobs = await repository.claim_jobs(
+                conn, self.id, queue, self.task_names, min(free - claimed, self.config.batch_size)
+            )
+            if jobs:
+                await self._apply_task_limits(conn, jobs)
+                self._dispatch(jobs)
+                claimed += len(jobs)
+                if claimed >= free:
+                    break
+        self._claim_link.ok()
+        return claimed
+
+    async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:
+        # A task's declared max_attempts/timeout win over the job's; write them so the reaper agrees.
+        changes = []
+        for job in jobs:
+            spec = self.tasks[job.task]
+            max_attempts = spec.max_attempts if spec.max_attempts is not None else job.max_attempts
+            timeout_s = spec.timeout_s if spec.timeout_s is not None else job.timeout_s
+            if max_attempts != job.max_attempts or timeout_s != job.timeout_s:
+                job.max_attempts, job.timeout_s = max_attempts, timeout_s
+                changes.append(job)
+        if changes:
+            await repository.apply_task_limits(conn, self.id, changes)
+
+    def _dispatch(self, jobs: list[ClaimedJob]) -> None:
+        self._ready.extend(jobs)
+        self._in_flight += len(jobs)
+        if self.metrics is not None:
+            self.metrics.claimed(jobs)
+        idle = self._idle_runners
+        for _ in range(min(len(jobs), len(idle))):
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until a NOTIFY, a freed slot's worth of news, the next known due time, or the poll interval."""
+        timeout = self.config.poll_interval
+        due = self._due
+        now = time.monotonic()
+        while due and due[0] <= now:
+            heapq.heappop(due)
+        if due:
+            timeout = min(timeout, due[0] - now)
+        if self.config.burst and self._in_flight:
+            # A burst worker re-checks as soon as its last job ends, not a poll interval later.
+            self._slot_freed.clear()
+            await _wait_any(self._wake, self._slot_freed, timeout=timeout)
+            return
+        await _wait_any(self._wake, timeout=timeout)
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        ready = self._ready
+        while True:
+            if not ready:
+                waiter = loop.create_future()
+                self._idle_runners.append(waiter)
+                await waiter
+                continue
+            await self._execute(ready.popleft(), me)
+
+    async def _execute(self, job: ClaimedJob, me: asyncio.Task) -> None:
+        spec = self.tasks[job.task]
+        ctx = JobContext(job.id, job.attempt, job.max_attempts, job.queue, job.task, self._report_progress)
+        running = _Running(job, spec, ctx, me, job.timeout_s)
+        self._running[job.id] = running
+        if self._debug:
+            logger.bind(job_id=job.id).debug("job {} {} started (attempt {})", job.id, job.task, job.attempt)
+        outcome: Outcome
+        try:
+            if spec.is_async:
+                result = await spec.fn(job.payload, ctx)
+            else:
+                assert self._pool is not None
+                result = await asyncio.get_running_loop().run_in_executor(self._pool, spec.fn, job.payload, ctx)
+        except asyncio.CancelledError:
+            if running.stop_reason is None:
+                raise
+            me.uncancel()
+            outcome = self._stopped_outcome(running)
+        except Exception as exc:
+            outcome = self._failure(running, exc)
+        else:
+            if running.stop_reason == "cancel":
+                outcome = Outcome(job.id, job.attempt, "cancelled", error="cancelled on request")
+            elif running.stop_reason is not None:
+                outcome = self._stopped_outcome(running)
+            else:
+                outcome = self._success(running, result)
+        finally:
+            del self._running[job.id]
+            self._progress.pop(job.id, None)
+            self._in_flight -= 1
+            self._slot_freed.set()
+        if self.metrics is not None:
+            self.metrics.finished(job, time.monotonic() - running.started)
+        self._record(outcome)
+
+    def _success(self, running: _Running, result: Any) -> Outcome:
+        job = running.job
+        if result is None:
+            if self._debug:
+                logger.bind(job_id=job.id).debug("job {} {} succeeded", job.id, job.task)
+            return Outcome(job.id, job.attempt, "succeeded")
+        try:
+            text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            error = f"the handler returned a value that is not JSON ({type(result).__name__}): {exc}"
+            logger.bind(job_id=job.id).warning("job {} {} failed: {}", job.id, job.task, error)
+            return Outcome(job.id, job.attempt, "failed", error=error, retryable=False)
+        if self._debug:
+            logger.bind(job_id=job.id).debug("job {} {} succeeded", job.id, job.task)
+        return Outcome(job.id, job.attempt, "succeeded", result=text)
+
+    def _failure(self, running: _Running, exc: BaseException) -> Outcome:
+        job, spec = running.job, running.spec
+        summary = f"{type(exc).__name__}: {exc}"
+        detail = "".join(traceback.format_exception(exc)[-6:])
+        logger.bind(job_id=job.id).warning(
+            "job {} {} failed on attempt {}/{}: {}", job.id, job.task, job.attempt, job.max_attempts, summary
+        )
+        return Outcome(
+            job.id,
+            job.attempt,
+            "failed",
+            error=(summary + "\n" + detail)[:4000],
+            backoff_base_s=spec.backoff_base_s,
+            backoff_cap_s=spec.backoff_cap_s,
+        )
+
+    def _stopped_outcome(self, running: _Running) -> Outcome:
+        job, reason = running.job, running.stop_reason
+        if reason == "shutdown":
+            return Outcome(job.id, job.attempt, "released")
+        if reason == "cancel":
+            logger.bind(job_id=job.id).info("job {} {} cancelled on request", job.id, job.task)
+            return Outcome(job.id, job.attempt, "cancelled", error="cancelled on request")
+        error = f"timed out after {job.timeout_s:g}s"
+        logger.bind(job_id=job.id).warning("job {} {} {}", job.id, job.task, error)
+        return Outcome(
+            job.id,
+            job.attempt,
+            "failed",
+            error=error,
+            backoff_base_s=running.spec.backoff_base_s,
+            backoff_cap_s=running.spec.backoff_cap_s,
+        )
+
+    def _stop_job(self, running: _Running, reason: str) -> None:
+        """Stop one running job: async handlers are cancelled; a sync handler sees ``ctx.cancelled`` and,
+        unless only a cancellation was requested, its runner stops waiting for the thread."""
+        if running.stop_reason is not None:
+            return
+        running.stop_reason = reason
+        running.ctx.cancelled = True
+        if running.spec.is_async or reason != "cancel":
+            running.runner.cancel()
+
+    def _report_progress(self, ctx: JobContext, text: str) -> None:
+        # Called from handlers, possibly in a pool thread: hop onto the loop before touching state.
+        loop = self._loop
+        assert loop is not None
+        try:
+            running_loop = asyncio.get_running_loop()
+        except RuntimeError:
+            running_loop = None
+        if running_loop is loop:
+            self._progress[ctx.job_id] = (ctx.attempt, text)
+        else:
+            loop.call_soon_threadsafe(self._progress.__setitem__, ctx.job_id, (ctx.attempt, text))
+
+    # --- outcomes -----------------------------------------------------------------------------------------
+
+    def _record(self, outcome: Outcome) -> None:
+        self._buffer.append(outcome)
+        self._buffer_empty.clear()
+        self._buffer_ready.set()
+
+    async def _flusher(self) -> None:
+        config = self.config
+        while True:
+            if not self._buffer:
+                self._buffer_ready.clear()
+                await self._buffer_ready.wait()
+            if len(self._buffer) < config.flush_size:
+                # Let a few milliseconds of outcomes gather into one statement.
+                await asyncio.sleep(config.flush_interval)
+            await self._flush_once()
+
+    async def _flush_once(self) -> bool:
+        """Write the buffered outcomes; on failure keep them for the next try. True when written."""
+        # One transaction at a time on the outcome connection: the flusher, a burst drain and shutdown share it.
+        async with self._flush_lock:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
+        if not self._buffer:
+            self._buffer_empty.set()
+            return True
+        batch, self._buffer = self._buffer, []
+        started = time.perf_counter()
+        try:
+            conn = await self._outcome_link.get()
+            result = await repository.record_outcomes(conn, self.id, batch)
+        except DatabaseUnavailable:
+            self._buffer[:0] = batch
+            await self._outcome_link.lost()
+            return False
+        except SchedError as exc:
+            self._buffer[:0] = batch
+            logger.error("writing {} outcome(s) failed: {}; will retry", len(batch), exc.message)
+            await asyncio.sleep(0.5)
+            return False
+        self._outcome_link.ok()
+        if result.fenced:
+            logger.warning(
+                "{} late outcome(s) fenced off (jobs {}): another attempt owns them now",
+                len(result.fenced),
+                ", ".join(str(i) for i in result.fenced[:10]),
+            )
+        if self.metrics is not None:
+            self.metrics.flushed(batch, result, time.perf_counter() - started)
+        self.counts["outcomes_written"] += len(result.written)
+        self.counts["outcomes_fenced"] += len(result.fenced)
+        if not self._buffer:
+            self._buffer_empty.set()
+        return True
+
+    async def _flush_all(self, timeout: float | None) -> bool:
+        """Flush until the buffer is empty, giving up after ``timeout`` seconds (None: keep trying)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            async with self._flush_lock:  # also waits out a flush in progress, which may hand its batch back
+                if not self._buffer:
+                    return True
+            if deadline is not None and time.monotonic() > deadline:
+                logger.error(
+                    "{} outcome(s) could not be written; the reaper will requeue those jobs", len(self._buffer)
+                )
+                return False
+            if not await self._flush_once():
+                await asyncio.sleep(0.2)
+
+    # --- supervision: timeouts, cancellation, progress ------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        last_progress = 0.0
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for running in list(self._running.values()):
+                if running.stop_reason is None and now > running.deadline:
+                    self._stop_job(running, "timeout")
+            if self._progress and now - last_progress >= self.config.progress_interval:
+                last_progress = now
+                await self._write_progress()
+
+    async def _write_progress(self) -> None:
+        pending, self._progress = self._progress, {}
+        async with self._flush_lock:
+            try:
+                conn = await self._outcome_link.get()
+                for job_id, (attempt, text) in pending.items():
+                    if not await repository.set_progress(conn, self.id, job_id, attempt, text):
+                        logger.bind(job_id=job_id).warning("progress of job {} fenced off", job_id)
+            except DatabaseUnavailable:
+                await self._outcome_link.lost()
+
+    # --- control: heartbeat, cancellation poll, reaper ----------------------------------------------------
+
+    async def _control(self) -> None:
+        config = self.config
+        next_beat = next_reap = next_cancel_poll = 0.0
+        while True:
+            now = time.monotonic()
+            try:
+                conn = await self._control_link.get()
+                if now >= next_beat:
+                    next_beat = now + config.heartbeat_interval
+                    if not await repository.heartbeat_worker(conn, self.id, self._in_flight):
+                        logger.warning("worker row was reaped; registering again")
+                        await repository.register_worker(
+                            conn, self.id, self.host, self.pid, config.queues, self.task_names, config.concurrency
+                        )
+                    self.last_heartbeat = time.monotonic()
+                if self._running and now >= next_cancel_poll:
+                    next_cancel_poll = now + 1.0
+                    for job_id in await repository.cancel_requested(conn, self.id):
+                        self._cancel(job_id)
+                if now >= next_reap:
+                    next_reap = now + config.reap_interval * random.uniform(0.8, 1.2)
+                    await self._reap(conn)
+                if self.metrics is not None:
+                    await self.metrics.refresh(conn, config.queues)
+                self._control_link.ok()
+            except DatabaseUnavailable:
+                await self._control_link.lost()
+                continue
+            except SchedError as exc:
+                logger.error("maintenance failed: {}", exc.message)
+            await asyncio.sleep(0.25)
+
+    async def _reap(self, conn: AsyncConnection) -> None:
+        result = await repository.reap_stale(conn, self.config.stale_after, self.config.timeout_grace)
+        if result.requeued or result.failed or result.workers_removed:
+            logger.warning(
+                "reaper: requeued {} job(s), failed {}, removed {} dead worker(s)",
+                len(result.requeued),
+                len(result.failed),
+                result.workers_removed,
+            )
+
+    def _cancel(self, job_id: int) -> None:
+        running = self._running.get(job_id)
+        if running is not None:
+            self._stop_job(running, "cancel")
+
+    # --- wake-ups -----------------------------------------------------------------------------------------
+
+    async def _listener(self) -> None:
+        queues = set(self.config.queues)
+        while True:
+            try:
+                conn = await self._listen_link.get()
+                await conn.listen([WAKEUP_CHANNEL, CANCEL_CHANNEL])
+                # Anything enqueued while we were not listening is found by this poll.
+                self._wake.set()
+                while True:
+                    for channel, payload in await conn.notifications(timeout=5.0):
+                        if channel == CANCEL_CHANNEL:
+                            if payload.isdigit():
+                                self._cancel(int(payload))
+                            continue
+                        self._on_wakeup(payload, queues)
+                    self._listen_link.ok()
+            except DatabaseUnavailable:
+                await self._listen_link.lost()
+
+    def _on_wakeup(self, payload: str, queues: set[str]) -> None:
+        queue, _, epoch = payload.partition(" ")
+        if queue not in queues:
+            return
+        try:
+            due_in = float(epoch) - time.time()
+        except ValueError:
+            due_in = 0.0
+        if due_in <= 0.001:
+            self._wake.set()
+            return
+        due = time.monotonic() + due_in
+        if len(self._due) < 10_000:
+            earliest = self._due[0] if self._due else None
+            heapq.heappush(self._due, due)
+            if earliest is None or due < earliest:
+                self._wake.set()  # the fetcher recomputes how long to sleep
+
+    # --- health -------------------------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the worker is healthy, with the facts behind the answer."""
+        now = time.monotonic()
+        beat_age = now - self.last_heartbeat
+        reasons = []
+        if beat_age > self.config.stale_after / 2:
+            reasons.append(f"heartbeat is {beat_age:.1f}s old (stale after {self.config.stale_after:g}s)")
+        if self._control_link.conn is None or self._control_link.conn.broken:
+            reasons.append("the database is unreachable")
+        if self._stopping:
+            reasons.append("shutting down")
+        body = {
+            "status": "ok" if not reasons else "unhealthy",
+            "reasons": reasons,
+            "worker_id": self.id,
+            "queues": self.config.queues,
+            "running": self._in_flight,
+            "concurrency": self.config.concurrency,
+            "heartbeat_age_s": round(beat_age, 3),
+            "uptime_s": round(now - self.started_at, 3),
+        }
+        return not reasons, body
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Wait until any event is set or the timeout passes."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
