@@ -1,0 +1,39 @@
+"""Every named query parses and type-checks against the migrated schema."""
+
+from __future__ import annotations
+
+import re
+
+from pgsched import db
+from pgsched.errors import SchedError
+from pgsched.sqlfiles import queries, query
+
+
+def _positional(text: str) -> str:
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    return re.sub(r"%\((\w+)\)s", number, text)
+
+
+def test_every_query_prepares(conn: db.Connection) -> None:
+    problems: dict[str, str] = {}
+    checked = 0
+    for name, text in sorted(queries().items()):
+        # COPY and CREATE cannot be prepared; the bulk-insert tests run them instead.
+        if text.split()[0].upper() in ("COPY", "CREATE"):
+            continue
+        positional = _positional(text)
+        assert "%(" not in positional, name
+        try:
+            with conn.transaction():
+                conn.run(query("JobIncomingCreate"))
+                conn.run(f"PREPARE sched_check AS {positional}")
+                conn.run("DEALLOCATE sched_check")
+                checked += 1
+        except SchedError as exc:
+            problems[name] = exc.message
+    assert not problems
+    assert checked >= 20
