@@ -207,9 +207,12 @@ def status(
         from pgsched.models import check_queue
 
         check_queue(queue)
-    with _connect(_settings()) as conn:
+    settings = _settings()
+    with _connect(settings) as conn:
         if job_id is not None:
-            job = repository.get_job(conn, job_id)
+            from pgsched.why import describe_job
+
+            job = describe_job(conn, job_id, settings.stale_after)
             if as_json:
                 _print_json(_job_json(job))
             else:
@@ -396,6 +399,244 @@ def worker(
         log_jobs=level == "DEBUG",
     )
     raise typer.Exit(run_worker(resolve_dsn(settings), config, settings.app))
+
+
+# --- cancel, retry, schedules and queue controls ---------------------------------------------------------
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job to cancel.")],
+    as_json: JsonOutput = False,
+) -> None:
+    """Cancel a waiting or queued job (and its dependents), or ask the worker running it to stop it."""
+    from pgsched import repository
+
+    with _connect(_settings()) as conn:
+        result = repository.cancel_job(conn, job_id)
+    if as_json:
+        _print_json(
+            {
+                "id": result.id,
+                "state": result.state,
+                "cancel_requested": result.state == "running",
+                "dependents_cancelled": result.dependents_cancelled,
+            }
+        )
+    elif result.state == "running":
+        sys.stdout.write(f"{job_id}: cancellation requested; its worker will stop it\n")
+    else:
+        extra = f" and {result.dependents_cancelled} dependent job(s)" if result.dependents_cancelled else ""
+        sys.stdout.write(f"{job_id}: cancelled{extra}\n")
+
+
+@app.command()
+def retry(
+    job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="The failed or cancelled job to retry.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job (of --queue).")] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled", help="Retry every cancelled job (of --queue).")] = False,
+    queue: QueueOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Put failed or cancelled jobs back in the queue with a fresh attempt budget.
+
+    A job whose dependencies have not all succeeded goes back to waiting; one whose dependency failed or was
+    cancelled is refused (retry that dependency first, or in the same call)."""
+    from pgsched import repository
+
+    if job_id is not None and (failed or cancelled or queue is not None):
+        raise _usage("give an ID, or --failed/--cancelled [--queue Q], not both")
+    if job_id is None and not (failed or cancelled):
+        raise _usage("give an ID, or --failed and/or --cancelled")
+    if queue is not None:
+        from pgsched.models import check_queue
+
+        check_queue(queue)
+    with _connect(_settings()) as conn:
+        if job_id is not None:
+            result = repository.retry_job(conn, job_id)
+        else:
+            states = [s for s, wanted in (("failed", failed), ("cancelled", cancelled)) if wanted]
+            result = repository.retry_matching(conn, states, queue)
+    if as_json:
+        _print_json({"queued": result.queued, "waiting": result.waiting, "refused": result.refused})
+        return
+    for revived in result.queued:
+        sys.stdout.write(f"{revived}\n")
+    for revived in result.waiting:
+        sys.stdout.write(f"{revived}\n")
+    if job_id is None:
+        sys.stderr.write(
+            f"retried {len(result.queued) + len(result.waiting)} job(s): {len(result.queued)} queued, "
+            f"{len(result.waiting)} waiting on dependencies, {len(result.refused)} refused\n"
+        )
+
+
+schedule_app = typer.Typer(
+    help="Recurring jobs: enqueue a task at each tick of a cron expression.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("add")
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="Schedule name (replaces a schedule of that name).")],
+    task: Annotated[str, typer.Argument(help="Task to enqueue at each tick.")],
+    cron: Annotated[str, typer.Option("--cron", help="Cron expression, e.g. '*/5 * * * *' or @daily.")],
+    payload: Annotated[
+        Optional[str], typer.Option("--payload", "-p", help="JSON object: inline, a file path, or - for stdin.")
+    ] = None,
+    queue: Annotated[str, typer.Option("--queue", "-Q", help="Queue name.")] = "default",
+    tz: Annotated[str, typer.Option("--tz", help="Time zone the expression is read in (IANA name).")] = "UTC",
+    catch_up: Annotated[
+        str,
+        typer.Option("--catch-up", help="Ticks missed while no worker ran: latest (one job), all, or none."),
+    ] = "latest",
+    as_json: JsonOutput = False,
+) -> None:
+    """Create or replace a schedule; workers enqueue one job per tick."""
+    from pgsched import repository
+    from pgsched.jobspec import read_payload_argument
+    from pgsched.schedules import build_schedule
+
+    settings = _settings()
+    spec = build_schedule(
+        name,
+        cron,
+        task,
+        queue=queue,
+        payload_json=read_payload_argument(payload, settings.max_payload_bytes),
+        tz=tz,
+        catch_up=catch_up,
+    )
+    with _connect(settings) as conn:
+        created = repository.upsert_schedule(conn, spec)
+        found = next(s for s in repository.list_schedules(conn) if s["name"] == spec.name)
+    if as_json:
+        _print_json({**_schedule_json(found), "created": created})
+    else:
+        sys.stdout.write(f"{spec.name}\n")
+        sys.stderr.write(f"{'created' if created else 'replaced'}; next run at {found['next_run_at'].isoformat()}\n")
+
+
+def _schedule_json(schedule: dict[str, Any]) -> dict[str, Any]:
+    from pgsched.render import iso
+
+    return {**schedule, **{k: iso(schedule[k]) for k in ("next_run_at", "last_tick", "created_at")}}
+
+
+@schedule_app.command("list")
+def schedule_list(as_json: JsonOutput = False) -> None:
+    """List schedules with their next run."""
+    from pgsched import repository
+
+    with _connect(_settings()) as conn:
+        schedules = repository.list_schedules(conn)
+    if as_json:
+        _print_json([_schedule_json(s) for s in schedules])
+    else:
+        from pgsched.render import print_schedules
+
+        print_schedules(schedules)
+
+
+@schedule_app.command("remove")
+def schedule_remove(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Remove a schedule (jobs it already enqueued stay)."""
+    from pgsched import repository
+    from pgsched.schedules import check_schedule_name
+
+    check_schedule_name(name)
+    with _connect(_settings()) as conn:
+        repository.delete_schedule(conn, name)
+    sys.stderr.write(f"removed schedule {name}\n")
+
+
+queue_app = typer.Typer(
+    help="Queue controls shared by all workers: pause, rate limit, backlog cap.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(queue_app, name="queue")
+QueueArgument = Annotated[str, typer.Argument(metavar="QUEUE", help="Queue name.")]
+
+
+@queue_app.command("pause")
+def queue_pause(name: QueueArgument) -> None:
+    """Stop every worker from claiming jobs of QUEUE (running jobs finish)."""
+    _set_paused(name, True)
+
+
+@queue_app.command("resume")
+def queue_resume(name: QueueArgument) -> None:
+    """Let workers claim jobs of QUEUE again."""
+    _set_paused(name, False)
+
+
+def _set_paused(name: str, paused: bool) -> None:
+    from pgsched import repository
+    from pgsched.models import check_queue
+
+    check_queue(name)
+    with _connect(_settings()) as conn:
+        repository.set_queue_paused(conn, name, paused)
+    sys.stderr.write(f"queue {name} {'paused' if paused else 'resumed'}\n")
+
+
+@queue_app.command("limit")
+def queue_limit(
+    name: QueueArgument,
+    rate: Annotated[
+        Optional[str], typer.Option("--rate", help="Most jobs started per time across all workers: 100/s, 30/m, none.")
+    ] = None,
+    burst: Annotated[
+        Optional[int],
+        typer.Option("--burst", min=1, help="Jobs that may start at once after a pause [one second's worth]."),
+    ] = None,
+    max_backlog: Annotated[
+        Optional[int], typer.Option("--max-backlog", min=1, help="Refuse adds while this many jobs are queued.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the rate limit and the backlog cap.")] = False,
+) -> None:
+    """Set or remove QUEUE's global rate limit (a token bucket) and backlog cap."""
+    from pgsched import repository
+    from pgsched.durations import parse_rate
+    from pgsched.models import check_queue
+
+    check_queue(name)
+    if clear and (rate is not None or burst is not None or max_backlog is not None):
+        raise _usage("--clear cannot be combined with --rate, --burst or --max-backlog")
+    if not clear and rate is None and burst is None and max_backlog is None:
+        raise _usage("give --rate, --max-backlog or --clear")
+    if burst is not None and (rate is None or rate.strip().lower() == "none"):
+        raise _usage("--burst needs --rate")
+    per_second = None if rate is None or rate.strip().lower() == "none" else parse_rate(rate)
+    with _connect(_settings()) as conn:
+        if clear:
+            repository.set_queue_rate(conn, name, None)
+            repository.set_queue_max_backlog(conn, name, None)
+        if rate is not None:
+            repository.set_queue_rate(conn, name, per_second, burst)
+        if max_backlog is not None:
+            repository.set_queue_max_backlog(conn, name, max_backlog)
+    sys.stderr.write(f"queue {name} updated\n")
+
+
+@queue_app.command("list")
+def queue_list(as_json: JsonOutput = False) -> None:
+    """List queues with their pause state, rate limit, bucket level, backlog cap and load."""
+    from pgsched import repository
+
+    with _connect(_settings()) as conn:
+        queues = repository.list_queues(conn)
+    if as_json:
+        _print_json(queues)
+    else:
+        from pgsched.render import print_queue_settings
+
+        print_queue_settings(queues)
 
 
 def main() -> None:

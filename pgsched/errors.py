@@ -40,5 +40,9 @@ class QueueFull(SchedError):
     """The queue is full."""
 
 
+class WrongState(SchedError):
+    """The job is not in a state that allows this."""
+
+
 class EmbeddedUnavailable(SchedError):
     """SCHED_DATABASE_URL is not set and the embedded PostgreSQL is not installed (pip install 'pgsched[embedded]')."""

@@ -100,3 +100,56 @@ def print_job(job: dict[str, Any], console: Console | None = None) -> None:
     if job.get("why"):
         table.add_row("why", job["why"])
     console.print(table, highlight=False, markup=True)
+
+
+def print_schedules(schedules: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Print schedules with their expression, target and next run."""
+    console = console or Console()
+    if not schedules:
+        console.print("no schedules")
+        return
+    table = Table(title="schedules", title_justify="left", pad_edge=False)
+    for name in ("name", "cron", "tz", "task", "queue", "catch-up", "next run", "last tick", "source"):
+        table.add_column(name, overflow="fold")
+    for s in schedules:
+        table.add_row(
+            s["name"],
+            s["cron"],
+            s["tz"],
+            s["task"],
+            s["queue"],
+            s["catch_up"],
+            iso(s["next_run_at"]),
+            iso(s["last_tick"]) or "-",
+            s["source"],
+        )
+    console.print(table, highlight=False, markup=False)
+
+
+def print_queue_settings(queues: list[dict[str, Any]], console: Console | None = None) -> None:
+    """Print queues with their controls (paused, rate limit, bucket level, backlog cap) and load."""
+    console = console or Console()
+    if not queues:
+        console.print("no queues yet")
+        return
+    table = Table(title="queues", title_justify="left", pad_edge=False)
+    table.add_column("queue", overflow="fold")
+    table.add_column("paused")
+    table.add_column("rate", justify="right")
+    table.add_column("burst", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("max backlog", justify="right")
+    table.add_column("queued", justify="right", style=STATE_STYLES["queued"])
+    table.add_column("running", justify="right", style=STATE_STYLES["running"])
+    for q in queues:
+        table.add_row(
+            q["queue"],
+            "yes" if q["paused"] else "no",
+            f"{q['rate']:g}/s" if q["rate"] is not None else "-",
+            f"{q['burst']:g}" if q["burst"] is not None else "-",
+            f"{q['tokens']:.1f}" if q["tokens"] is not None else "-",
+            str(q["max_backlog"]) if q["max_backlog"] is not None else "-",
+            str(q["queued"]),
+            str(q["running"]),
+        )
+    console.print(table, highlight=False, markup=False)
