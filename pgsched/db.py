@@ -203,3 +203,13 @@ def wrap(raw: psycopg.Connection) -> Connection:
 def server_version(conn: Connection) -> int:
     """The server's version number, e.g. 150020."""
     return conn.raw.info.server_version
+
+
+def begin_implicit(conn: Connection) -> None:
+    """Open the implicit transaction of a caller's non-autocommit connection if none is open yet, so that a
+    following ``transaction()`` is a savepoint inside it rather than a transaction that commits on its own."""
+    from pgsched.sqlfiles import query
+
+    raw = conn.raw
+    if not raw.autocommit and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.rows(query("TransactionOpen"))

@@ -578,3 +578,8 @@ SELECT coalesce(q.paused, false) AS paused, q.rate,
        now() AS now
 FROM (SELECT 1) AS one
 LEFT JOIN sched_queues q ON q.queue = %(queue)s;
+
+-- name: TransactionOpen
+-- Makes a non-autocommit connection open its implicit transaction (psycopg sends BEGIN before the first
+-- statement), so that sched's block nests in the caller's transaction as a savepoint.
+SELECT 1;

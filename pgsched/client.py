@@ -1,0 +1,182 @@
+"""The Python API for producers: ``Client(...).enqueue(...)``, on sched's own connection or inside the
+caller's psycopg transaction, so a job exists (and workers are woken) only if that transaction commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pgsched.errors import InvalidInput
+from pgsched.models import (
+    Enqueued,
+    NewJob,
+    check_key,
+    check_max_attempts,
+    check_priority,
+    check_queue,
+    check_task,
+    check_timeout,
+    encode_payload,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from pgsched.db import Connection
+
+__all__ = ["Client", "Enqueued"]
+
+_MAX_DELAY_S = 366 * 86400.0
+_JOB_FIELDS = {"task", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "timeout", "key", "after"}
+
+
+class Client:
+    """Adds jobs. Give ``dsn`` (or nothing: SCHED_DATABASE_URL, else the embedded server) for a connection of
+    the client's own, where each call commits; or ``conn``, a psycopg connection, to enqueue inside its
+    current transaction."""
+
+    def __init__(self, dsn: str | None = None, *, conn: psycopg.Connection | None = None) -> None:
+        from pgsched.quicksettings import quick_settings
+
+        if dsn is not None and conn is not None:
+            raise InvalidInput("give dsn or conn, not both")
+        settings = quick_settings()
+        self.max_payload_bytes: int = settings.max_payload_bytes
+        self.default_max_attempts: int = settings.max_attempts
+        self.default_timeout_s: float = settings.job_timeout
+        self._owned = conn is None
+        if conn is not None:
+            from pgsched.db import wrap
+
+            self._conn: Connection = wrap(conn)
+        else:
+            from pgsched.db import connect
+            from pgsched.quicksettings import resolve_dsn
+
+            self._conn = connect(dsn if dsn is not None else resolve_dsn(settings), application_name="sched-client")
+
+    def enqueue(
+        self,
+        task: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float | timedelta | str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | str | None = None,
+        key: str | None = None,
+        after: Sequence[int] = (),
+    ) -> Enqueued:
+        """Add one job and return its id (``.id``); with ``key``, a live job of the same queue and key is
+        returned instead, marked ``.deduplicated``."""
+        from pgsched import repository
+
+        job = self._job(
+            task=task,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            key=key,
+            after=after,
+        )
+        self._join_transaction()
+        return repository.enqueue(self._conn, job)
+
+    def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Enqueued]:
+        """Add many jobs, all or nothing, in order; each is a mapping of ``enqueue``'s arguments (``task``
+        required). Without dependencies they go in through one COPY."""
+        from pgsched import repository
+
+        built = []
+        for number, spec in enumerate(jobs, start=1):
+            if not isinstance(spec, Mapping):
+                raise InvalidInput(f"job {number}: must be a mapping of enqueue's arguments")
+            unknown = sorted(set(spec) - _JOB_FIELDS)
+            if unknown:
+                raise InvalidInput(f"job {number}: unknown field {unknown[0]!r}")
+            if "task" not in spec:
+                raise InvalidInput(f"job {number}: missing task")
+            try:
+                built.append(self._job(**spec))
+            except InvalidInput as exc:
+                raise InvalidInput(f"job {number}: {exc.message}") from None
+        self._join_transaction()
+        if not any(job.after for job in built):
+            return repository.enqueue_many(self._conn, built)
+        with self._conn.transaction():
+            return [repository.enqueue(self._conn, job) for job in built]
+
+    def _job(
+        self,
+        *,
+        task: str,
+        payload: Mapping[str, Any] | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        delay: float | timedelta | str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        timeout: float | timedelta | str | None = None,
+        key: str | None = None,
+        after: Sequence[int] = (),
+    ) -> NewJob:
+        if delay is not None and run_at is not None:
+            raise InvalidInput("use delay or run_at, not both")
+        if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
+            raise InvalidInput("run_at must be a timezone-aware datetime")
+        delay_s = _seconds(delay, "delay") if delay is not None else None
+        if delay_s is not None and not 0 <= delay_s <= _MAX_DELAY_S:
+            raise InvalidInput(f"invalid delay {delay!r}: from 0 to a year")
+        after_ids = list(after)
+        if any(isinstance(i, bool) or not isinstance(i, int) or i <= 0 for i in after_ids):
+            raise InvalidInput(f"after must hold job ids, not {after_ids!r}")
+        return NewJob(
+            task=check_task(task),
+            payload_json=encode_payload(dict(payload) if payload is not None else {}, self.max_payload_bytes),
+            queue=check_queue(queue),
+            priority=check_priority(priority),
+            delay_s=delay_s,
+            run_at=run_at,
+            max_attempts=check_max_attempts(self.default_max_attempts if max_attempts is None else max_attempts),
+            timeout_s=check_timeout(self.default_timeout_s if timeout is None else _seconds(timeout, "timeout")),
+            key=check_key(key),
+            after=after_ids,
+        )
+
+    def _join_transaction(self) -> None:
+        # A non-autocommit connection opens its transaction with its first statement. Open it now, so that
+        # sched's block becomes a savepoint inside the caller's transaction instead of one that commits.
+        if not self._owned:
+            from pgsched.db import begin_implicit
+
+            begin_implicit(self._conn)
+
+    def close(self) -> None:
+        """Close the client's own connection (a caller's connection is left open)."""
+        if self._owned:
+            self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _seconds(value: float | timedelta | str, what: str) -> float:
+    from pgsched.durations import parse_duration
+
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        return parse_duration(value, what=what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"invalid {what} {value!r}")
+    return float(value)
