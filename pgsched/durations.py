@@ -1,5 +1,6 @@
 """Parsing of human durations (``30s``, ``5m``, ``1h30m``, ``7d``, plain seconds) and rates (``100/s``)."""
 
+import math
 import re
 
 from pgsched.errors import InvalidInput
@@ -8,16 +9,26 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 _PLAIN = re.compile(r"\d+(?:\.\d+)?")
+# Far beyond any retention or delay anyone means, yet small enough for datetime.timedelta and PostgreSQL intervals.
+MAX_DURATION_S = 100 * 366 * 86400.0
 
 
 def parse_duration(text: str, *, what: str = "duration") -> float:
     """Return the number of seconds in ``text``; raise InvalidInput when it is not a duration."""
     value = text.strip().lower()
     if _PLAIN.fullmatch(value):
-        return float(value)
-    if value and _WHOLE.fullmatch(value):
-        return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(value))
-    raise InvalidInput(f"invalid {what} {text!r}: use e.g. 30s, 5m, 2h, 7d, 1h30m or plain seconds")
+        seconds = float(value)
+    elif value and _WHOLE.fullmatch(value):
+        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(value))
+    else:
+        raise InvalidInput(f"invalid {what} {text!r}: use e.g. 30s, 5m, 2h, 7d, 1h30m or plain seconds")
+    if not seconds <= MAX_DURATION_S:
+        raise InvalidInput(f"invalid {what} {_clip(text)}: too long (at most 100 years)")
+    return seconds
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def format_duration(seconds: float) -> str:
@@ -38,7 +49,7 @@ def format_duration(seconds: float) -> str:
 def parse_rate(text: str) -> float:
     """Return events per second in ``text`` (``100/s``, ``5/m``, ``1000/h``, or a plain number per second)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|m|min|h|hour))?\s*", text.lower())
-    if not match or float(match.group(1)) <= 0:
+    if not match or not 0 < float(match.group(1)) < math.inf:
         raise InvalidInput(f"invalid rate {text!r}: use e.g. 100/s, 30/m or 1000/h")
     per = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600}[match.group(2) or "s"]
     return float(match.group(1)) / per

@@ -45,7 +45,10 @@ def read_payload_argument(value: str | None, max_bytes: int) -> str:
     if value is None:
         return "{}"
     if value == "-":
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise InvalidInput("the payload on stdin is not UTF-8 text") from None
     elif value.lstrip()[:1] in ("{", "[", '"') or not _is_file(value):
         text = value
         if not _looks_like_json(value):
@@ -96,7 +99,7 @@ def build_job(
         raise InvalidInput("missing TASK (or --jsonl FILE)")
     after_ids = list(after)
     for job_id in after_ids:
-        if job_id <= 0:
+        if not 0 < job_id < 2**63:
             raise InvalidInput(f"--after {job_id}: no such job")
     return NewJob(
         task=check_task(defaults.task),
@@ -140,6 +143,8 @@ def _job_from_line(line: str, defaults: JobDefaults, max_bytes: int) -> NewJob:
         raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise InvalidInput("nested too deeply") from None
+    except ValueError:  # json turns numbers into ints, which refuse more than 4300 digits
+        raise InvalidInput("not valid JSON: a number has too many digits") from None
     if not isinstance(record, dict):
         raise InvalidInput("each line must be a JSON object")
     unknown = sorted(set(record) - _LINE_FIELDS)
