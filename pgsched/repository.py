@@ -386,10 +386,11 @@ async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:
 def _admit(conn: Connection, queue: str, count: int) -> None:
     """Refuse ``count`` new jobs on ``queue`` when that would pass its max backlog; call inside the insert's
     transaction, which then holds the capped queue's row until it commits, so concurrent adds take turns."""
-    row = conn.row(query("QueueAdmit"), {"queue": queue})
+    row = conn.row(query("QueueAdmitLock"), {"queue": queue})
     if row is None:
         return
-    max_backlog, queued = row
+    max_backlog = row[0]
+    queued = conn.row(query("QueueCountQueued"), {"queue": queue})[0]  # type: ignore[index]
     if queued >= max_backlog:
         raise QueueFull(f"queue {queue} is full ({queued} jobs)")
     if queued + count > max_backlog:

@@ -353,14 +353,17 @@ SELECT pg_advisory_unlock(hashtext('sched_migrate'));
 -- Mark one migration applied, in the same transaction as its DDL.
 INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
 
--- name: QueueAdmit
--- Admission control for an add: lock a capped queue's row (so concurrent adds take turns) and count its
--- queued jobs. Returns nothing for a queue without a cap, which is the common case and locks nothing.
-SELECT q.max_backlog,
-       (SELECT count(*) FROM sched_jobs j WHERE j.queue = q.queue AND j.state = 'queued') AS queued
-FROM sched_queues q
-WHERE q.queue = %(queue)s AND q.max_backlog IS NOT NULL
-FOR UPDATE OF q;
+-- name: QueueAdmitLock
+-- Admission control for an add: lock a capped queue's row, so concurrent adds take turns, and return its cap.
+-- Returns nothing for a queue without a cap, which is the common case and locks nothing.
+SELECT max_backlog FROM sched_queues
+WHERE queue = %(queue)s AND max_backlog IS NOT NULL
+FOR UPDATE;
+
+-- name: QueueCountQueued
+-- A capped queue's queued jobs, counted after taking its lock: a statement of its own, so that its snapshot
+-- includes the jobs of the add that held the lock before.
+SELECT count(*) FROM sched_jobs WHERE queue = %(queue)s AND state = 'queued';
 
 -- name: QueueSetPaused
 -- Pause or resume a queue; claims see it from their next statement on.
