@@ -50,8 +50,6 @@ def load_settings(**overrides: Any) -> Settings:
 
 def resolve_dsn(settings: Settings) -> str:
     """The DSN to use: SCHED_DATABASE_URL, or the embedded server's when it is unset."""
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    from pgsched.embedded import ensure_server
+    from pgsched.quicksettings import resolve_dsn as resolve
 
-    return ensure_server(settings.data_dir)
+    return resolve(settings)
