@@ -21,6 +21,7 @@ from pgsched.models import (
     check_task,
     check_timeout,
     encode_payload,
+    json_error_message,
     parse_payload,
 )
 
@@ -127,6 +128,12 @@ _LINE_FIELDS = {"payload", "task", "queue", "priority", "key", "delay", "run_at"
 
 def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults, max_bytes: int) -> Iterator[NewJob]:
     """Validate ``--jsonl`` lines one by one; the first bad line raises InvalidInput naming its number."""
+    # Command-line options apply to every line, so a bad one is no line's fault: check them once, up front.
+    check_queue(defaults.queue)
+    check_priority(defaults.priority)
+    check_max_attempts(defaults.max_attempts)
+    check_timeout(defaults.timeout_s)
+    check_key(defaults.key)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -138,9 +145,10 @@ def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults, max_bytes: int)
 
 def _job_from_line(line: str, defaults: JobDefaults, max_bytes: int) -> NewJob:
     try:
-        record = json.loads(line)
+        # Without its line break, an error at the end of the line points at the line, not at the next one.
+        record = json.loads(line.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        raise InvalidInput(f"not valid JSON: {json_error_message(exc)} at column {exc.colno}") from None
     except RecursionError:
         raise InvalidInput("nested too deeply") from None
     except ValueError:  # json turns numbers into ints, which refuse more than 4300 digits

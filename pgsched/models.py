@@ -105,13 +105,19 @@ def parse_payload(text: str, max_bytes: int) -> dict[str, Any]:
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        message = json_error_message(exc)
+        raise InvalidInput(f"payload is not valid JSON: {message} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise InvalidInput("payload is nested too deeply") from None
     except ValueError:  # json turns numbers into ints, which refuse more than 4300 digits
         raise InvalidInput("payload is not valid JSON: a number has too many digits") from None
     encode_payload(value, max_bytes)
     return value
+
+
+def json_error_message(exc: json.JSONDecodeError) -> str:
+    """The decoder's message without its dangling "at" (as in "Unterminated string starting at")."""
+    return exc.msg.removesuffix(" at")
 
 
 def _reject_constant(name: str) -> Any:

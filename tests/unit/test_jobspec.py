@@ -168,3 +168,21 @@ def test_jsonl_oversize_payload() -> None:
 def test_jsonl_delay_is_relative_seconds() -> None:
     (job,) = jobs_from_jsonl(['{"delay": "1h"}'], JobDefaults(task="t"), 100)
     assert timedelta(seconds=job.delay_s) == timedelta(hours=1)
+
+
+def test_jsonl_error_at_the_end_of_a_line_names_that_line() -> None:
+    with pytest.raises(InvalidInput) as info:
+        list(jobs_from_jsonl(['{"payload": {}}\n', '{"payload": {"n": 2}\n'], JobDefaults(task="t"), 1000))
+    assert info.value.message == "line 2: not valid JSON: Expecting ',' delimiter at column 21"
+
+
+def test_jsonl_checks_command_line_defaults_even_without_lines() -> None:
+    with pytest.raises(InvalidInput) as info:
+        list(jobs_from_jsonl([], JobDefaults(task="t", timeout_s=0), 1000))
+    assert info.value.message == "invalid timeout 0: must be more than 0 and at most 7d"
+
+
+def test_unterminated_string_message_reads_well() -> None:
+    with pytest.raises(InvalidInput) as info:
+        read_payload_argument('{"a": "b', 100)
+    assert info.value.message == "payload is not valid JSON: Unterminated string starting at line 1 column 7"
