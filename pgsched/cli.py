@@ -639,6 +639,39 @@ def queue_list(as_json: JsonOutput = False) -> None:
         print_queue_settings(queues)
 
 
+@app.command()
+def doctor(
+    max_lag: Annotated[
+        str, typer.Option("--max-lag", help="Fail when a ready job has waited longer than this.")
+    ] = "60s",
+    max_transaction_age: Annotated[
+        str, typer.Option("--max-transaction-age", help="Fail on transactions open longer than this.")
+    ] = "5m",
+    stale_after: StaleAfter = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Check the database, schema, workers, lag and vacuum health; exit 1 if any check fails."""
+    from pgsched.doctor import Thresholds, diagnose
+    from pgsched.durations import parse_duration
+    from pgsched.quicksettings import resolve_dsn
+
+    settings = _settings(stale_after=stale_after)
+    limits = Thresholds(
+        max_lag_s=parse_duration(max_lag, what="--max-lag"),
+        stale_after_s=settings.stale_after,
+        max_transaction_age_s=parse_duration(max_transaction_age, what="--max-transaction-age"),
+    )
+    report = diagnose(resolve_dsn(settings), limits)
+    if as_json:
+        _print_json(report.as_json())
+    else:
+        from pgsched.render import print_doctor
+
+        print_doctor(report)
+    if not report.ok:
+        raise SchedError(f"{len(report.failed)} check(s) failed: {', '.join(c.name for c in report.failed)}")
+
+
 def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0

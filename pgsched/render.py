@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pgsched.durations import format_duration
@@ -153,3 +154,21 @@ def print_queue_settings(queues: list[dict[str, Any]], console: Console | None =
             str(q["running"]),
         )
     console.print(table, highlight=False, markup=False)
+
+
+DOCTOR_STYLES = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def print_doctor(report: Any, console: Console | None = None) -> None:
+    """Print the doctor's checks: status, what was found, and what to do about problems."""
+    console = console or Console()
+    table = Table(pad_edge=False, show_lines=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("found / what to do", overflow="fold", ratio=1)
+    for check in report.checks:
+        text = escape(check.detail)
+        if check.fix and check.status != "ok":
+            text += f"\n[italic]→ {escape(check.fix)}[/]"
+        table.add_row(check.name, f"[{DOCTOR_STYLES.get(check.status, '')}]{check.status}[/]", text)
+    console.print(table, highlight=False)

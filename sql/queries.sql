@@ -586,3 +586,64 @@ LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 -- Makes a non-autocommit connection open its implicit transaction (psycopg sends BEGIN before the first
 -- statement), so that sched's block nests in the caller's transaction as a savepoint.
 SELECT 1;
+
+-- name: TableExists
+-- Whether a relation exists, so readers can tolerate a schema that an older sched created.
+SELECT to_regclass(%(name)s) IS NOT NULL;
+
+-- name: DoctorReadyQueues
+-- Queues with ready jobs: how many, the oldest one's age, and how many live workers serve each.
+-- The inner scan reads only the claim's partial index on queued jobs.
+SELECT r.queue, r.ready, r.oldest_age_s,
+       (SELECT count(*) FROM sched_workers w
+        WHERE r.queue = ANY(w.queues) AND w.heartbeat_at > now() - %(stale_after)s::interval) AS live_workers
+FROM (SELECT queue, count(*) AS ready, extract(epoch FROM now() - min(run_at))::float8 AS oldest_age_s
+      FROM sched_jobs
+      WHERE state = 'queued' AND run_at <= now()
+      GROUP BY queue) r
+ORDER BY r.queue;
+
+-- name: DoctorPausedQueues
+-- Queues an operator paused: their backlog is intended, not a symptom.
+SELECT queue FROM sched_queues WHERE paused ORDER BY queue;
+
+-- name: DoctorJobTableHealth
+-- Dead and live tuples of sched_jobs, when it was last vacuumed, and the autovacuum settings that apply to it.
+-- Every finished job leaves a dead tuple behind, so a queue table lives or dies by autovacuum.
+SELECT coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+       extract(epoch FROM now() - greatest(s.last_autovacuum, s.last_vacuum))::float8 AS vacuumed_age_s,
+       coalesce(s.autovacuum_count, 0),
+       coalesce(c.reloptions, '{}'),
+       current_setting('autovacuum')::bool,
+       current_setting('autovacuum_vacuum_scale_factor')::float8,
+       current_setting('autovacuum_vacuum_threshold')::int
+FROM pg_class c
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = 'sched_jobs'::regclass;
+
+-- name: DoctorVacuumBlockers
+-- What keeps vacuum from removing dead jobs: old open transactions of this database (their snapshot or xid
+-- pins the xmin horizon), old prepared transactions, standbys' feedback and replication slots holding xmin.
+-- Other databases' sessions do not hold back vacuum of this one's tables, so they are left out.
+SELECT 'session' AS kind, pid::text AS who, coalesce(application_name, '') AS detail, state,
+       extract(epoch FROM now() - xact_start)::float8 AS age_s,
+       (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AS pins_horizon,
+       left(regexp_replace(query, '\s+', ' ', 'g'), 60) AS query
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
+  AND xact_start < now() - %(max_age)s::interval
+UNION ALL
+SELECT 'prepared transaction', gid, owner, 'prepared', extract(epoch FROM now() - prepared)::float8, true, ''
+FROM pg_prepared_xacts
+WHERE database = current_database() AND prepared < now() - %(max_age)s::interval
+UNION ALL
+SELECT 'standby feedback', pid::text, coalesce(application_name, ''), state,
+       extract(epoch FROM now() - backend_start)::float8, true, ''
+FROM pg_stat_activity
+WHERE backend_type = 'walsender' AND backend_xmin IS NOT NULL AND age(backend_xmin) > %(max_xmin_age)s
+UNION ALL
+SELECT 'replication slot', slot_name::text, CASE WHEN active THEN 'active' ELSE 'inactive' END, '',
+       NULL, true, ''
+FROM pg_replication_slots
+WHERE xmin IS NOT NULL AND age(xmin) > %(max_xmin_age)s
+ORDER BY age_s DESC NULLS LAST;
