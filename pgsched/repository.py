@@ -262,6 +262,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome)
     result = RecordResult()
+    settle: list[int] = []
     async with conn.transaction():
         if done := by_kind.get("succeeded"):
             # Results arrive as JSON text; join them into one JSON array instead of re-encoding each.
@@ -279,6 +280,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                 prepare=True,
             )
             result.written.extend(r[0] for r in rows)
+            settle.extend(r[0] for r in rows if r[1])
         if failed := by_kind.get("failed"):
             rows = await conn.rows(
                 query("JobSetFailedMany"),
@@ -294,6 +296,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
             )
             result.written.extend(r[0] for r in rows)
             result.retried.extend(r[0] for r in rows if r[1] == "queued")
+            settle.extend(r[0] for r in rows if r[3] and r[1] == "failed")
         if cancelled := by_kind.get("cancelled"):
             rows = await conn.rows(
                 query("JobSetCancelledMany"),
@@ -305,6 +308,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                 },
             )
             result.written.extend(r[0] for r in rows)
+            settle.extend(r[0] for r in rows if r[1])
         if released := by_kind.get("released"):
             rows = await conn.rows(
                 query("JobReleaseMany"),
@@ -316,10 +320,11 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
             )
             result.written.extend(r[0] for r in rows)
             result.wake_queues.update(r[1] for r in rows)
-        if result.written:
-            result.wake_queues.update(await _settle_dependents(conn, result.written))
-            if result.wake_queues:
-                await conn.rows(query("QueueNotifyMany"), {"queues": sorted(result.wake_queues)})
+        # Only jobs that gained dependents need the second statement; most batches skip it.
+        if settle:
+            result.wake_queues.update(await _settle_dependents(conn, settle))
+        if result.wake_queues:
+            await conn.rows(query("QueueNotifyMany"), {"queues": sorted(result.wake_queues)})
     written = set(result.written)
     result.fenced = [o.job_id for o in outcomes if o.job_id not in written]
     return result

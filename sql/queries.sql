@@ -1,6 +1,10 @@
 -- Every runtime query sched runs, one per operation, named Entity+Verb so related queries sort together.
 -- Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s style.
 -- Fencing (DESIGN §2): every transition out of 'running' matches state, worker_id and attempt.
+-- The batch transitions compare "j.state::text = 'running'" on purpose: with a plain "j.state = 'running'"
+-- the planner may read the partial index on running rows with a bitmap scan, which revisits the dead entry
+-- every finished job leaves behind until vacuum, so each flush would cost more than the last. The cast
+-- keeps those statements on the primary key.
 
 -- name: JobInsert
 -- Insert one job unless a live job holds the same (queue, key); the NOTIFY is sent only if the insert commits.
@@ -119,7 +123,7 @@ UPDATE sched_jobs j
 SET max_attempts = greatest(o.max_attempts, j.attempt), timeout = make_interval(secs => o.timeout_s)
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(max_attempts)s::int[], %(timeouts)s::float8[])
      AS o(id, attempt, max_attempts, timeout_s)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt;
+WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt;
 
 -- name: JobSetSucceededMany
 -- Record a batch of successes. %(results)s is one JSON array parallel to the ids (or NULL when no job
@@ -127,8 +131,8 @@ WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.
 UPDATE sched_jobs j
 SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> (o.ord - 1)::int, error = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) WITH ORDINALITY AS o(id, attempt, ord)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
-RETURNING j.id;
+WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+RETURNING j.id, j.has_dependents;
 
 -- name: JobSetFailedMany
 -- Record a batch of failures: retry after a jittered exponential backoff while attempts remain
@@ -146,23 +150,23 @@ SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
     error = o.error
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[], %(retryable)s::bool[],
             %(base)s::float8[], %(cap)s::float8[]) AS o(id, attempt, error, retryable, base, cap)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
-RETURNING j.id, j.state, j.queue, j.run_at;
+WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+RETURNING j.id, j.state, j.queue, j.has_dependents;
 
 -- name: JobSetCancelledMany
 -- Record running jobs that stopped because cancellation was requested.
 UPDATE sched_jobs j
 SET state = 'cancelled', finished_at = now(), error = o.error
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[]) AS o(id, attempt, error)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
-RETURNING j.id;
+WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+RETURNING j.id, j.has_dependents;
 
 -- name: JobReleaseMany
 -- Give running jobs back on shutdown without spending an attempt: the claim counted one, so take it back.
 UPDATE sched_jobs j
 SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, started_at = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS o(id, attempt)
-WHERE j.id = o.id AND j.state = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
 RETURNING j.id, j.queue;
 
 -- name: JobSettleDependents
@@ -171,8 +175,8 @@ RETURNING j.id, j.queue;
 -- transaction finished, so replaying a batch after an ambiguous commit never decrements twice.
 -- A failed or cancelled job cancels its waiting dependents, transitively; a success releases them.
 WITH RECURSIVE finished AS (
-    SELECT id, state FROM sched_jobs
-    WHERE id = ANY(%(ids)s::bigint[]) AND has_dependents AND finished_at = now()
+    SELECT j.id, j.state FROM unnest(%(ids)s::bigint[]) AS t(id) JOIN sched_jobs j ON j.id = t.id
+    WHERE j.has_dependents AND j.finished_at = now()
 ),
 doomed (id) AS (
     SELECT d.job_id FROM sched_job_deps d JOIN finished f ON d.depends_on = f.id WHERE f.state <> 'succeeded'
