@@ -139,7 +139,10 @@ class Client:
             raise InvalidInput(f"after must hold job ids, not {after_ids!r}")
         return NewJob(
             task=check_task(task),
-            payload_json=encode_payload(dict(payload) if payload is not None else {}, self.max_payload_bytes),
+            payload_json=encode_payload(
+                dict(payload) if isinstance(payload, Mapping) else {} if payload is None else payload,
+                self.max_payload_bytes,
+            ),
             queue=check_queue(queue),
             priority=check_priority(priority),
             delay_s=delay_s,

@@ -39,7 +39,7 @@ def explain(job: dict[str, Any], deps: list[tuple[int, str]], facts: dict[str, A
             return f"attempts exhausted ({job['attempt']} of {job['max_attempts']}); last error: {error}"
         return f"failed on attempt {job['attempt']} of {job['max_attempts']} without retry; error: {error}"
     if state == "cancelled":
-        return f"cancelled: {job.get('error') or 'by request'}"
+        return job.get("error") or "cancelled"
     if state == "running":
         return f"running attempt {job['attempt']} of {job['max_attempts']}"
     return None
@@ -65,10 +65,8 @@ def _explain_queued(job: dict[str, Any], facts: dict[str, Any]) -> str:
     jobs_ahead = f"{ahead} job{'s' if ahead != 1 else ''} ahead of it"
     if facts["busy_slots"] >= facts["slots"]:
         workers = facts["task_workers"]
-        return (
-            f"all {workers} serving worker{'s' if workers != 1 else ''} are busy "
-            f"({facts['busy_slots']}/{facts['slots']} slots), {jobs_ahead}{retrying}"
-        )
+        who = "the only serving worker is" if workers == 1 else f"all {workers} serving workers are"
+        return f"{who} busy ({facts['busy_slots']}/{facts['slots']} slots), {jobs_ahead}{retrying}"
     return f"ready; {jobs_ahead}{retrying}"
 
 

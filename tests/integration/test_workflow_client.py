@@ -1,0 +1,111 @@
+"""The Python API against a real PostgreSQL: enqueue inside the caller's transaction (a rollback leaves no job
+and sends no wake-up), dedupe, bulk, validation, and the lazy import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from pgsched.errors import InvalidInput
+
+
+def count(dsn: str) -> int:
+    with psycopg.connect(dsn) as c:
+        return c.execute("SELECT count(*) FROM sched_jobs").fetchone()[0]  # type: ignore[index]
+
+
+def wakeups(listener: psycopg.Connection) -> list[str]:
+    return [n.payload.split()[0] for n in listener.notifies(timeout=0.5)]
+
+
+def test_import_pgsched_stays_cheap_and_client_loads_on_first_use() -> None:
+    code = (
+        "import sys, pgsched; assert 'pgsched.client' not in sys.modules and 'psycopg' not in sys.modules; "
+        "from pgsched import Client, Enqueued; assert Client.__module__ == 'pgsched.client'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_rolled_back_transaction_leaves_no_job_and_sends_no_wakeup(dsn: str) -> None:
+    from pgsched import Client
+
+    with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as app:
+        listener.execute("LISTEN sched_wakeup")
+        client = Client(conn=app)
+        with pytest.raises(RuntimeError), app.transaction():
+            app.execute("CREATE TEMP TABLE orders (id int)")
+            client.enqueue("send_receipt", {"order": 1})
+            raise RuntimeError("the order failed")
+        assert count(dsn) == 0
+        assert wakeups(listener) == []
+        with app.transaction():
+            job = client.enqueue("send_receipt", {"order": 2}, queue="mail")
+            assert count(dsn) == 0  # not visible before the caller commits
+        assert count(dsn) == 1
+        assert wakeups(listener) == ["mail"]
+    assert job.id > 0 and not job.deduplicated
+
+
+def test_a_non_autocommit_connection_keeps_the_job_in_its_implicit_transaction(dsn: str) -> None:
+    from pgsched import Client
+
+    with psycopg.connect(dsn) as app:
+        client = Client(conn=app)
+        client.enqueue("t")
+        client.enqueue_many([{"task": "t"}, {"task": "t", "key": "k"}])
+        app.rollback()
+        assert count(dsn) == 0
+        client.enqueue("t")
+        app.commit()
+    assert count(dsn) == 1
+
+
+def test_own_connection_dedupe_bulk_and_dependencies(dsn: str) -> None:
+    from pgsched import Client
+
+    with Client(dsn) as client:
+        first = client.enqueue("t", {"n": 1}, key="report:2024", priority=5, timeout="2m", max_attempts=7)
+        again = client.enqueue("t", {"n": 2}, key="report:2024")
+        assert again.id == first.id and again.deduplicated
+        later = client.enqueue("t", delay=timedelta(hours=1), after=[first.id])
+        at = client.enqueue("t", run_at=datetime(2030, 1, 1, tzinfo=UTC))
+        many = client.enqueue_many([{"task": "a"}, {"task": "b", "payload": {"x": 1}, "key": "report:2024"}])
+        assert many[1].id == first.id and many[1].deduplicated
+        chained = client.enqueue_many([{"task": "c", "after": [first.id]}])
+    with psycopg.connect(dsn) as c:
+        rows = dict(c.execute("SELECT id, state::text FROM sched_jobs").fetchall())
+        attempts, timeout = c.execute(
+            "SELECT max_attempts, extract(epoch FROM timeout) FROM sched_jobs WHERE id = %s", (first.id,)
+        ).fetchone()  # type: ignore[misc]
+    assert rows[later.id] == "waiting" and rows[chained[0].id] == "waiting" and rows[at.id] == "queued"
+    assert (attempts, float(timeout)) == (7, 120.0)
+    assert len(rows) == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("bad task!",), {}, "invalid task name"),
+        (("t", [1]), {}, "payload must be a JSON object"),
+        (("t",), {"queue": ""}, "invalid queue name"),
+        (("t",), {"delay": "soon"}, "invalid delay"),
+        (("t",), {"delay": 1, "run_at": datetime.now(UTC)}, "delay or run_at"),
+        (("t",), {"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
+        (("t",), {"after": [0]}, "after must hold job ids"),
+        (("t",), {"after": [12345]}, "no such job"),
+    ],
+)
+def test_invalid_arguments_raise_invalid_input_and_add_nothing(
+    dsn: str, args: tuple, kwargs: dict, message: str
+) -> None:
+    from pgsched import Client
+
+    with Client(dsn) as client, pytest.raises(InvalidInput, match=message):
+        client.enqueue(*args, **kwargs)
+    with Client(dsn) as client, pytest.raises(InvalidInput, match="job 2: unknown field 'tsk'"):
+        client.enqueue_many([{"task": "t"}, {"tsk": "t"}])
+    assert count(dsn) == 0
