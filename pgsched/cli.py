@@ -55,18 +55,24 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, default=str) + "\n")
 
 
-@app.callback()
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (passwords redacted).")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."""
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from pgsched import __version__
 
         sys.stdout.write(f"sched {__version__}\n")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (passwords redacted).")] = False,
+    # Eager, so that it runs before the check that a command was given.
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    """A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."""
+    _state["debug"] = debug
 
 
 @app.command()
