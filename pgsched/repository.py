@@ -633,3 +633,9 @@ def explain_facts(conn: Connection, job: dict[str, Any], stale_after_s: float) -
         },
     )
     return dict(zip(_FACT_FIELDS, row, strict=True)) if row else {}
+
+
+async def rate_limited_backlog(conn: AsyncConnection, queues: list[str], tasks: list[str]) -> bool:
+    """Whether ready jobs of these queues and tasks are held back only by a rate limit (not by a pause)."""
+    row = await conn.row(query("QueueRateLimitedBacklog"), {"queues": queues, "tasks": tasks})
+    return bool(row and row[0])

@@ -591,6 +591,17 @@ LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 -- statement), so that sched's block nests in the caller's transaction as a savepoint.
 SELECT 1;
 
+-- name: QueueRateLimitedBacklog
+-- Whether a rate limit (and not a pause) is all that holds back ready jobs of these queues and tasks, so a
+-- burst worker waits for tokens instead of exiting.
+SELECT EXISTS (
+    SELECT 1 FROM sched_queues q
+    WHERE q.queue = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND NOT q.paused
+      AND EXISTS (SELECT 1 FROM sched_jobs j
+                  WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now()
+                    AND j.task = ANY(%(tasks)s::text[]))
+);
+
 -- name: TableExists
 -- Whether a relation exists, so readers can tolerate a schema that an older sched created.
 SELECT to_regclass(%(name)s) IS NOT NULL;

@@ -180,6 +180,7 @@ class Worker:
             control, self.id, self.host, self.pid, self.config.queues, self.task_names, self.config.concurrency
         )
         self.last_heartbeat = time.monotonic()
+        await self._declare_schedules(control)
         logger.info(
             "worker {} started: queues {}, concurrency {}, {} task(s)",
             self.id[:8],
@@ -319,6 +320,10 @@ class Worker:
             if config.burst and self._in_flight == 0:
                 # Outcomes not yet written may release dependents: flush, then look once more.
                 await self._flush_all(timeout=None)
+                if confirm_drained and await self._held_by_rate_limit():
+                    # Ready jobs wait only for tokens of a rate limit: this worker is not done until they ran.
+                    await self._wait_for_work()
+                    continue
                 if confirm_drained:
                     logger.info("burst: nothing ready and nothing running; exiting")
                     self.stop_requested.set()
@@ -609,7 +614,7 @@ class Worker:
 
     async def _control(self) -> None:
         config = self.config
-        next_beat = next_reap = next_cancel_poll = 0.0
+        next_beat = next_reap = next_cancel_poll = next_schedule_tick = 0.0
         while True:
             now = time.monotonic()
             try:
@@ -629,6 +634,9 @@ class Worker:
                 if now >= next_reap:
                     next_reap = now + config.reap_interval * random.uniform(0.8, 1.2)
                     await self._reap(conn)
+                if now >= next_schedule_tick:
+                    next_schedule_tick = now + 1.0
+                    await self._tick_schedules(conn)
                 if self.metrics is not None:
                     await self.metrics.refresh(conn, config.queues)
                 self._control_link.ok()
@@ -648,6 +656,29 @@ class Worker:
                 len(result.failed),
                 result.workers_removed,
             )
+
+    # --- schedules ----------------------------------------------------------------------------------------
+
+    async def _declare_schedules(self, conn: AsyncConnection) -> None:
+        """Record the schedules handlers declare with ``@task(..., cron=...)``, on this worker's first queue."""
+        from pgsched.schedules import build_schedule
+
+        specs = [
+            build_schedule(spec.name, spec.cron, spec.name, queue=self.config.queues[0])
+            for spec in self.tasks.values()
+            if spec.cron
+        ]
+        for name in await repository.upsert_code_schedules(conn, specs):
+            logger.info("schedule {} declared in code recorded", name)
+
+    async def _tick_schedules(self, conn: AsyncConnection) -> None:
+        enqueued = await repository.tick_schedules(conn)
+        if enqueued:
+            logger.info("schedules: enqueued {} job(s)", enqueued)
+
+    async def _held_by_rate_limit(self) -> bool:
+        conn = await self._claim_link.get()
+        return await repository.rate_limited_backlog(conn, self.config.queues, self.task_names)
 
     def _cancel(self, job_id: int) -> None:
         running = self._running.get(job_id)
