@@ -205,6 +205,8 @@ def status(
     job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="Show one job in detail.")] = None,
     queue: QueueOption = None,
     as_json: JsonOutput = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Live dashboard, redrawn until Ctrl-C.")] = False,
+    interval: Annotated[str, typer.Option("--interval", help="Dashboard refresh interval.")] = "1s",
 ) -> None:
     """Show per-queue counts and workers, or one job's detail."""
     from pgsched import repository
@@ -214,6 +216,9 @@ def status(
 
         check_queue(queue)
     settings = _settings()
+    if watch:
+        _watch(settings, queue, interval, job_id is not None or as_json)
+        return
     with _connect(settings) as conn:
         if job_id is not None:
             from pgsched.why import describe_job
@@ -234,6 +239,19 @@ def status(
         from pgsched.render import print_summary
 
         print_summary(queues, workers)
+
+
+def _watch(settings: Settings, queue: str | None, interval: str, conflicting: bool) -> None:
+    from pgsched.durations import parse_duration
+
+    if conflicting:
+        raise _usage("--watch shows every queue live; it cannot be combined with ID or --json")
+    seconds = parse_duration(interval, what="interval")
+    if not 0.1 <= seconds <= 3600:
+        raise _usage(f"invalid interval {interval!r}: use 100ms to 1h")
+    from pgsched.dashboard import watch
+
+    watch(lambda: _connect(settings), seconds, queue)
 
 
 _JOB_JSON_FIELDS = (

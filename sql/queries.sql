@@ -662,3 +662,62 @@ SELECT 'replication slot', slot_name::text, CASE WHEN active THEN 'active' ELSE 
 FROM pg_replication_slots
 WHERE xmin IS NOT NULL AND age(xmin) > %(max_xmin_age)s
 ORDER BY age_s DESC NULLS LAST;
+
+-- name: DashboardQueueLive
+-- Per queue: ready, scheduled and running jobs and the age of the oldest ready one. Each branch reads only
+-- its partial index (queued jobs, running jobs), so the cost follows the live set, never the history.
+SELECT queue, sum(queued)::bigint, sum(scheduled)::bigint, sum(running)::bigint,
+       coalesce(max(oldest_ready_age_s), 0)::float8
+FROM (
+    SELECT queue,
+           count(*) FILTER (WHERE run_at <= now()) AS queued,
+           count(*) FILTER (WHERE run_at > now()) AS scheduled,
+           0 AS running,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())) AS oldest_ready_age_s
+    FROM sched_jobs
+    WHERE state = 'queued' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    GROUP BY queue
+    UNION ALL
+    SELECT queue, 0, 0, count(*), NULL
+    FROM sched_jobs
+    WHERE state = 'running' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    GROUP BY queue
+) live
+GROUP BY queue;
+
+-- name: DashboardQueueRecent
+-- Per queue: jobs finished in the last minute (throughput) and final failures in the last hour, read
+-- through the finished-jobs index from an hour ago on.
+SELECT queue,
+       count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS finished_last_minute,
+       count(*) FILTER (WHERE state = 'failed') AS failed_last_hour
+FROM sched_jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - interval '1 hour'
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+GROUP BY queue;
+
+-- name: DashboardQueueTotals
+-- Per queue: waiting jobs and all-time terminal counts. This one scans the whole table, so the dashboard
+-- runs it every few seconds rather than at every refresh.
+SELECT queue,
+       count(*) FILTER (WHERE state = 'waiting') AS waiting,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+FROM sched_jobs
+WHERE state IN ('waiting', 'succeeded', 'failed', 'cancelled')
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+GROUP BY queue;
+
+-- name: DashboardRecentFailures
+-- The latest final failures of the last hour, newest first; walks the finished-jobs index backwards.
+SELECT id, queue, task, attempt, coalesce(error, ''), extract(epoch FROM now() - finished_at)::float8
+FROM sched_jobs
+WHERE state = 'failed' AND finished_at > now() - interval '1 hour'
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY finished_at DESC
+LIMIT %(limit)s;
+
+-- name: QueueControlList
+-- Paused and rate-limited queues, for marking them on the dashboard.
+SELECT queue, paused, rate FROM sched_queues WHERE paused OR rate IS NOT NULL ORDER BY queue;
