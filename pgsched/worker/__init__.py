@@ -18,4 +18,31 @@ def run_worker(dsn: str, config: WorkerConfig, app: str | None = None) -> int:
         from pgsched.worker.metrics import WorkerMetrics
 
         metrics = WorkerMetrics()
-    return asyncio.run(Worker(dsn, config, registry, metrics).run())
+    code = asyncio.run(Worker(dsn, config, registry, metrics).run())
+    _exit_now_if_handlers_linger(code)
+    return code
+
+
+def _exit_now_if_handlers_linger(code: int) -> None:
+    """A sync handler still running after shutdown released its job cannot be killed, and the interpreter
+    would join its thread at exit, holding the process for as long as the handler runs. Its outcome is
+    already given up (fenced), so leave without waiting."""
+    import os
+    import sys
+    import threading
+    import time
+
+    # Idle pool threads end as soon as they see the pool's shutdown; give them a moment.
+    deadline = time.monotonic() + 0.5
+    for thread in threading.enumerate():
+        if thread.name.startswith("sched-job"):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in threading.enumerate() if t.name.startswith("sched-job") and t.is_alive()]
+    if not lingering:
+        return
+    from loguru import logger
+
+    logger.warning("exiting with {} sync handler(s) still running; their outcomes were given up", len(lingering))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
