@@ -24,22 +24,30 @@ WAKEUP_CHANNEL = "sched_wakeup"
 
 
 def enqueue(conn: Connection, job: NewJob) -> Enqueued:
-    """Insert one job (or find the live job with its key), refusing missing or failed dependencies."""
+    """Insert one job (or find the live job with its key), refusing missing or failed dependencies and
+    respecting the queue's backlog cap."""
+    params = {
+        "queue": job.queue,
+        "task": job.task,
+        "payload": job.payload_json,
+        "priority": job.priority,
+        "run_at": job.run_at,
+        "delay_s": job.delay_s,
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "key": job.key,
+        "pending_deps": 0,
+        "admitted": False,
+    }
+    if not job.after:
+        # The common add: one statement, no transaction of its own.
+        row = conn.row(query("JobInsert"), params)
+        if row is not None:
+            return Enqueued(row[0])
     with conn.transaction():
         _admit(conn, job.queue, 1)
-        pending = _lock_dependencies(conn, job.after) if job.after else 0
-        params = {
-            "queue": job.queue,
-            "task": job.task,
-            "payload": job.payload_json,
-            "priority": job.priority,
-            "run_at": job.run_at,
-            "delay_s": job.delay_s,
-            "max_attempts": job.max_attempts,
-            "timeout_s": job.timeout_s,
-            "key": job.key,
-            "pending_deps": pending,
-        }
+        params["admitted"] = True
+        params["pending_deps"] = _lock_dependencies(conn, job.after) if job.after else 0
         # A duplicate key can finish between our skipped insert and the look-up; then insert again.
         while True:
             row = conn.row(query("JobInsert"), params)

@@ -8,14 +8,18 @@
 
 -- name: JobInsert
 -- Insert one job unless a live job holds the same (queue, key); the NOTIFY is sent only if the insert commits.
+-- Unless %(admitted)s, a queue with a backlog cap is skipped too: such adds take the locked path instead,
+-- so the common add is this one statement.
 WITH ins AS (
     INSERT INTO sched_jobs (queue, task, payload, priority, run_at, max_attempts, timeout, dedupe_key,
                             pending_deps, state)
-    VALUES (%(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s,
-            coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))),
-            %(max_attempts)s,
-            make_interval(secs => %(timeout_s)s::float8), %(key)s, %(pending_deps)s::int,
-            CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state)
+    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s,
+           coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))),
+           %(max_attempts)s,
+           make_interval(secs => %(timeout_s)s::float8), %(key)s, %(pending_deps)s::int,
+           CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state
+    WHERE %(admitted)s::bool
+       OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND max_backlog IS NOT NULL)
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
     DO NOTHING
     RETURNING id, queue, run_at, state
@@ -721,3 +725,16 @@ LIMIT %(limit)s;
 -- name: QueueControlList
 -- Paused and rate-limited queues, for marking them on the dashboard.
 SELECT queue, paused, rate FROM sched_queues WHERE paused OR rate IS NOT NULL ORDER BY queue;
+
+-- name: DoctorUnhandledTasks
+-- Ready jobs whose queue has live workers but none with a handler for their task: those jobs wait forever.
+SELECT j.queue, j.task, count(*)
+FROM sched_jobs j
+WHERE j.state = 'queued' AND j.run_at <= now()
+  AND EXISTS (SELECT 1 FROM sched_workers w
+              WHERE j.queue = ANY(w.queues) AND w.heartbeat_at > now() - %(stale_after)s::interval)
+  AND NOT EXISTS (SELECT 1 FROM sched_workers w
+                  WHERE j.queue = ANY(w.queues) AND j.task = ANY(w.tasks)
+                    AND w.heartbeat_at > now() - %(stale_after)s::interval)
+GROUP BY j.queue, j.task
+ORDER BY j.queue, j.task;
