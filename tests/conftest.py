@@ -31,6 +31,8 @@ def server_dsn() -> Iterator[str]:
     from pgsched.embedded import ensure_server
 
     with tempfile.TemporaryDirectory(prefix="sched-test-pg-") as folder:
+        # Run as root, the embedded server drops to a user of its own, which must be able to enter the folder.
+        os.chmod(folder, 0o755)
         # The server stops when this process exits (the embedded wheel's last-user rule).
         yield make_conninfo(ensure_server(Path(folder) / "data"), dbname="postgres")
 
