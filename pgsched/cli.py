@@ -696,6 +696,32 @@ def doctor(
         raise SchedError(f"{len(report.failed)} check(s) failed: {', '.join(c.name for c in report.failed)}")
 
 
+@app.command()
+def bench(
+    jobs: Annotated[int, typer.Option("--jobs", min=100, help="No-op jobs for the enqueue and drain runs.")] = 20_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Drain worker concurrency.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Drain worker claim batch.")] = 500,
+    dsn: Annotated[
+        Optional[str], typer.Option("--dsn", help="Server to measure on [SCHED_DATABASE_URL]; a database is made.")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the benchmark database afterwards.")] = False,
+    as_json: JsonOutput = False,
+) -> None:
+    """Measure enqueue, drain, latency, I/O-bound efficiency and worker memory in a throwaway database."""
+    from pgsched import bench as benchmark
+    from pgsched.settings import resolve_dsn
+
+    server = dsn or resolve_dsn(_settings())
+    config = benchmark.BenchConfig(jobs=jobs, concurrency=concurrency, batch_size=batch_size, keep_database=keep)
+    figures = benchmark.run(server, config, lambda line: sys.stderr.write(f"- {line}\n"))
+    if as_json:
+        _print_json(figures)
+    else:
+        from pgsched.render import print_bench
+
+        print_bench(figures, benchmark.verdicts(figures["results"]))
+
+
 def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0
@@ -707,7 +733,7 @@ def main() -> None:
         result = app(standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except SchedError as exc:
-        _report(exc, exc.message, exc.exit_code)
+        _report(exc, _with_hint(exc), exc.exit_code)
         code = exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code
@@ -721,6 +747,14 @@ def main() -> None:
         _report(exc, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
         code = 1
     sys.exit(code)
+
+
+def _with_hint(exc: SchedError) -> str:
+    from pgsched.errors import DatabaseUnavailable
+
+    if isinstance(exc, DatabaseUnavailable) and "SCHED_DATABASE_URL" not in exc.message:
+        return f"{exc.message} (check SCHED_DATABASE_URL)"
+    return exc.message
 
 
 def _report(exc: BaseException, message: str, code: int) -> None:

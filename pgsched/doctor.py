@@ -98,7 +98,13 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
             {"queue": q, "ready": n, "oldest_age_s": age, "live_workers": w, "paused": q in paused}
             for q, n, age, w in ready
         ]
-        checks.append(check_workers(queues))
+        stale = {"stale_after": timedelta(seconds=limits.stale_after_s)}
+        unhandled = [
+            {"queue": q, "task": t, "ready": n}
+            for q, t, n in conn.rows(query("DoctorUnhandledTasks"), stale)
+            if q not in paused
+        ]
+        checks.append(check_workers(queues, unhandled))
         checks.append(check_lag(queues, limits))
         health = dict(zip(_HEALTH_FIELDS, conn.row(query("DoctorJobTableHealth")) or (), strict=True))
         checks.append(check_vacuum(health, limits))
@@ -136,13 +142,24 @@ def check_migrations(pending: list[str]) -> Check:
     return Check("migrations", OK, "schema is current")
 
 
-def check_workers(queues: list[dict[str, Any]]) -> Check:
-    """Every unpaused queue with ready jobs has a worker with a fresh heartbeat."""
+def check_workers(queues: list[dict[str, Any]], unhandled: list[dict[str, Any]] | None = None) -> Check:
+    """Every unpaused queue with ready jobs has a live worker, and some live worker handles each ready task."""
     orphaned = [q for q in queues if q["live_workers"] == 0 and not q["paused"]]
+    problems, fixes = [], []
     if orphaned:
-        names = ", ".join(f"{q['queue']} ({q['ready']} ready)" for q in orphaned)
-        fix = "start a worker: " + "; ".join(f"sched worker --queue {q['queue']}" for q in orphaned[:3])
-        return Check("workers", FAIL, f"no live worker for {names}", fix)
+        problems.append("no live worker for " + ", ".join(f"{q['queue']} ({q['ready']} ready)" for q in orphaned))
+        fixes.append("start a worker: " + "; ".join(f"sched worker --queue {q['queue']}" for q in orphaned[:3]))
+    if unhandled:
+        problems.append(
+            "no live worker handles "
+            + ", ".join(f"task {u['task']} on {u['queue']} ({u['ready']} ready)" for u in unhandled[:3])
+        )
+        fixes.append(
+            "start a worker with --app MODULE (or SCHED_APP) naming the module that registers "
+            + ", ".join(sorted({u["task"] for u in unhandled})[:3])
+        )
+    if problems:
+        return Check("workers", FAIL, "; ".join(problems), "; ".join(fixes))
     served = [q for q in queues if not q["paused"]]
     if not served:
         return Check("workers", OK, "no queue has ready jobs")

@@ -157,7 +157,7 @@ def test_unreachable_database(args: list[str]) -> None:
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert errors == [
         'Error: cannot reach the database: connection failed: connection to server at "127.0.0.1", port 1 failed: '
-        "Connection refused"
+        "Connection refused (check SCHED_DATABASE_URL)"
     ]
     if "--debug" not in args:
         assert done.stderr == errors[0] + "\n"

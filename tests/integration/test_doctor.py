@@ -169,3 +169,13 @@ def test_cli_rejects_a_bad_threshold(sched) -> None:
     result = sched("doctor", "--max-lag", "soon")
     assert result.returncode == 2
     assert result.stderr.startswith("Error: invalid --max-lag 'soon'")
+
+
+def test_ready_task_without_a_handler_suggests_app(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        raw.execute("INSERT INTO sched_jobs (queue, task) VALUES ('mail', 'send_email')")
+    _add_worker(dsn, "mail")  # handles only sched.noop
+    check = _by_name(dsn)["workers"]
+    assert check.status == "fail"
+    assert "no live worker handles task send_email on mail (1 ready)" in check.detail
+    assert "--app MODULE" in (check.fix or "") and "send_email" in (check.fix or "")
