@@ -78,11 +78,16 @@ def _root(
 @app.command()
 def migrate(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if any migration is pending; change nothing.")] = False,
+    roles: Annotated[
+        bool, typer.Option("--roles", help="Also create the sched_producer and sched_worker roles and grant them.")
+    ] = False,
     as_json: JsonOutput = False,
 ) -> None:
     """Apply pending schema migrations (safe to run concurrently and repeatedly)."""
     from pgsched import migrate as migrations
 
+    if check and roles:
+        raise _usage("--check cannot be combined with --roles")
     with _connect(_settings()) as conn:
         if check:
             todo = migrations.pending(conn)
@@ -96,6 +101,14 @@ def migrate(
                 sys.stderr.write("schema is current\n")
             return
         done = migrations.apply(conn)
+        from pgsched import roles as group_roles
+
+        # Once the roles exist, tables that new migrations add get their grants without being asked.
+        granted = roles or (bool(done) and group_roles.installed(conn))
+        if granted:
+            group_roles.apply_roles(conn)
+    if granted and not as_json:
+        sys.stderr.write("granted sched_producer and sched_worker their privileges\n")
     if as_json:
         _print_json({"applied": [f"{m.version:04d}_{m.name}" for m in done]})
         return

@@ -11,7 +11,9 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.types.json import Jsonb, set_json_dumps
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
 
 from pgsched.errors import DatabaseError, DatabaseUnavailable, InvalidInput, SchedError
 
@@ -41,9 +43,15 @@ def redact(text: str) -> str:
     return text
 
 
-def _already_json(value: Any) -> str:
-    # Payloads are validated and encoded once, before they reach the COPY.
-    return value if isinstance(value, str) else json.dumps(value)
+class _JsonbFromText(Dumper):
+    """Binary jsonb from text that is already JSON (payloads are validated and encoded once, up front):
+    the format's version byte and the text, with no decoding and re-encoding per row."""
+
+    format = Format.BINARY
+    oid = 3802  # jsonb
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + (obj if isinstance(obj, str) else json.dumps(obj)).encode()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -100,7 +108,7 @@ class Connection:
     def copy_rows(self, sql: str, types: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Stream rows through binary COPY, typed with ``types``; json/jsonb values are already-encoded text."""
         with translated(), self.raw.cursor() as cur:
-            set_json_dumps(_already_json, cur)
+            cur.adapters.register_dumper(None, _JsonbFromText)
             with cur.copy(sql) as copy:
                 copy.set_types(types)
                 for values in rows:

@@ -172,3 +172,42 @@ def print_doctor(report: Any, console: Console | None = None) -> None:
             text += f"\n[italic]→ {escape(check.fix)}[/]"
         table.add_row(check.name, f"[{DOCTOR_STYLES.get(check.status, '')}]{check.status}[/]", text)
     console.print(table, highlight=False)
+
+
+_BENCH_ROWS = (
+    ("bulk_enqueue_per_s", "bulk enqueue, COPY (Python API)", "jobs/s"),
+    ("jsonl_cli_enqueue_per_s", "bulk enqueue, sched add --jsonl", "jobs/s"),
+    ("single_enqueue_per_s", "single enqueue (Python API)", "jobs/s"),
+    ("drain_per_s", "drain, one worker process", "jobs/s"),
+    ("sql_baseline_per_s", "  baseline: pure-SQL claim/complete", "jobs/s"),
+    ("latency_p50_ms", "latency enqueue->start p50", "ms"),
+    ("latency_p99_ms", "latency enqueue->start p99", "ms"),
+    ("io_per_s", "I/O-bound, 20 ms sleeps", "jobs/s"),
+    ("io_efficiency_pct", "  efficiency vs ideal", "%"),
+    ("idle_worker_rss_mb", "idle worker RSS", "MB"),
+)
+
+
+def print_bench(figures: dict[str, Any], verdicts: dict[str, bool], console: Console | None = None) -> None:
+    """Print benchmark figures beside their targets."""
+    console = console or Console()
+    machine = figures["machine"]
+    table = Table(
+        title=f"sched bench: {machine['cores']} cores, PostgreSQL {machine['postgres']}, Python {machine['python']}",
+        title_justify="left",
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_column("", justify="center")
+    results, targets = figures["results"], figures["targets"]
+    for key, label, unit in _BENCH_ROWS:
+        if key not in results:
+            continue
+        value = results[key]
+        shown = f"{value:,.0f} {unit}" if unit == "jobs/s" else f"{value:g} {unit}"
+        target = targets.get(key)
+        goal = f"{target['op']} {target['value']:,g}" if target else ""
+        mark = "" if key not in verdicts else ("[green]ok[/]" if verdicts[key] else "[red]miss[/]")
+        table.add_row(label, shown, goal, mark)
+    console.print(table)

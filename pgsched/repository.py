@@ -90,9 +90,7 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
     with conn.transaction():
         for queue, count in sorted(Counter(job.queue for job in jobs).items()):
             _admit(conn, queue, count)
-        reserved = conn.rows(query("JobIdReserveMany"), {"count": len(jobs)})
-        now = reserved[0][1]
-        ids = [row[0] for row in reserved]
+        ids, now = conn.row(query("JobIdReserveMany"), {"count": len(jobs)})  # type: ignore[misc]
         rows = (
             (
                 new_id,
@@ -108,11 +106,26 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         )
         if any(job.key for job in jobs):
             result = _enqueue_keyed(conn, jobs, ids, rows)
+        elif all(_uses_table_defaults(job) for job in jobs):
+            plain = ((new_id, job.queue, job.task, job.payload_json) for new_id, job in zip(ids, jobs, strict=True))
+            conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
+            result = [Enqueued(new_id) for new_id in ids]
         else:
             conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = [Enqueued(new_id) for new_id in ids]
         conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
         return result
+
+
+def _uses_table_defaults(job: NewJob) -> bool:
+    # Mirrors the column defaults in sql/0001_jobs.sql.
+    return (
+        job.priority == 0
+        and job.run_at is None
+        and not job.delay_s
+        and job.max_attempts == 3
+        and job.timeout_s == 300.0
+    )
 
 
 def _enqueue_keyed(conn: Connection, jobs: Sequence[NewJob], ids: list[int], rows: Iterator) -> list[Enqueued]:

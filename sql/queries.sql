@@ -53,12 +53,18 @@ SELECT %(job_id)s, unnest(%(depends_on)s::bigint[]);
 
 -- name: JobIdReserveMany
 -- Reserve ids ahead of a COPY so the caller knows every new job's id without a RETURNING; the server's
--- clock (not the client's) anchors relative delays.
-SELECT nextval(pg_get_serial_sequence('sched_jobs', 'id')), now() FROM generate_series(1, %(count)s);
+-- clock (not the client's) anchors relative delays. The sequence is named, not looked up per row
+-- (pg_get_serial_sequence() per row costs more than the nextval itself), and one array comes back.
+SELECT array_agg(nextval('sched_jobs_id_seq'::regclass)), now() FROM generate_series(1, %(count)s);
 
 -- name: JobCopyIn
 -- Bulk insert without dedupe keys, straight into the table.
 COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout) FROM STDIN (FORMAT BINARY);
+
+-- name: JobCopyInPlain
+-- Bulk insert of jobs that all use the table's defaults for priority, run_at, max_attempts and timeout:
+-- fewer columns to encode and send per row, which is most of a bulk insert's cost.
+COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
 
 -- name: JobIncomingCreate
 -- A transaction-local staging table for bulk inserts that carry dedupe keys.
@@ -115,10 +121,11 @@ charged AS (
     FROM bucket b
     WHERE s.queue = %(queue)s
 )
+-- "= ANY(ARRAY(...))" rather than a join: the planner cannot see through the LIMIT expression how few rows
+-- "picked" holds, and would hash-join against a scan of the whole table.
 UPDATE sched_jobs j
 SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now()
-FROM picked
-WHERE j.id = picked.id
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
 RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8;
 
 -- name: JobSetLimitsMany
@@ -360,6 +367,10 @@ SELECT pg_advisory_unlock(hashtext('sched_migrate'));
 -- name: MigrationRecord
 -- Mark one migration applied, in the same transaction as its DDL.
 INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: RoleCountSched
+-- How many of sched's group roles exist; `sched migrate` keeps their grants current once they all do.
+SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 
 -- name: QueueAdmitLock
 -- Admission control for an add: lock a capped queue's row, so concurrent adds take turns, and return its cap.

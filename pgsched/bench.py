@@ -1,0 +1,292 @@
+"""``sched bench``: throughput, latency and memory of sched on this machine, measured in a throwaway
+database, each figure beside its target and, for the drain, beside a pure-SQL baseline run in the same session."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgsched import db, migrate, repository
+from pgsched.errors import DatabaseError, SchedError
+from pgsched.models import NewJob, Outcome
+
+TARGETS = {
+    "drain_per_s": (">=", 40_000),
+    "bulk_enqueue_per_s": (">=", 150_000),
+    "single_enqueue_per_s": (">=", 2_500),
+    "latency_p50_ms": ("<=", 2.0),
+    "latency_p99_ms": ("<=", 5.0),
+    "io_efficiency_pct": (">=", 90.0),
+    "idle_worker_rss_mb": ("<=", 60.0),
+}
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of each measurement."""
+
+    jobs: int = 20_000
+    concurrency: int = 1000
+    batch_size: int = 500
+    single_jobs: int = 2_000
+    latency_jobs: int = 200
+    io_jobs: int = 2_500
+    io_concurrency: int = 50
+    io_sleep_s: float = 0.02
+    keep_database: bool = False
+
+
+Report = Callable[[str], None]
+
+
+def run(server_dsn: str, config: BenchConfig, report: Report) -> dict[str, Any]:
+    """Create a fresh database on the server, measure everything in it, drop it, and return the figures."""
+    name = f"sched_bench_{os.getpid()}"
+    with db.connect(server_dsn) as admin:
+        version = admin.row("SHOW server_version")[0]  # type: ignore[index]
+        try:
+            admin.run(f'CREATE DATABASE "{name}"')
+        except SchedError as exc:
+            raise DatabaseError(f"sched bench needs to create a database: {exc.message}") from None
+    dsn = make_conninfo(server_dsn, dbname=name)
+    try:
+        with db.connect(dsn) as conn:
+            migrate.apply(conn)
+            results = _measure_all(conn, dsn, config, report)
+    finally:
+        if not config.keep_database:
+            with db.connect(server_dsn) as admin:
+                admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return {
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "postgres": version,
+            "server": _describe(server_dsn),
+        },
+        "config": config.__dict__,
+        "results": results,
+        "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
+    }
+
+
+def _describe(dsn: str) -> str:
+    info = conninfo_to_dict(dsn)
+    return f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
+
+
+def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Report) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    report(f"bulk enqueue of {config.jobs:,} jobs through COPY (Python API)")
+    results["bulk_enqueue_per_s"] = _bulk_enqueue(conn, config.jobs)
+    report(f"bulk enqueue of {config.jobs:,} jobs through `sched add --jsonl`")
+    results["jsonl_cli_enqueue_per_s"] = _jsonl_enqueue(dsn, config.jobs)
+    report(f"drain of {2 * config.jobs:,} no-op jobs by one worker process")
+    drain = _drain(conn, dsn, config)
+    results.update(drain)
+    report(f"baseline: a pure-SQL claim/complete loop on {config.jobs:,} jobs, same batch size")
+    results["sql_baseline_per_s"] = _sql_baseline(conn, config)
+    results["drain_vs_sql_baseline_pct"] = round(100 * results["drain_per_s"] / results["sql_baseline_per_s"], 1)
+    report(f"single enqueue of {config.single_jobs:,} jobs, one at a time (Python API)")
+    results["single_enqueue_per_s"] = _single_enqueue(conn, config.single_jobs)
+    report(f"latency of {config.latency_jobs} jobs added one at a time to an idle worker")
+    results.update(_latency(conn, dsn, config))
+    report(
+        f"I/O-bound: {config.io_jobs:,} sched.sleep {config.io_sleep_s * 1000:g} ms jobs at concurrency "
+        f"{config.io_concurrency}"
+    )
+    results.update(_io_bound(conn, dsn, config))
+    return results
+
+
+def _noop_jobs(count: int, queue: str = "default") -> list[NewJob]:
+    return [NewJob(task="sched.noop", queue=queue) for _ in range(count)]
+
+
+def _bulk_enqueue(conn: db.Connection, count: int) -> int:
+    started = time.perf_counter()
+    repository.enqueue_many(conn, _noop_jobs(count))
+    return round(count / (time.perf_counter() - started))
+
+
+def _jsonl_enqueue(dsn: str, count: int) -> int:
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.writelines('{"payload": {}}\n' for _ in range(count))
+        path = f.name
+    try:
+        started = time.perf_counter()
+        _sched(dsn, "add", "sched.noop", "--jsonl", path, stdout=subprocess.DEVNULL)
+        return round(count / (time.perf_counter() - started))
+    finally:
+        Path(path).unlink()
+
+
+def _sched(dsn: str, *args: str, stdout: Any = None) -> None:
+    env = {**os.environ, "SCHED_DATABASE_URL": dsn}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pgsched", *args], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True
+    )
+    if proc.returncode != 0:
+        raise DatabaseError(f"`sched {args[0]}` failed during the benchmark: {proc.stderr.strip()[-300:]}")
+
+
+def _spawn_worker(dsn: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "SCHED_DATABASE_URL": dsn}
+    return subprocess.Popen([sys.executable, "-m", "pgsched", "worker", "-q", *args], env=env)
+
+
+def _window(conn: db.Connection, queue: str) -> tuple[int, float]:
+    """How many jobs of ``queue`` succeeded, and the seconds from the first start to the last finish."""
+    row = conn.row(
+        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 "
+        "FROM sched_jobs WHERE queue = %s AND state = 'succeeded'",
+        (queue,),
+    )
+    assert row is not None
+    return row[0], row[1] or 0.0
+
+
+def _drain(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
+    ready = conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'queued' AND queue = 'default'")[0]  # type: ignore[index]
+    conn.run("VACUUM ANALYZE sched_jobs")
+    started = time.perf_counter()
+    worker = _spawn_worker(
+        dsn, "--burst", "--concurrency", str(config.concurrency), "--batch-size", str(config.batch_size)
+    )
+    if worker.wait() != 0:
+        raise DatabaseError("the benchmark worker failed")
+    wall = time.perf_counter() - started
+    done, seconds = _window(conn, "default")
+    if done != ready:
+        raise DatabaseError(f"the benchmark worker finished {done} of {ready} jobs")
+    return {
+        "drain_jobs": done,
+        "drain_per_s": round(done / seconds),
+        "drain_wall_s": round(wall, 3),
+        "drain_concurrency": config.concurrency,
+        "drain_batch_size": config.batch_size,
+    }
+
+
+def _sql_baseline(conn: db.Connection, config: BenchConfig) -> int:
+    """Claim and complete with the same named queries, no engine in between: the database's side of the cost."""
+    import asyncio
+    import uuid
+
+    repository.enqueue_many(conn, _noop_jobs(config.jobs, queue="baseline"))
+    conn.run("VACUUM ANALYZE sched_jobs")
+    dsn = conn.raw.info.dsn
+
+    async def loop() -> float:
+        claim = await db.connect_async(dsn)
+        worker_id = str(uuid.uuid4())
+        await repository.register_worker(claim, worker_id, "bench", os.getpid(), ["baseline"], ["sched.noop"], 1)
+        started = time.perf_counter()
+        while jobs := await repository.claim_jobs(claim, worker_id, "baseline", ["sched.noop"], config.batch_size):
+            await repository.record_outcomes(claim, worker_id, [Outcome(j.id, j.attempt, "succeeded") for j in jobs])
+        elapsed = time.perf_counter() - started
+        await repository.deregister_worker(claim, worker_id)
+        await claim.close()
+        return elapsed
+
+    elapsed = asyncio.run(loop())
+    return round(config.jobs / elapsed)
+
+
+def _single_enqueue(conn: db.Connection, count: int) -> int:
+    jobs = _noop_jobs(count, queue="single")
+    started = time.perf_counter()
+    for job in jobs:
+        repository.enqueue(conn, job)
+    return round(count / (time.perf_counter() - started))
+
+
+def _wait_for_worker(conn: db.Connection, worker: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if conn.row("SELECT 1 FROM sched_workers WHERE pid = %s", (worker.pid,)):
+            return
+        if worker.poll() is not None:
+            raise DatabaseError("the benchmark worker exited early")
+        time.sleep(0.05)
+    raise DatabaseError("the benchmark worker did not start")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
+    worker = _spawn_worker(dsn, "--queue", "latency", "--concurrency", "10")
+    try:
+        _wait_for_worker(conn, worker)
+        time.sleep(2.0)
+        idle_rss = _rss_mb(worker.pid)
+        job = NewJob(task="sched.noop", queue="latency")
+        for _ in range(config.latency_jobs):
+            repository.enqueue(conn, job)
+            # Space the jobs out so each one meets an idle worker.
+            time.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done, _ = _window(conn, "latency")
+            if done >= config.latency_jobs:
+                break
+            time.sleep(0.05)
+        rows = conn.rows(
+            "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM sched_jobs "
+            "WHERE queue = 'latency' AND started_at IS NOT NULL"
+        )
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    latencies = sorted(r[0] for r in rows)
+    if not latencies:
+        raise DatabaseError("no latency samples were recorded")
+    return {
+        "latency_p50_ms": round(statistics.median(latencies), 2),
+        "latency_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+        "latency_max_ms": round(latencies[-1], 2),
+        "idle_worker_rss_mb": idle_rss,
+    }
+
+
+def _io_bound(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
+    payload = f'{{"seconds": {config.io_sleep_s}}}'
+    repository.enqueue_many(
+        conn, [NewJob(task="sched.sleep", queue="io", payload_json=payload) for _ in range(config.io_jobs)]
+    )
+    worker = _spawn_worker(dsn, "--burst", "--queue", "io", "--concurrency", str(config.io_concurrency))
+    if worker.wait() != 0:
+        raise DatabaseError("the I/O-bound benchmark worker failed")
+    done, seconds = _window(conn, "io")
+    rate = done / seconds
+    ideal = config.io_concurrency / config.io_sleep_s
+    return {
+        "io_per_s": round(rate),
+        "io_ideal_per_s": round(ideal),
+        "io_efficiency_pct": round(100 * rate / ideal, 1),
+    }
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, bool]:
+    """Whether each measured figure meets its target."""
+    out = {}
+    for key, (op, target) in TARGETS.items():
+        value = results.get(key)
+        if value is not None:
+            out[key] = value >= target if op == ">=" else value <= target
+    return out
