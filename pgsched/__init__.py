@@ -1,11 +1,9 @@
 """sched: a PostgreSQL-backed job queue for the shell and for Python."""
 
-from loguru import logger as _logger
-
 __version__ = "0.1.0"
 
-# A library stays quiet unless its application asks for logs; the CLI enables this.
-_logger.disable("pgsched")
+# A library stays quiet unless its application asks for logs. Everything that logs lives in pgsched.worker,
+# which disables sched's loguru logger on import, so `sched add` and `sched --help` do not pay for loguru.
 
 
 def __getattr__(name: str) -> object:

