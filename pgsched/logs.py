@@ -10,6 +10,9 @@ from loguru import logger
 
 def configure(verbosity: int = 0, *, json_lines: bool = False) -> str:
     """Enable sched's logs at a level chosen by -v/-q (0 is INFO) and return that level's name."""
+    # Importing the worker package disables sched's logs (the library default): let that happen before enabling.
+    import pgsched.worker  # noqa: F401
+
     level = {-2: "ERROR", -1: "WARNING", 0: "INFO", 1: "DEBUG"}.get(max(-2, min(verbosity, 1)), "INFO")
     logger.remove()
     logger.configure(patcher=_redact)

@@ -46,3 +46,16 @@ def test_import_pgsched_does_not_import_loguru() -> None:
         timeout=60,
     )
     assert done.stdout.strip() == "False"
+
+
+def test_cli_log_setup_survives_a_later_import_of_the_worker() -> None:
+    probe = (
+        "from pgsched.logs import configure\n"
+        "configure()\n"
+        "import pgsched.worker.engine\n"
+        "from loguru import logger\n"
+        "exec('logger.warning(\"after-configure\")', {'__name__': 'pgsched.worker.engine', 'logger': logger})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "after-configure" in done.stderr
