@@ -735,6 +735,40 @@ def bench(
         print_bench(figures, benchmark.verdicts(figures["results"]))
 
 
+@app.command()
+def demo(
+    duration: Annotated[str, typer.Option("--duration", help="How long the worker runs.")] = "20s",
+    interval: Annotated[str, typer.Option("--interval", help="Dashboard refresh interval.")] = "1s",
+) -> None:
+    """Run a realistic demo: migrate, add a mixed workload, work it under the live dashboard, summarize."""
+    from rich.console import Console
+
+    from pgsched.demo import run_demo
+    from pgsched.durations import parse_duration
+    from pgsched.render import print_demo_summary
+    from pgsched.settings import resolve_dsn
+
+    settings = _settings()
+    duration_s = parse_duration(duration, what="duration")
+    interval_s = parse_duration(interval, what="interval")
+    dsn = resolve_dsn(settings)
+    console = Console()
+
+    def watch(seconds: float) -> None:
+        if not console.is_terminal:
+            import time
+
+            sys.stderr.write(f"running the demo worker for {seconds:g}s (no terminal: no live dashboard)\n")
+            time.sleep(seconds)
+            return
+        from pgsched.dashboard import watch as live
+
+        live(lambda: _connect(settings), interval_s, console=console, refreshes=max(1, round(seconds / interval_s)))
+
+    sys.stderr.write("migrating and adding the demo workload...\n")
+    print_demo_summary(run_demo(dsn, duration_s, watch), console)
+
+
 def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0

@@ -23,6 +23,17 @@ STATE_STYLES = {
 }
 
 
+_SHORT_STATE_HEADINGS = (
+    ("waiting", "wait"),
+    ("queued", "ready"),
+    ("scheduled", "sched"),
+    ("running", "run"),
+    ("succeeded", "ok"),
+    ("failed", "fail"),
+    ("cancelled", "cancel"),
+)
+
+
 def iso(value: datetime | None) -> str | None:
     """An ISO 8601 timestamp, or None."""
     return value.isoformat() if value is not None else None
@@ -31,9 +42,10 @@ def iso(value: datetime | None) -> str | None:
 def queue_table(queues: list[dict[str, Any]]) -> Table:
     """Per-queue counts by state, with the lag."""
     table = Table(title="queues", title_justify="left", expand=False, pad_edge=False)
-    table.add_column("queue", overflow="fold")
-    for state in ("waiting", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"):
-        table.add_column(state, justify="right", style=STATE_STYLES[state])
+    table.add_column("queue", no_wrap=True, overflow="ellipsis", min_width=8)
+    # Short headings keep the table within 80 columns.
+    for state, heading in _SHORT_STATE_HEADINGS:
+        table.add_column(heading, justify="right", style=STATE_STYLES[state])
     table.add_column("lag", justify="right")
     for q in queues:
         table.add_row(
@@ -211,3 +223,26 @@ def print_bench(figures: dict[str, Any], verdicts: dict[str, bool], console: Con
         mark = "" if key not in verdicts else ("[green]ok[/]" if verdicts[key] else "[red]miss[/]")
         table.add_row(label, shown, goal, mark)
     console.print(table)
+
+
+def print_demo_summary(result: dict[str, Any], console: Console | None = None) -> None:
+    """What the demo did, per task, and where to look next."""
+    console = console or Console()
+    table = Table(title="demo summary", title_justify="left")
+    table.add_column("task", no_wrap=True)
+    table.add_column("succeeded", justify="right", style=STATE_STYLES["succeeded"])
+    table.add_column("failed", justify="right", style=STATE_STYLES["failed"])
+    table.add_column("not done", justify="right")
+    table.add_column("attempts", justify="right")
+    for row in result["tasks"]:
+        pending = sum(row[s] for s in ("waiting", "queued", "scheduled", "running", "cancelled"))
+        table.add_row(row["task"], str(row["succeeded"]), str(row["failed"]), str(pending), str(row["attempts"]))
+    console.print(table)
+    ids = result["ids"]
+    console.print(
+        f"Try: [bold]sched status {ids['upload']}[/] (ran after the backup), "
+        f"[bold]sched status {ids['report']}[/] (fan-in of 10 pages), "
+        f"[bold]sched status {ids['declined']}[/] (failed after retries), "
+        f"[bold]sched status {ids['cleanup']}[/] (scheduled a minute out). "
+        f"Worker log: {result['worker_log']}"
+    )

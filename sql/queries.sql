@@ -316,6 +316,22 @@ SELECT count(*), coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
 FROM sched_jobs
 WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
 
+-- name: JobCountByTaskForQueues
+-- Per-task counts by state over some queues, and the attempts spent (the demo's summary).
+SELECT task,
+       count(*) FILTER (WHERE state = 'waiting'),
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()),
+       count(*) FILTER (WHERE state = 'running'),
+       count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'cancelled'),
+       sum(attempt)::bigint
+FROM sched_jobs
+WHERE queue = ANY(%(queues)s::text[])
+GROUP BY task
+ORDER BY task;
+
 -- name: JobGet
 -- One job with the ids it depends on.
 SELECT j.id, j.queue, j.task, j.state::text, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
