@@ -294,12 +294,19 @@ def watch(
     refreshes: int | None = None,
 ) -> None:
     """Redraw the dashboard every ``interval_s`` until Ctrl-C (or ``refreshes`` draws); the terminal is restored."""
+    import signal
+
     from rich.live import Live
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
 
     console = console or Console()
     reader: Reader | None = None
     last = Snapshot()
     drawn = 0
+    # SIGTERM (kill, a closing tmux pane) ends the dashboard like Ctrl-C, so the terminal is restored.
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         with Live(console=console, screen=console.is_terminal, auto_refresh=False, transient=False) as live:
             while refreshes is None or drawn < refreshes:
@@ -322,5 +329,6 @@ def watch(
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if reader is not None:
             reader.conn.close()

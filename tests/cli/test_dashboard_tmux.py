@@ -57,3 +57,28 @@ def test_watch_in_tmux_draws_and_exits_cleanly_on_ctrl_c(dsn: str, tmp_path: Pat
         assert exit_file.read_text().strip() == "0"
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=10)
+
+
+def test_watch_exits_0_on_sigterm(dsn: str) -> None:
+    import os
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pgsched", "status", "--watch", "--interval", "0.2s"],
+        env={**os.environ, "SCHED_DATABASE_URL": dsn},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The dashboard connects only after it took over SIGTERM; its session showing up means it is watching.
+    with psycopg.connect(dsn, autocommit=True) as raw:
+
+        def connected() -> bool:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            row = raw.execute(sql).fetchone()
+            return bool(row and row[0])
+
+        assert _wait_for(connected), "the dashboard never connected"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
