@@ -272,6 +272,7 @@ class RecordResult:
 
     written: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
+    retry_due: list[tuple[str, float]] = field(default_factory=list)
     fenced: list[int] = field(default_factory=list)
     wake_queues: set[str] = field(default_factory=set)
 
@@ -317,6 +318,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
             )
             result.written.extend(r[0] for r in rows)
             result.retried.extend(r[0] for r in rows if r[1] == "queued")
+            result.retry_due.extend((r[2], r[4]) for r in rows if r[1] == "queued")
             settle.extend(r[0] for r in rows if r[3] and r[1] == "failed")
         if cancelled := by_kind.get("cancelled"):
             rows = await conn.rows(
@@ -399,6 +401,11 @@ async def set_progress(conn: AsyncConnection, worker_id: str, job_id: int, attem
         query("JobSetProgress"), {"id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress_json}
     )
     return bool(rows)
+
+
+async def running_for_worker(conn: AsyncConnection, worker_id: str) -> list[tuple[int, int]]:
+    """(id, attempt) of every job the database has running for this worker."""
+    return [(r[0], r[1]) for r in await conn.rows(query("JobListRunningForWorker"), {"worker_id": worker_id})]
 
 
 async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:

@@ -162,7 +162,7 @@ SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[], %(retryable)s::bool[],
             %(base)s::float8[], %(cap)s::float8[]) AS o(id, attempt, error, retryable, base, cap)
 WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
-RETURNING j.id, j.state, j.queue, j.has_dependents;
+RETURNING j.id, j.state, j.queue, j.has_dependents, extract(epoch FROM j.run_at)::float8;
 
 -- name: JobSetCancelledMany
 -- Record running jobs that stopped because cancellation was requested.
@@ -222,6 +222,11 @@ SELECT (SELECT count(*) FROM cancelled) AS cancelled,
 UPDATE sched_jobs SET progress = %(progress)s::jsonb
 WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
 RETURNING id;
+
+-- name: JobListRunningForWorker
+-- A worker's running jobs as the database sees them: after a claim whose answer was lost with the
+-- connection, the ones the worker never received are given back.
+SELECT id, attempt FROM sched_jobs WHERE state = 'running' AND worker_id = %(worker_id)s;
 
 -- name: JobListCancelRequested
 -- Which of a worker's running jobs someone asked to cancel (the polling fallback for the NOTIFY).

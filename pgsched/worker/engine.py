@@ -107,7 +107,7 @@ class _Link:
             except DatabaseUnavailable as exc:
                 failures += 1
                 if failures == 1:
-                    logger.warning("database connection ({}) lost: {}; reconnecting", self.role, exc.message)
+                    logger.warning("reconnecting ({}) failed: {}; retrying with backoff", self.role, exc.message)
                 if self._worker.hard_stop.is_set():
                     raise
                 await self._worker.sleep_unless_stopped(delay * random.uniform(0.5, 1.0), hard=True)
@@ -117,6 +117,7 @@ class _Link:
         """Drop a connection that failed; the next ``get`` reconnects."""
         conn, self.conn = self.conn, None
         if conn is not None:
+            logger.warning("database connection ({}) lost; reconnecting", self.role)
             # Closing a dead socket may fail in many ways; it is gone either way.
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -163,6 +164,7 @@ class Worker:
         self._buffer_empty = asyncio.Event()
         self._buffer_empty.set()
         self._stopping = False
+        self._claim_answer_lost = False
         self.last_heartbeat = 0.0
         self.started_at = time.monotonic()
         self.counts = collections.Counter[str]()
@@ -306,8 +308,12 @@ class Worker:
             # Cleared before the claim, so a NOTIFY that lands while the claim runs is not lost.
             self._wake.clear()
             try:
+                if self._claim_answer_lost:
+                    await self._release_unknown_running()
                 claimed = await self._claim(free)
             except DatabaseUnavailable:
+                # The claim may have committed with its answer lost on the way back.
+                self._claim_answer_lost = True
                 await self._claim_link.lost()
                 continue
             except SchedError as exc:
@@ -347,6 +353,22 @@ class Worker:
                     break
         self._claim_link.ok()
         return claimed
+
+    async def _release_unknown_running(self) -> None:
+        """Give back jobs the database holds as running for this worker that it never received. Runs in the
+        fetcher, the only claimer, so no claim of ours is in flight meanwhile."""
+        conn = await self._claim_link.get()
+        known = self._running.keys() | {job.id for job in self._ready}
+        lost = [
+            (job_id, attempt)
+            for job_id, attempt in await repository.running_for_worker(conn, self.id)
+            if job_id not in known
+        ]
+        self._claim_answer_lost = False
+        if lost:
+            logger.warning("giving back {} job(s) claimed by a query whose answer was lost", len(lost))
+            for job_id, attempt in lost:
+                self._record(Outcome(job_id, attempt, "released"))
 
     async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:
         # A task's declared max_attempts/timeout win over the job's; write them so the reaper agrees.
@@ -562,6 +584,10 @@ class Worker:
                 len(result.fenced),
                 ", ".join(str(i) for i in result.fenced[:10]),
             )
+        if result.retry_due:
+            queues = set(self.config.queues)
+            for queue, epoch in result.retry_due:
+                self._note_due(queue, epoch, queues)
         if self.metrics is not None:
             self.metrics.flushed(batch, result, time.perf_counter() - started)
         self.counts["outcomes_written"] += len(result.written)
@@ -708,12 +734,17 @@ class Worker:
 
     def _on_wakeup(self, payload: str, queues: set[str]) -> None:
         queue, _, epoch = payload.partition(" ")
+        try:
+            when = float(epoch)
+        except ValueError:
+            when = 0.0
+        self._note_due(queue, when, queues)
+
+    def _note_due(self, queue: str, epoch: float, queues: set[str]) -> None:
+        """Wake the fetcher now for a job due now, or remember when a later one falls due."""
         if queue not in queues:
             return
-        try:
-            due_in = float(epoch) - time.time()
-        except ValueError:
-            due_in = 0.0
+        due_in = epoch - time.time()
         if due_in <= 0.001:
             self._wake.set()
             return
