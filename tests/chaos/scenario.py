@@ -386,12 +386,15 @@ def _finish(dsn: str, fleet: WorkerFleet, figures: ChaosFigures, stale_after: st
     # free slots: concurrency each).
     restart_allowance = (figures.running_at_restart + figures.workers * figures.concurrency) * figures.restarts
     figures.duplicate_bound = figures.orphaned_at_kills + restart_allowance
-    lost_re = re.compile(r"database connection \(\w+\) lost")
+    # "connection (role) lost" when a connection fails, "reconnecting (role) failed" when reconnecting does;
+    # only while working: closing the connections at a clean exit is no loss.
+    lost_re = re.compile(r"connection \(\w+\) lost|reconnecting \(\w+\) failed")
     for process in fleet.started:
         log = process.log()
         lines = log.splitlines()
         figures.max_log_lines = max(figures.max_log_lines, len(lines))
-        figures.connection_lost_lines += len(lost_re.findall(log))
+        working, _, _ = log.partition("shutting down gracefully")
+        figures.connection_lost_lines += len(lost_re.findall(working))
         attempts = [int(n) for n in re.findall(r"restored after (\d+) attempt", log)]
         figures.connection_restored_lines += len(attempts)
         figures.max_reconnect_attempts = max([figures.max_reconnect_attempts, *attempts])
