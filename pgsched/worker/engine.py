@@ -165,6 +165,7 @@ class Worker:
         self._buffer_empty.set()
         self._stopping = False
         self._claim_answer_lost = False
+        self._spread_pending = False
         self.last_heartbeat = 0.0
         self.started_at = time.monotonic()
         self.counts = collections.Counter[str]()
@@ -388,11 +389,22 @@ class Worker:
         self._in_flight += len(jobs)
         if self.metrics is not None:
             self.metrics.claimed(jobs)
+        self._wake_runner()
+
+    def _wake_runner(self) -> None:
         idle = self._idle_runners
-        for _ in range(min(len(jobs), len(idle))):
+        while idle:
             waiter = idle.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                return
+
+    def _spread(self) -> None:
+        # Runs once the busy runner yields: if jobs are still waiting, one more runner joins in. A handler
+        # that never suspends (a no-op) lets one runner take the whole batch with no wake-ups at all.
+        self._spread_pending = False
+        if self._ready:
+            self._wake_runner()
 
     async def _wait_for_work(self) -> None:
         """Sleep until a NOTIFY, a freed slot's worth of news, the next known due time, or the poll interval."""
@@ -423,7 +435,11 @@ class Worker:
                 self._idle_runners.append(waiter)
                 await waiter
                 continue
-            await self._execute(ready.popleft(), me)
+            job = ready.popleft()
+            if ready and not self._spread_pending:
+                self._spread_pending = True
+                loop.call_soon(self._spread)
+            await self._execute(job, me)
 
     async def _execute(self, job: ClaimedJob, me: asyncio.Task) -> None:
         spec = self.tasks[job.task]
