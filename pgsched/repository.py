@@ -287,16 +287,16 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
     settle: list[int] = []
     async with conn.transaction():
         if done := by_kind.get("succeeded"):
-            # Results arrive as JSON text; join them into one JSON array instead of re-encoding each.
-            results = [o.result for o in done]
+            # Results arrive as JSON text; join them into one JSON object instead of re-encoding each.
+            with_result = [o for o in done if o.result is not None]
             rows = await conn.rows(
                 query("JobSetSucceededMany"),
                 {
                     "worker_id": worker_id,
                     "ids": [o.job_id for o in done],
-                    "attempts": [o.attempt for o in done],
-                    "results": "[" + ",".join(r or "null" for r in results) + "]"
-                    if any(r is not None for r in results)
+                    "keys": [o.job_id * 1024 + o.attempt for o in done],
+                    "results": "{" + ",".join(f'"{o.job_id}":{o.result}' for o in with_result) + "}"
+                    if with_result
                     else None,
                 },
                 prepare=True,

@@ -1,10 +1,12 @@
 -- Every runtime query sched runs, one per operation, named Entity+Verb so related queries sort together.
 -- Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s style.
 -- Fencing (DESIGN §2): every transition out of 'running' matches state, worker_id and attempt.
--- The batch transitions compare "j.state::text = 'running'" on purpose: with a plain "j.state = 'running'"
--- the planner may read the partial index on running rows with a bitmap scan, which revisits the dead entry
--- every finished job leaves behind until vacuum, so each flush would cost more than the last. The cast
--- keeps those statements on the primary key.
+-- The batch transitions find their rows with "j.id = ANY(ids)" (the primary key) and no join: a join with
+-- unnest() lets the planner, misled by worker_id's statistics, pick a nested loop over a sequential scan,
+-- quadratic in the batch. They compare "j.state::text = 'running'" on purpose: with a plain
+-- "j.state = 'running'" the planner may read the partial index on running rows with a bitmap scan, which
+-- revisits the dead entry every finished job leaves behind until vacuum, so each flush would cost more
+-- than the last.
 
 -- name: JobInsert
 -- Insert one job unless a live job holds the same (queue, key); the NOTIFY is sent only if the insert commits.
@@ -131,23 +133,24 @@ RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM
 -- name: JobSetLimitsMany
 -- Apply a task's declared max_attempts and timeout to jobs a worker just claimed.
 UPDATE sched_jobs j
-SET max_attempts = greatest(o.max_attempts, j.attempt), timeout = make_interval(secs => o.timeout_s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(max_attempts)s::int[], %(timeouts)s::float8[])
-     AS o(id, attempt, max_attempts, timeout_s)
-WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt;
+SET max_attempts = greatest((%(max_attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)], j.attempt),
+    timeout = make_interval(secs => (%(timeouts)s::float8[])[array_position(%(ids)s::bigint[], j.id)])
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
+  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)];
 
 -- name: JobSetSucceededMany
--- Record a batch of successes. %(results)s is one JSON array parallel to the ids (or NULL when no job
--- returned anything), which is far cheaper to send than a jsonb[] of mostly NULLs.
+-- Record a batch of successes. %(keys)s holds id * 1024 + attempt for each job (attempts never exceed
+-- 1000), so the attempt fence is one array test per row. %(results)s is one JSON object keyed by job id (or
+-- NULL when no job returned anything), far cheaper to send than a jsonb[] of mostly NULLs.
 UPDATE sched_jobs j
-SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> (o.ord - 1)::int, error = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) WITH ORDINALITY AS o(id, attempt, ord)
-WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.id::text, error = NULL
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id * 1024 + j.attempt = ANY(%(keys)s::bigint[])
+  AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id, j.has_dependents;
 
 -- name: JobSetFailedMany
 -- Record a batch of failures: retry after a jittered exponential backoff while attempts remain
--- (and the failure is retryable), otherwise fail for good.
+-- (and the failure is retryable), otherwise fail for good. Per-job values sit at the job's position in ids.
 -- Backoff (DESIGN §4): min(cap, base * 2^(attempt-1)) * a factor drawn from [0.5, 1].
 UPDATE sched_jobs j
 SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
@@ -159,25 +162,29 @@ SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
     finished_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
     worker_id = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE j.worker_id END,
     error = o.error
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[], %(retryable)s::bool[],
-            %(base)s::float8[], %(cap)s::float8[]) AS o(id, attempt, error, retryable, base, cap)
+FROM (SELECT j2.id,
+             (%(attempts)s::int[])[p] AS attempt, (%(errors)s::text[])[p] AS error,
+             (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap
+      FROM sched_jobs j2, array_position(%(ids)s::bigint[], j2.id) AS p
+      WHERE j2.id = ANY(%(ids)s::bigint[])) AS o
 WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
 RETURNING j.id, j.state, j.queue, j.has_dependents, extract(epoch FROM j.run_at)::float8;
 
 -- name: JobSetCancelledMany
 -- Record running jobs that stopped because cancellation was requested.
 UPDATE sched_jobs j
-SET state = 'cancelled', finished_at = now(), error = o.error
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[]) AS o(id, attempt, error)
-WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+SET state = 'cancelled', finished_at = now(),
+    error = (%(errors)s::text[])[array_position(%(ids)s::bigint[], j.id)]
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
+  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)]
 RETURNING j.id, j.has_dependents;
 
 -- name: JobReleaseMany
 -- Give running jobs back on shutdown without spending an attempt: the claim counted one, so take it back.
 UPDATE sched_jobs j
 SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, started_at = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS o(id, attempt)
-WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
+  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)]
 RETURNING j.id, j.queue;
 
 -- name: JobSettleDependents
