@@ -651,6 +651,10 @@ class Worker:
                         logger.bind(job_id=job_id).warning("progress of job {} fenced off", job_id)
             except DatabaseUnavailable:
                 await self._outcome_link.lost()
+            except SchedError as exc:
+                # A statement or lock timeout, say. Progress is a hint that the next report replaces; what must
+                # not happen is this error ending the supervisor, and with it the enforcement of timeouts.
+                logger.error("writing progress failed: {}", exc.message)
 
     # --- control: heartbeat, cancellation poll, reaper ----------------------------------------------------
 

@@ -74,6 +74,23 @@ async def record(payload, ctx):
     await note(ctx)
 
 
+@task("chaos.progress")
+async def progress(payload, ctx):
+    deadline = asyncio.get_running_loop().time() + payload.get("seconds", 5)
+    i = 0
+    while asyncio.get_running_loop().time() < deadline:
+        i += 1
+        ctx.progress({"i": i})
+        await asyncio.sleep(0.05)
+    await note(ctx)
+
+
+@task("chaos.hang", timeout=1, max_attempts=1)
+async def hang(payload, ctx):
+    await note(ctx, "start")
+    await asyncio.sleep(60)
+
+
 @task("chaos.sleep")
 async def sleep(payload, ctx):
     await note(ctx, "start")
