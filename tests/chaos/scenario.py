@@ -376,6 +376,11 @@ def _drive(
 def _finish(dsn: str, fleet: WorkerFleet, figures: ChaosFigures, stale_after: str) -> None:
     survivors = fleet.alive()
     for process in survivors:
+        # A replacement started a moment ago may still be importing; a SIGTERM before its handlers are in
+        # place would end it like any unprepared process. Stop it once it says it runs.
+        deadline = time.monotonic() + 30
+        while " started: " not in process.log() and process.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
         os.kill(process.pid, signal.SIGTERM)
     for process in survivors:
         try:
