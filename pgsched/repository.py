@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pgsched.db import AsyncConnection, Connection
@@ -75,7 +75,7 @@ def _lock_dependencies(conn: Connection, after: Sequence[int]) -> int:
     return sum(1 for job_id in wanted if states[job_id] != "succeeded")
 
 
-_COPY_TYPES = ["bigint", "text", "text", "jsonb", "integer", "timestamptz", "integer", "interval"]
+_COPY_TYPES = ["bigint", "text", "text", "jsonb", "integer", "timestamptz", "integer", "interval", "boolean"]
 
 
 def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -91,19 +91,7 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         for queue, count in sorted(Counter(job.queue for job in jobs).items()):
             _admit(conn, queue, count)
         ids, now = conn.row(query("JobIdReserveMany"), {"count": len(jobs)})  # type: ignore[misc]
-        rows = (
-            (
-                new_id,
-                job.queue,
-                job.task,
-                job.payload_json,
-                job.priority,
-                job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now),
-                job.max_attempts,
-                timedelta(seconds=job.timeout_s),
-            )
-            for new_id, job in zip(ids, jobs, strict=True)
-        )
+        rows = (_copy_row(new_id, job, now) for new_id, job in zip(ids, jobs, strict=True))
         if any(job.key for job in jobs):
             result = _enqueue_keyed(conn, jobs, ids, rows)
         elif all(_uses_table_defaults(job) for job in jobs):
@@ -115,6 +103,22 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
             result = [Enqueued(new_id) for new_id in ids]
         conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
         return result
+
+
+def _copy_row(new_id: int, job: NewJob, now: datetime) -> tuple:
+    """One job as the columns of JobCopyIn; relative delays count from the server's clock."""
+    run_at = job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now)
+    return (
+        new_id,
+        job.queue,
+        job.task,
+        job.payload_json,
+        job.priority,
+        run_at,
+        job.max_attempts,
+        timedelta(seconds=job.timeout_s),
+        run_at > now,
+    )
 
 
 def _uses_table_defaults(job: NewJob) -> bool:

@@ -16,6 +16,10 @@ CREATE TABLE sched_jobs (
     dedupe_key    text,
     worker_id     uuid,
     pending_deps  integer NOT NULL DEFAULT 0,
+    -- True when the job was queued to run later (a delay, a retry's backoff). Such rows live in an index of
+    -- their own, so that any number of future jobs never slows the claim of ready ones. A queued job is
+    -- claimable from either index once run_at has passed: the flag affects speed, never correctness.
+    deferred      boolean NOT NULL DEFAULT false,
     -- Set when a job gains a dependent, so finishing a job without dependents costs no extra statement.
     has_dependents boolean NOT NULL DEFAULT false,
     result        jsonb,
@@ -49,9 +53,11 @@ CREATE TABLE sched_jobs (
         (state IN ('succeeded', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
 );
 
--- The claim reads only this index: finished and waiting rows never enter it, so its cost does not grow
--- with history. Column order matches the claim's ORDER BY so the LIMIT stops early.
-CREATE INDEX sched_jobs_ready ON sched_jobs (queue, priority DESC, run_at, id) WHERE state = 'queued';
+-- The claim reads only these two indexes: finished, waiting and future rows never enter the first, so its
+-- cost does not grow with history or with the scheduled backlog. Column order matches the claim's ORDER BY
+-- so the LIMIT stops early; the second is read by range on run_at, so it stops at the first future row.
+CREATE INDEX sched_jobs_ready ON sched_jobs (queue, priority DESC, run_at, id) WHERE state = 'queued' AND NOT deferred;
+CREATE INDEX sched_jobs_deferred ON sched_jobs (queue, run_at, id) WHERE state = 'queued' AND deferred;
 
 -- One live job per (queue, key); finished jobs free their key.
 CREATE UNIQUE INDEX sched_jobs_live_dedupe_key ON sched_jobs (queue, dedupe_key)

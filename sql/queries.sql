@@ -13,13 +13,13 @@
 -- Unless %(admitted)s, a queue with a backlog cap is skipped too: such adds take the locked path instead,
 -- so the common add is this one statement.
 WITH ins AS (
-    INSERT INTO sched_jobs (queue, task, payload, priority, run_at, max_attempts, timeout, dedupe_key,
+    INSERT INTO sched_jobs (queue, task, payload, priority, run_at, deferred, max_attempts, timeout, dedupe_key,
                             pending_deps, state)
-    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s,
-           coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))),
-           %(max_attempts)s,
+    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s, t.run_at, t.run_at > now(), %(max_attempts)s,
            make_interval(secs => %(timeout_s)s::float8), %(key)s, %(pending_deps)s::int,
            CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state
+    FROM (SELECT coalesce(%(run_at)s::timestamptz,
+                          now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))) AS run_at) t
     WHERE %(admitted)s::bool
        OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND max_backlog IS NOT NULL)
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
@@ -61,7 +61,8 @@ SELECT array_agg(nextval('sched_jobs_id_seq'::regclass)), now() FROM generate_se
 
 -- name: JobCopyIn
 -- Bulk insert without dedupe keys, straight into the table.
-COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout) FROM STDIN (FORMAT BINARY);
+COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred)
+FROM STDIN (FORMAT BINARY);
 
 -- name: JobCopyInPlain
 -- Bulk insert of jobs that all use the table's defaults for priority, run_at, max_attempts and timeout:
@@ -72,18 +73,18 @@ COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
 -- A transaction-local staging table for bulk inserts that carry dedupe keys.
 CREATE TEMP TABLE sched_jobs_incoming (
     id bigint, queue text, task text, payload jsonb, priority integer, run_at timestamptz,
-    max_attempts integer, timeout interval, dedupe_key text
+    max_attempts integer, timeout interval, deferred boolean, dedupe_key text
 ) ON COMMIT DROP;
 
 -- name: JobIncomingCopyIn
 -- Bulk load the staging table.
-COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, dedupe_key)
+COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
 FROM STDIN (FORMAT BINARY);
 
 -- name: JobInsertFromIncoming
 -- Move staged jobs into the table in file order; a duplicate key (live, or earlier in the batch) is skipped.
-INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, dedupe_key)
-SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, dedupe_key
+INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
+SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key
 FROM sched_jobs_incoming ORDER BY id
 ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
 DO NOTHING
@@ -109,13 +110,30 @@ WITH bucket AS (
     WHERE queue = %(queue)s AND rate IS NOT NULL AND NOT paused
     FOR UPDATE
 ),
-picked AS (
-    SELECT id FROM sched_jobs
-    WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now() AND task = ANY(%(tasks)s::text[])
+ready AS (
+    SELECT id, priority, run_at FROM sched_jobs
+    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
+      AND task = ANY(%(tasks)s::text[])
       AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND paused)
     ORDER BY priority DESC, run_at, id
     LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
     FOR UPDATE SKIP LOCKED
+),
+-- Deferred jobs that have fallen due: a range scan of their own index that stops at the first future row.
+due AS (
+    SELECT id, priority, run_at FROM sched_jobs
+    WHERE state = 'queued' AND deferred AND queue = %(queue)s AND run_at <= now()
+      AND task = ANY(%(tasks)s::text[])
+      AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND paused)
+    ORDER BY run_at, id
+    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
+    FOR UPDATE SKIP LOCKED
+),
+-- Rows locked above but not picked here are let go when the statement's transaction ends.
+picked AS (
+    SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS candidates
+    ORDER BY priority DESC, run_at, id
+    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
 ),
 charged AS (
     UPDATE sched_queues s
@@ -159,6 +177,7 @@ SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
                   THEN now() + make_interval(secs => least(o.cap, o.base * power(2, j.attempt - 1))
                                                     * (0.5 + random() * 0.5))
                   ELSE j.run_at END,
+    deferred = o.retryable AND j.attempt < j.max_attempts,
     finished_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
     worker_id = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE j.worker_id END,
     error = o.error
