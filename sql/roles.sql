@@ -57,11 +57,11 @@ GRANT SELECT ON sched_jobs TO sched_worker;
 -- Every column a transition out of 'queued' or 'running' writes (claim, outcomes, retry backoff, release,
 -- progress, reaping, settling dependents, a task's declared limits). Not queue, task, payload, priority or
 -- dedupe_key: a worker cannot turn an existing job into a different one.
-GRANT UPDATE (state, attempt, worker_id, started_at, finished_at, run_at, result, error, progress, pending_deps,
-              max_attempts, timeout, cancel_requested_at)
+GRANT UPDATE (state, attempt, worker_id, started_at, finished_at, run_at, deferred, result, error, progress,
+              pending_deps, max_attempts, timeout, cancel_requested_at)
     ON sched_jobs TO sched_worker;
 -- Firing a schedule enqueues its job (ScheduleFire).
-GRANT INSERT (queue, task, payload, run_at, dedupe_key) ON sched_jobs TO sched_worker;
+GRANT INSERT (queue, task, payload, run_at, deferred, dedupe_key) ON sched_jobs TO sched_worker;
 -- Settling dependents reads the edges; only producers add them.
 GRANT SELECT ON sched_job_deps TO sched_worker;
 -- Its own row: register, heartbeat, deregister. DELETE is table-wide because the reaper, which every worker
