@@ -319,6 +319,9 @@ class Worker:
                 continue
             except SchedError as exc:
                 logger.error("claim failed: {}", exc.message)
+                # A claim can commit and what follows it fail (a statement timeout on writing a task's limits):
+                # look for jobs held but never received before claiming again, as after a lost answer.
+                self._claim_answer_lost = True
                 await self.sleep_unless_stopped(config.poll_interval)
                 continue
             if claimed:

@@ -91,6 +91,11 @@ async def hang(payload, ctx):
     await asyncio.sleep(60)
 
 
+@task("chaos.limited", timeout=30)
+async def limited(payload, ctx):
+    await note(ctx)
+
+
 @task("chaos.sleep")
 async def sleep(payload, ctx):
     await note(ctx, "start")

@@ -143,3 +143,40 @@ def test_timeouts_while_the_jobs_table_is_locked(dsn: str, fleet, setting: str, 
     assert set(runs) == {*ids, chatty}
     assert set(runs.values()) == {1}
     os_kill_and_wait(worker)
+
+
+def test_jobs_of_a_claim_whose_follow_up_failed_are_given_back(dsn: str, fleet) -> None:
+    # A task that declares its own timeout makes the worker write it onto the jobs right after claiming them.
+    # While the obstruction stands, that write outlives statement_timeout: the claim committed, its follow-up
+    # did not, and the worker never started the jobs. They must not sit 'running' until the reaper's timeout.
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    query(
+        dsn,
+        """
+        CREATE TABLE obstruct (on_ boolean);
+        INSERT INTO obstruct VALUES (true);
+        CREATE FUNCTION obstruct_limits() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM obstruct) THEN
+                PERFORM pg_sleep(1);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER obstruct_limits BEFORE UPDATE ON sched_jobs FOR EACH ROW
+            WHEN (OLD.timeout IS DISTINCT FROM NEW.timeout AND OLD.state = 'running')
+            EXECUTE FUNCTION obstruct_limits();
+        """,
+    )
+    query(dsn, f"ALTER DATABASE \"{name}\" SET statement_timeout = '200ms'")
+    ids = enqueue(dsn, "chaos.limited", 3)
+    worker = fleet.start("--concurrency", "5")
+    wait_for(lambda: "claim failed" in worker.log(), 30, "a claim to fail")
+    assert query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs") == [("running", 1)]
+    query(dsn, "DELETE FROM obstruct")
+    # Given back without spending an attempt and run at once, long before the 30 s timeout would free them.
+    wait_for(lambda: unfinished(dsn) == 0, 15, "the jobs to run")
+    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs") == [(1,)]
+    assert set(executions_by_job(dsn)) == set(ids)
+    assert "giving back 3 job(s)" in worker.log()
+    assert worker.alive()
+    os_kill_and_wait(worker)
