@@ -670,13 +670,14 @@ SELECT to_regclass(%(name)s) IS NOT NULL;
 
 -- name: DoctorReadyQueues
 -- Queues with ready jobs: how many, the oldest one's age, and how many live workers serve each.
--- The inner scan reads only the claim's partial index on queued jobs.
+-- The inner scans read only the claim's two partial indexes on queued jobs.
 SELECT r.queue, r.ready, r.oldest_age_s,
        (SELECT count(*) FROM sched_workers w
         WHERE r.queue = ANY(w.queues) AND w.heartbeat_at > now() - %(stale_after)s::interval) AS live_workers
 FROM (SELECT queue, count(*) AS ready, extract(epoch FROM now() - min(run_at))::float8 AS oldest_age_s
-      FROM sched_jobs
-      WHERE state = 'queued' AND run_at <= now()
+      FROM (SELECT queue, run_at FROM sched_jobs WHERE state = 'queued' AND NOT deferred AND run_at <= now()
+            UNION ALL
+            SELECT queue, run_at FROM sched_jobs WHERE state = 'queued' AND deferred AND run_at <= now()) ready
       GROUP BY queue) r
 ORDER BY r.queue;
 
@@ -726,8 +727,8 @@ WHERE xmin IS NOT NULL AND age(xmin) > %(max_xmin_age)s
 ORDER BY age_s DESC NULLS LAST;
 
 -- name: DashboardQueueLive
--- Per queue: ready, scheduled and running jobs and the age of the oldest ready one. Each branch reads only
--- its partial index (queued jobs, running jobs), so the cost follows the live set, never the history.
+-- Per queue: ready, scheduled and running jobs and the age of the oldest ready one. One branch per partial
+-- index (ready, deferred, running), so the cost follows the live set, never the history.
 SELECT queue, sum(queued)::bigint, sum(scheduled)::bigint, sum(running)::bigint,
        coalesce(max(oldest_ready_age_s), 0)::float8
 FROM (
@@ -737,7 +738,16 @@ FROM (
            0 AS running,
            extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())) AS oldest_ready_age_s
     FROM sched_jobs
-    WHERE state = 'queued' AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    WHERE state = 'queued' AND NOT deferred AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    GROUP BY queue
+    UNION ALL
+    SELECT queue,
+           count(*) FILTER (WHERE run_at <= now()),
+           count(*) FILTER (WHERE run_at > now()),
+           0,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))
+    FROM sched_jobs
+    WHERE state = 'queued' AND deferred AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
     GROUP BY queue
     UNION ALL
     SELECT queue, 0, 0, count(*), NULL
