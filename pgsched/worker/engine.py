@@ -126,7 +126,10 @@ class _Link:
         self.last_ok = time.monotonic()
 
     async def close(self) -> None:
-        await self.lost()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
 
 class Worker:
