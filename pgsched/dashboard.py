@@ -48,6 +48,7 @@ class Snapshot:
 
     @property
     def failed_last_hour(self) -> int:
+        """Final failures in the last hour, all queues together."""
         return sum(q["failed_last_hour"] for q in self.queues)
 
 

@@ -24,6 +24,7 @@ class Check:
 
     @property
     def failed(self) -> bool:
+        """Whether this check makes the doctor exit 1."""
         return self.status == FAIL
 
 
@@ -48,10 +49,12 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """Whether no check failed (warnings and skips do not count)."""
         return not any(check.failed for check in self.checks)
 
     @property
     def failed(self) -> list[Check]:
+        """The checks that failed."""
         return [check for check in self.checks if check.failed]
 
     def as_json(self) -> dict[str, Any]:
