@@ -8,7 +8,9 @@ indexes, and the ready, running and finished counts. It prints a table as it goe
 writes every sample as JSON.
 
 The run uses a database of its own, created on the server of --dsn (default: SCHED_DATABASE_URL) and dropped
-at the end (--keep keeps it). Ten minutes at 500 jobs/s:
+at the end (--keep keeps it), or on a private server this script starts and removes (--private). A queue table
+stays bounded only if it is vacuumed: where autovacuum is off, each cleanup is followed by ``VACUUM sched_jobs``,
+as an operator's cron job would do (--vacuum decides). Ten minutes at 500 jobs/s:
 
     python scripts/soak.py --dsn postgresql://root@127.0.0.1:5432/postgres --rate 500 --duration 10m \\
         --json soak.json
@@ -50,9 +52,16 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=20, help="the worker's concurrency [20]")
     parser.add_argument("--json", type=Path, default=Path("soak.json"), help="where to write the samples")
     parser.add_argument("--keep", action="store_true", help="keep the soak database afterwards")
+    parser.add_argument("--private", action="store_true", help="use a private server (autovacuum on)")
+    parser.add_argument(
+        "--vacuum",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="VACUUM sched_jobs after each cleanup: auto does when the server's autovacuum is off [auto]",
+    )
     args = parser.parse_args()
-    if not args.dsn:
-        parser.error("give --dsn or set SCHED_DATABASE_URL")
+    if not args.dsn and not args.private:
+        parser.error("give --dsn, set SCHED_DATABASE_URL, or use --private")
     return args
 
 
@@ -155,34 +164,84 @@ def _verdict(samples: list[dict[str, Any]], warm_up: float) -> dict[str, Any]:
     }
 
 
+class Maintenance(threading.Thread):
+    """Runs ``sched cleanup`` every interval (and ``VACUUM sched_jobs`` after it, if asked), off the sampler's loop."""
+
+    def __init__(self, dsn: str, every: float, older_than: str, vacuum: bool) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.every = every
+        self.older_than = older_than
+        self.vacuum = vacuum
+        self.cleanups = 0
+        self.failures = 0
+        self.deleted = 0
+        self.vacuums = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        env = {**os.environ, "SCHED_DATABASE_URL": self.dsn}
+        while not self.stop.wait(self.every):
+            done = subprocess.run(
+                [sys.executable, "-m", "pgsched", "cleanup", "--older-than", self.older_than, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                self.failures += 1
+                continue
+            self.cleanups += 1
+            self.deleted += json.loads(done.stdout)["deleted"]
+            if self.vacuum:
+                with psycopg.connect(self.dsn, autocommit=True) as c:
+                    c.execute("VACUUM sched_jobs")
+                self.vacuums += 1
+
+
 def main() -> int:
     args = _args()
+    # A plain SIGTERM ends the run like Ctrl-C, so the soak database and the worker are cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if args.private:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "chaos"))
+        from private_server import private_server
+
+        with private_server() as server:
+            return soak(args, server.dsn(), f"a private server on port {server.port}")
+    return soak(args, args.dsn, conninfo_to_dict(args.dsn).get("host", "local socket"))
+
+
+def soak(args: argparse.Namespace, admin_dsn: str, where: str) -> int:
+    """Run the soak against the server of ``admin_dsn``; returns the exit code."""
     duration = parse_duration(args.duration, what="duration")
     sample_every = parse_duration(args.sample_every, what="sample interval")
     cleanup_every = parse_duration(args.cleanup_every, what="cleanup interval")
     name = f"sched_soak_{os.getpid()}"
-    with psycopg.connect(args.dsn, autocommit=True) as admin:
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        autovacuum = admin.execute("SELECT current_setting('autovacuum')::bool").fetchone()[0]  # type: ignore[index]
         admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(args.dsn, dbname=name)
+    vacuum = args.vacuum == "always" or (args.vacuum == "auto" and not autovacuum)
+    dsn = make_conninfo(admin_dsn, dbname=name)
     with db.connect(dsn) as conn:
         migrate.apply(conn)
-    env = {**os.environ, "SCHED_DATABASE_URL": dsn}
     log_path = Path(tempfile.gettempdir()) / f"{name}-worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "pgsched", "worker", "--concurrency", str(args.concurrency)],
-            env=env,
+            env={**os.environ, "SCHED_DATABASE_URL": dsn},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     producer = Producer(dsn, args.rate)
+    maintenance = Maintenance(dsn, cleanup_every, args.older_than, vacuum)
     samples: list[dict[str, Any]] = []
-    cleanups, cleanup_failures, deleted = 0, 0, 0
-    host = conninfo_to_dict(args.dsn).get("host", "local socket")
     print(
-        f"soak: {args.rate:g} jobs/s for {args.duration} on {host} (database {name}), one worker"
-        f" (concurrency {args.concurrency}), cleanup --older-than {args.older_than} every {args.cleanup_every}",
+        f"soak: {args.rate:g} jobs/s for {args.duration} on {where} (database {name}), one worker"
+        f" (concurrency {args.concurrency}), cleanup --older-than {args.older_than} every {args.cleanup_every};"
+        f" autovacuum {'on' if autovacuum else 'off'}{', VACUUM after each cleanup' if vacuum else ''}",
         flush=True,
     )
     print(
@@ -192,54 +251,44 @@ def main() -> int:
     )
     started = time.monotonic()
     producer.start()
-    next_sample, next_cleanup = started, started + cleanup_every
+    maintenance.start()
+    next_sample = started
     try:
         while time.monotonic() - started < duration:
             if worker.poll() is not None:
                 print(f"the worker exited with {worker.returncode}; log: {log_path}", file=sys.stderr)
                 return 1
-            now = time.monotonic()
-            if now >= next_cleanup:
-                next_cleanup += cleanup_every
-                done = subprocess.run(
-                    [sys.executable, "-m", "pgsched", "cleanup", "--older-than", args.older_than, "--json"],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                if done.returncode == 0:
-                    cleanups += 1
-                    deleted += json.loads(done.stdout)["deleted"]
-                else:
-                    cleanup_failures += 1
-            if now >= next_sample:
-                next_sample += sample_every
-                samples.append(_sample(dsn, worker.pid, producer, started, cleanups))
-                _print_row(samples[-1])
-            time.sleep(max(0.0, min(next_sample, next_cleanup) - time.monotonic()))
+            samples.append(_sample(dsn, worker.pid, producer, started, maintenance.cleanups))
+            _print_row(samples[-1])
+            next_sample += sample_every
+            time.sleep(max(0.0, min(next_sample, started + duration) - time.monotonic()))
         producer.stop.set()
         producer.join()
-        samples.append(_sample(dsn, worker.pid, producer, started, cleanups))
+        samples.append(_sample(dsn, worker.pid, producer, started, maintenance.cleanups))
         _print_row(samples[-1])
     finally:
         producer.stop.set()
+        maintenance.stop.set()
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
+        maintenance.join(timeout=60)
         if not args.keep:
-            with psycopg.connect(args.dsn, autocommit=True) as admin:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     # Finished rows live up to --older-than plus one cleanup interval; vacuum needs a moment more to reuse space.
     verdict = _verdict(samples, warm_up=2 * (cleanup_every + parse_duration(args.older_than, what="retention")))
     summary = {
         "rate": args.rate,
         "duration_s": round(time.monotonic() - started, 1),
+        "autovacuum": autovacuum,
+        "vacuum_after_cleanup": vacuum,
         "jobs_added": producer.added,
         "producer_errors": producer.errors,
-        "cleanups": cleanups,
-        "cleanup_failures": cleanup_failures,
-        "deleted_by_cleanup": deleted,
+        "cleanups": maintenance.cleanups,
+        "cleanup_failures": maintenance.failures,
+        "deleted_by_cleanup": maintenance.deleted,
+        "vacuums": maintenance.vacuums,
         "worker_exit_code": worker.returncode,
         "final_indexes_bytes": samples[-1]["index_bytes"],
         **verdict,
