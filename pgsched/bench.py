@@ -39,6 +39,7 @@ class BenchConfig:
     concurrency: int = 1000
     batch_size: int = 500
     single_jobs: int = 2_000
+    producers: int = 8
     latency_jobs: int = 200
     io_jobs: int = 2_500
     io_concurrency: int = 50
@@ -99,6 +100,10 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     results["drain_vs_sql_baseline_pct"] = round(100 * results["drain_per_s"] / results["sql_baseline_per_s"], 1)
     report(f"single enqueue of {config.single_jobs:,} jobs, one at a time (Python API)")
     results["single_enqueue_per_s"] = _single_enqueue(conn, config.single_jobs)
+    report(f"baseline: {config.single_jobs:,} one-row INSERTs into a bare table, each its own commit")
+    results["commit_baseline_per_s"] = _commit_baseline(conn, config.single_jobs)
+    report(f"single enqueue from {config.producers} producers at once, one job per call (Python API)")
+    results["single_enqueue_concurrent_per_s"] = _concurrent_enqueue(dsn, config.single_jobs, config.producers)
     report(f"latency of {config.latency_jobs} jobs added one at a time to an idle worker")
     results.update(_latency(conn, dsn, config))
     report(
@@ -209,6 +214,46 @@ def _single_enqueue(conn: db.Connection, count: int) -> int:
     for job in jobs:
         repository.enqueue(conn, job)
     return round(count / (time.perf_counter() - started))
+
+
+def _commit_baseline(conn: db.Connection, count: int) -> int:
+    """What one connection's commits cost on this server (each waits for its WAL flush): the ceiling of any
+    one-at-a-time durable insert, measured here so the single-enqueue figure can be read against it."""
+    conn.run("CREATE TABLE sched_bench_commits (id bigserial PRIMARY KEY, body text)")
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            conn.run("INSERT INTO sched_bench_commits (body) VALUES ('x')")
+        return round(count / (time.perf_counter() - started))
+    finally:
+        conn.run("DROP TABLE sched_bench_commits")
+
+
+def _concurrent_enqueue(dsn: str, count: int, producers: int) -> int:
+    """Several producers, each adding jobs one per call on its own connection: commits share WAL flushes."""
+    import threading
+
+    per_producer = max(1, count // producers)
+    connections = [db.connect(dsn) for _ in range(producers)]
+    barrier = threading.Barrier(producers + 1)
+
+    def produce(conn: db.Connection) -> None:
+        job = NewJob(task="sched.noop", queue="concurrent")
+        barrier.wait()
+        for _ in range(per_producer):
+            repository.enqueue(conn, job)
+
+    threads = [threading.Thread(target=produce, args=(c,)) for c in connections]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for conn in connections:
+        conn.close()
+    return round(per_producer * producers / elapsed)
 
 
 def _wait_for_worker(conn: db.Connection, worker: subprocess.Popen, timeout: float = 30.0) -> None:

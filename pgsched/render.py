@@ -190,6 +190,8 @@ _BENCH_ROWS = (
     ("bulk_enqueue_per_s", "bulk enqueue, COPY (Python API)", "jobs/s"),
     ("jsonl_cli_enqueue_per_s", "bulk enqueue, sched add --jsonl", "jobs/s"),
     ("single_enqueue_per_s", "single enqueue (Python API)", "jobs/s"),
+    ("commit_baseline_per_s", "  baseline: bare one-row commits", "rows/s"),
+    ("single_enqueue_concurrent_per_s", "single enqueue, concurrent producers", "jobs/s"),
     ("drain_per_s", "drain, one worker process", "jobs/s"),
     ("sql_baseline_per_s", "  baseline: pure-SQL claim/complete", "jobs/s"),
     ("latency_p50_ms", "latency enqueue->start p50", "ms"),
@@ -217,7 +219,7 @@ def print_bench(figures: dict[str, Any], verdicts: dict[str, bool], console: Con
         if key not in results:
             continue
         value = results[key]
-        shown = f"{value:,.0f} {unit}" if unit == "jobs/s" else f"{value:g} {unit}"
+        shown = f"{value:,.0f} {unit}" if unit.endswith("/s") else f"{value:g} {unit}"
         target = targets.get(key)
         goal = f"{target['op']} {target['value']:,g}" if target else ""
         mark = "" if key not in verdicts else ("[green]ok[/]" if verdicts[key] else "[red]miss[/]")
