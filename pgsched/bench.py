@@ -100,6 +100,8 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     results["drain_vs_sql_baseline_pct"] = round(100 * results["drain_per_s"] / results["sql_baseline_per_s"], 1)
     report(f"single enqueue of {config.single_jobs:,} jobs, one at a time (Python API)")
     results["single_enqueue_per_s"] = _single_enqueue(conn, config.single_jobs)
+    report(f"single enqueue of {config.single_jobs:,} jobs, one at a time, Client(durable=False)")
+    results["single_enqueue_async_commit_per_s"] = _single_enqueue_async_commit(dsn, config.single_jobs)
     report(f"baseline: {config.single_jobs:,} one-row INSERTs into a bare table, each its own commit")
     results["commit_baseline_per_s"] = _commit_baseline(conn, config.single_jobs)
     report(f"single enqueue from {config.producers} producers at once, one job per call (Python API)")
@@ -214,6 +216,19 @@ def _single_enqueue(conn: db.Connection, count: int) -> int:
     for job in jobs:
         repository.enqueue(conn, job)
     return round(count / (time.perf_counter() - started))
+
+
+def _single_enqueue_async_commit(dsn: str, count: int) -> int:
+    from pgsched.client import Client
+
+    client = Client(dsn, durable=False)
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            client.enqueue("sched.noop", queue="single_async")
+        return round(count / (time.perf_counter() - started))
+    finally:
+        client.close()
 
 
 def _commit_baseline(conn: db.Connection, count: int) -> int:

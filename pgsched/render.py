@@ -191,6 +191,7 @@ _BENCH_ROWS = (
     ("jsonl_cli_enqueue_per_s", "bulk enqueue, sched add --jsonl", "jobs/s"),
     ("single_enqueue_per_s", "single enqueue (Python API)", "jobs/s"),
     ("commit_baseline_per_s", "  baseline: bare one-row commits", "rows/s"),
+    ("single_enqueue_async_commit_per_s", "single enqueue, durable=False", "jobs/s"),
     ("single_enqueue_concurrent_per_s", "single enqueue, concurrent producers", "jobs/s"),
     ("drain_per_s", "drain, one worker process", "jobs/s"),
     ("sql_baseline_per_s", "  baseline: pure-SQL claim/complete", "jobs/s"),

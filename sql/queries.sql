@@ -395,6 +395,10 @@ RETURNING id;
 -- A worker leaves cleanly.
 DELETE FROM sched_workers WHERE id = %(id)s;
 
+-- name: SessionCommitWithoutFlushWait
+-- For a producer that chose speed over the last moment of durability: commits return before the WAL flush.
+SET synchronous_commit = off;
+
 -- name: MigrationListApplied
 -- Applied migrations, or nothing on an empty database.
 SELECT version, name, checksum FROM sched_migrations ORDER BY version;
