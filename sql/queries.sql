@@ -159,10 +159,11 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_i
 -- name: JobSetSucceededMany
 -- Record a batch of successes. %(keys)s holds id * 1024 + attempt for each job (attempts never exceed
 -- 1000), so the attempt fence is one array test per row. %(results)s is one JSON object keyed by job id (or
--- NULL when no job returned anything), far cheaper to send than a jsonb[] of mostly NULLs.
+-- NULL when no job returned anything), far cheaper to send than a jsonb[] of mostly NULLs. The id arrays
+-- travel in binary (%(...)b): no per-element quoting on the way out.
 UPDATE sched_jobs j
 SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.id::text, error = NULL
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id * 1024 + j.attempt = ANY(%(keys)s::bigint[])
+WHERE j.id = ANY(%(ids)b::bigint[]) AND j.id * 1024 + j.attempt = ANY(%(keys)b::bigint[])
   AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
 RETURNING j.id, j.has_dependents;
 
