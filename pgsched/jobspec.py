@@ -50,6 +50,8 @@ def read_payload_argument(value: str | None, max_bytes: int) -> str:
             text = sys.stdin.read()
         except UnicodeDecodeError:
             raise InvalidInput("the payload on stdin is not UTF-8 text") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot read the payload from stdin: {exc.strerror or exc}") from None
     elif value.lstrip()[:1] in ("{", "[", '"') or not _is_file(value):
         text = value
         if not _looks_like_json(value):

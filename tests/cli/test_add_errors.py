@@ -169,7 +169,7 @@ CASES = {
         ["t", "--priority", "high"],
         None,
         None,
-        "Invalid value for '--priority': Input should be a valid integer, unable to parse string as an integer",
+        "Invalid value for '--priority': 'high' is not a valid int.",
     ),
     "zero-attempts": (
         ["t", "--max-attempts", "0"],
@@ -191,7 +191,7 @@ CASES = {
         ["t", "--after", "first"],
         None,
         None,
-        "Invalid value for '--after': Input should be a valid integer, unable to parse string as an integer",
+        "Invalid value for '--after': 'first' is not a valid int.",
     ),
     "unknown-option": (["t", "--colour", "red"], None, None, "No such option: --colour"),
     "jsonl-bad-line": (
