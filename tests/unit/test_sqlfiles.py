@@ -27,7 +27,9 @@ def test_every_query_is_a_single_clean_statement() -> None:
         assert not text.endswith(";"), name
         # One statement per name: a stray semicolon means two queries ran together.
         assert ";" not in text, name
-        assert text.split()[0].upper() in {"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "COPY", "CREATE", "SET"}, name
+        assert text.split()[0].upper() in {"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "COPY", "CREATE", "SET"}, (
+            name
+        )
 
 
 def test_every_query_has_a_description() -> None:
