@@ -105,9 +105,7 @@ def next_tick(cron: str, tz: str, after: datetime) -> datetime:
     return croniter(cron, local).get_next(datetime).astimezone(UTC)
 
 
-def due_ticks(
-    cron: str, tz: str, catch_up: str, due_at: datetime, now: datetime
-) -> tuple[list[datetime], datetime]:
+def due_ticks(cron: str, tz: str, catch_up: str, due_at: datetime, now: datetime) -> tuple[list[datetime], datetime]:
     """The ticks to enqueue for a schedule whose next tick ``due_at`` has come, and its next run afterwards.
 
     "latest" runs only the newest missed tick (one catch-up job, not a flood); "none" runs the newest tick only
