@@ -189,22 +189,39 @@ def _load_json(data: bytes | bytearray | memoryview) -> Any:
     return json.loads(data)
 
 
-def _options(application_name: str) -> dict[str, Any]:
-    return {"autocommit": True, "application_name": application_name, "connect_timeout": 5}
+def _options(dsn: str, application_name: str) -> dict[str, Any]:
+    """Connection settings sched wants, except those the DSN sets itself (the user's choice wins)."""
+    # Keepalives and a user timeout notice a silently dead peer (a partition, a replaced server) within about
+    # half a minute instead of the kernel's default quarter of an hour; they are ignored on Unix sockets.
+    wanted: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+    }
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        given = {}
+    return {key: value for key, value in wanted.items() if key not in given}
 
 
 def connect(dsn: str, *, application_name: str = "sched") -> Connection:
     """Open a connection to ``dsn``; an unreachable server raises DatabaseUnavailable with no password."""
     remember_secret(dsn)
     with translated():
-        return Connection(psycopg.connect(dsn, **_options(application_name)))
+        return Connection(psycopg.connect(dsn, **_options(dsn, application_name)))
 
 
 async def connect_async(dsn: str, *, application_name: str = "sched-worker") -> AsyncConnection:
     """Open an asyncio connection to ``dsn``."""
     remember_secret(dsn)
     try:
-        raw = await psycopg.AsyncConnection.connect(dsn, **_options(application_name))
+        raw = await psycopg.AsyncConnection.connect(dsn, **_options(dsn, application_name))
     except psycopg.Error as exc:
         raise translate(exc) from None
     set_json_loads(_load_json, raw)

@@ -729,8 +729,17 @@ class Worker:
             logger.info("schedules: enqueued {} job(s)", enqueued)
 
     async def _held_by_rate_limit(self) -> bool:
-        conn = await self._claim_link.get()
-        return await repository.rate_limited_backlog(conn, self.config.queues, self.task_names)
+        """Whether ready jobs wait only for a rate limit's tokens; on a database error, assume they do (the
+        burst worker looks again rather than exiting early)."""
+        try:
+            conn = await self._claim_link.get()
+            return await repository.rate_limited_backlog(conn, self.config.queues, self.task_names)
+        except DatabaseUnavailable:
+            await self._claim_link.lost()
+            return True
+        except SchedError as exc:
+            logger.error("checking rate limits failed: {}", exc.message)
+            return True
 
     def _cancel(self, job_id: int) -> None:
         running = self._running.get(job_id)
@@ -757,6 +766,11 @@ class Worker:
                     self._listen_link.ok()
             except DatabaseUnavailable:
                 await self._listen_link.lost()
+            except SchedError as exc:
+                # Polling covers the gap; listen again on a fresh connection after a pause.
+                logger.error("listening for wake-ups failed: {}; polling meanwhile", exc.message)
+                await self._listen_link.lost()
+                await self.sleep_unless_stopped(self.config.poll_interval)
 
     def _on_wakeup(self, payload: str, queues: set[str]) -> None:
         queue, _, epoch = payload.partition(" ")
