@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsched import db, migrate
 
@@ -35,6 +35,25 @@ def server_dsn() -> Iterator[str]:
         os.chmod(folder, 0o755)
         # The server stops when this process exits (the embedded wheel's last-user rule).
         yield make_conninfo(ensure_server(Path(folder) / "data"), dbname="postgres")
+
+
+def url_with_password(dsn: str, user: str, password: str, dbname: str | None = None) -> str:
+    """A postgresql:// URL for ``dsn``'s server with these credentials, for a TCP host or a socket folder."""
+    from urllib.parse import quote
+
+    params = conninfo_to_dict(dsn)
+    host, port = params.get("host") or "127.0.0.1", params.get("port") or "5432"
+    database = dbname or params.get("dbname") or "postgres"
+    if host.startswith("/"):
+        # A Unix socket folder cannot stand in the authority part of a URL; it goes in the query.
+        return f"postgresql://{user}:{password}@/{database}?host={quote(host, safe='')}&port={port}"
+    return f"postgresql://{user}:{password}@{host}:{port}/{database}"
+
+
+@pytest.fixture
+def password_url():
+    """``url_with_password`` for tests that need a URL holding a known password."""
+    return url_with_password
 
 
 def _admin(server_dsn: str) -> psycopg.Connection:

@@ -27,10 +27,9 @@ def _run(*args: str, dsn: str, stdin: str | None = None) -> subprocess.Completed
     )
 
 
-def _wrong_database(server_dsn: str) -> str:
-    params = conninfo_to_dict(server_dsn)
-    host, port = params.get("host", "127.0.0.1"), params.get("port", "5432")
-    return f"postgresql://{params.get('user', 'root')}:{PASSWORD}@{host}:{port}/sched_no_such_database"
+def _wrong_database(server_dsn: str, password_url) -> str:
+    user = conninfo_to_dict(server_dsn).get("user") or "root"
+    return password_url(server_dsn, user, PASSWORD, "sched_no_such_database")
 
 
 COMMANDS = [("add", "sched.noop"), ("status",), ("migrate",), ("reap",), ("cleanup", "--dry-run"), ("cancel", "1")]
@@ -55,8 +54,8 @@ def test_debug_shows_a_redacted_traceback() -> None:
     assert PASSWORD not in done.stderr
 
 
-def test_reachable_server_with_a_wrong_database_name(server_dsn: str) -> None:
-    dsn = _wrong_database(server_dsn)
+def test_reachable_server_with_a_wrong_database_name(server_dsn: str, password_url) -> None:
+    dsn = _wrong_database(server_dsn, password_url)
     for debug in ((), ("--debug",)):
         done = _run(*debug, "add", "sched.noop", dsn=dsn)
         assert done.returncode == 1
@@ -68,8 +67,8 @@ def test_reachable_server_with_a_wrong_database_name(server_dsn: str) -> None:
         assert ("Traceback" in done.stderr) is bool(debug)
 
 
-def test_password_given_as_keyword_is_redacted_too(server_dsn: str) -> None:
-    dsn = make_conninfo(_wrong_database(server_dsn), password=PASSWORD)
+def test_password_given_as_keyword_is_redacted_too(server_dsn: str, password_url) -> None:
+    dsn = make_conninfo(_wrong_database(server_dsn, password_url), password=PASSWORD)
     done = _run("--debug", "status", dsn=dsn)
     assert done.returncode == 1
     assert PASSWORD not in done.stderr

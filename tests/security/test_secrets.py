@@ -18,14 +18,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 PASSWORD = "Xy9-SeCrEt-pw"
 LOGIN = "sched_pw_test"
 
 
 @pytest.fixture
-def secret_dsn(sched: Callable, server_dsn: str, dsn: str) -> str:
+def secret_dsn(sched: Callable, server_dsn: str, dsn: str, password_url: Callable) -> str:
     """A URL with a known password for a login that may add, read status and work the test's database."""
     assert sched("migrate", "--roles").returncode == 0
     with psycopg.connect(server_dsn, autocommit=True) as admin:
@@ -34,8 +33,7 @@ def secret_dsn(sched: Callable, server_dsn: str, dsn: str) -> str:
             "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
         )
         admin.execute(f"GRANT sched_producer, sched_worker TO {LOGIN}")
-    parts = conninfo_to_dict(dsn)
-    return f"postgresql://{LOGIN}:{PASSWORD}@{parts['host']}:{parts.get('port', 5432)}/{parts['dbname']}"
+    return password_url(dsn, LOGIN, PASSWORD)
 
 
 def _run(argv: list[str], url: str, timeout: float = 60) -> subprocess.CompletedProcess:

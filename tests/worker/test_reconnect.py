@@ -4,7 +4,9 @@ never lost, and a replay is fenced (at-least-once)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -128,6 +130,10 @@ def quietly(dsn: str, sql: str) -> list[tuple] | None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("SCHED_TEST_DATABASE_URL") or shutil.which("pg_ctlcluster") is None,
+    reason="restarts the local cluster with pg_ctlcluster; needs SCHED_TEST_DATABASE_URL pointing at it",
+)
 def test_the_worker_rides_out_a_server_restart(dsn, start_worker, add_jobs) -> None:
     ids = add_jobs("sleepy", 300, '{"seconds": 0.05}')
     worker = start_worker("--concurrency", "10", "--poll-interval", "0.5s")
