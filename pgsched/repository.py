@@ -215,6 +215,11 @@ def count_finished(conn: Connection, older_than_s: float) -> CleanupCounts:
 # --- workers ---------------------------------------------------------------------------------------------
 
 
+async def skip_commit_flush_wait(conn: AsyncConnection) -> None:
+    """Let this session's commits return before the WAL flush (for replayable worker writes only)."""
+    await conn.rows(query("SessionCommitWithoutFlushWait"))
+
+
 async def register_worker(
     conn: AsyncConnection, worker_id: str, host: str, pid: int, queues: list[str], tasks: list[str], concurrency: int
 ) -> None:
@@ -303,7 +308,9 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                     if with_result
                     else None,
                 },
-                prepare=True,
+                # Planned with the arrays' values each time, so "= ANY(keys)" is a hash lookup; a prepared
+                # generic plan would search the array for every row, quadratic in the batch.
+                prepare=False,
             )
             result.written.extend(r[0] for r in rows)
             settle.extend(r[0] for r in rows if r[1])

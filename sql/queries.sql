@@ -397,7 +397,8 @@ RETURNING id;
 DELETE FROM sched_workers WHERE id = %(id)s;
 
 -- name: SessionCommitWithoutFlushWait
--- For a producer that chose speed over the last moment of durability: commits return before the WAL flush.
+-- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability,
+-- and for a worker's claims and outcomes, which the protocol can replay.
 SET synchronous_commit = off;
 
 -- name: MigrationListApplied
