@@ -90,6 +90,8 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     results: dict[str, Any] = {}
     report(f"bulk enqueue of {config.jobs:,} jobs through COPY (Python API)")
     results["bulk_enqueue_per_s"] = _bulk_enqueue(conn, config.jobs)
+    report(f"bulk enqueue of {config.jobs:,} jobs from dicts, validated one by one (Client.enqueue_many)")
+    results["client_bulk_enqueue_per_s"] = _client_bulk_enqueue(dsn, config.jobs)
     report(f"bulk enqueue of {config.jobs:,} jobs through `sched add --jsonl`")
     results["jsonl_cli_enqueue_per_s"] = _jsonl_enqueue(dsn, config.jobs)
     report(f"drain of {2 * config.jobs:,} no-op jobs by one worker process")
@@ -121,9 +123,20 @@ def _noop_jobs(count: int, queue: str = "default") -> list[NewJob]:
 
 
 def _bulk_enqueue(conn: db.Connection, count: int) -> int:
+    jobs = _noop_jobs(count)
     started = time.perf_counter()
-    repository.enqueue_many(conn, _noop_jobs(count))
+    repository.enqueue_many(conn, jobs)
     return round(count / (time.perf_counter() - started))
+
+
+def _client_bulk_enqueue(dsn: str, count: int) -> int:
+    from pgsched.client import Client
+
+    specs = [{"task": "sched.noop", "queue": "client"} for _ in range(count)]
+    with Client(dsn) as client:
+        started = time.perf_counter()
+        client.enqueue_many(specs)
+        return round(count / (time.perf_counter() - started))
 
 
 def _jsonl_enqueue(dsn: str, count: int) -> int:

@@ -104,11 +104,12 @@ class Client:
         from pgsched import repository
 
         built = []
+        fields = _JOB_FIELDS
         for number, spec in enumerate(jobs, start=1):
-            if not isinstance(spec, Mapping):
+            if not isinstance(spec, dict) and not isinstance(spec, Mapping):
                 raise InvalidInput(f"job {number}: must be a mapping of enqueue's arguments")
-            unknown = sorted(set(spec) - _JOB_FIELDS)
-            if unknown:
+            if not fields.issuperset(spec):
+                unknown = sorted(set(spec) - fields)
                 raise InvalidInput(f"job {number}: unknown field {unknown[0]!r}")
             if "task" not in spec:
                 raise InvalidInput(f"job {number}: missing task")
@@ -143,15 +144,17 @@ class Client:
         delay_s = _seconds(delay, "delay") if delay is not None else None
         if delay_s is not None and not 0 <= delay_s <= _MAX_DELAY_S:
             raise InvalidInput(f"invalid delay {delay!r}: from 0 to a year")
-        after_ids = list(after)
-        if any(isinstance(i, bool) or not isinstance(i, int) or i <= 0 for i in after_ids):
+        after_ids = list(after) if after else []
+        if after_ids and any(isinstance(i, bool) or not isinstance(i, int) or i <= 0 for i in after_ids):
             raise InvalidInput(f"after must hold job ids, not {after_ids!r}")
+        if payload is None:
+            payload_json = "{}"
+        else:
+            plain = payload if isinstance(payload, dict) else dict(payload) if isinstance(payload, Mapping) else payload
+            payload_json = encode_payload(plain, self.max_payload_bytes)
         return NewJob(
             task=check_task(task),
-            payload_json=encode_payload(
-                dict(payload) if isinstance(payload, Mapping) else {} if payload is None else payload,
-                self.max_payload_bytes,
-            ),
+            payload_json=payload_json,
             queue=check_queue(queue),
             priority=check_priority(priority),
             delay_s=delay_s,

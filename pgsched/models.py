@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgsched.errors import InvalidInput
 
@@ -23,17 +23,30 @@ MAX_KEY_LENGTH = 255
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# Names seen valid before: bulk inserts repeat a handful of queue and task names thousands of times.
+_valid_queues: set[str] = set()
+_valid_tasks: set[str] = set()
+
+
 def check_queue(name: str) -> str:
     """Return ``name`` if it is a valid queue name."""
+    if isinstance(name, str) and name in _valid_queues:
+        return name
     if not isinstance(name, str) or not QUEUE_NAME.fullmatch(name):
         raise InvalidInput(f"invalid queue name {name!r}: use 1-64 letters, digits or _ . : -")
+    if len(_valid_queues) < 4096:
+        _valid_queues.add(name)
     return name
 
 
 def check_task(name: str) -> str:
     """Return ``name`` if it is a valid task name."""
+    if isinstance(name, str) and name in _valid_tasks:
+        return name
     if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
         raise InvalidInput(f"invalid task name {name!r}: use 1-128 letters, digits or _ . : -")
+    if len(_valid_tasks) < 4096:
+        _valid_tasks.add(name)
     return name
 
 
@@ -82,6 +95,8 @@ def encode_payload(payload: Any, max_bytes: int) -> str:
     """Serialize a payload to JSON text after checking it is an object no larger than ``max_bytes``."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, not {_json_kind(payload)}")
+    if not payload:
+        return "{}"
     try:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -148,9 +163,8 @@ class NewJob:
     after: list[int] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class Enqueued:
-    """The outcome of adding one job."""
+class Enqueued(NamedTuple):
+    """The outcome of adding one job (a named tuple: a bulk insert makes one per job, so it must be cheap)."""
 
     id: int
     deduplicated: bool = False

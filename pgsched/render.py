@@ -187,7 +187,8 @@ def print_doctor(report: Any, console: Console | None = None) -> None:
 
 
 _BENCH_ROWS = (
-    ("bulk_enqueue_per_s", "bulk enqueue, COPY (Python API)", "jobs/s"),
+    ("bulk_enqueue_per_s", "bulk enqueue, COPY (repository)", "jobs/s"),
+    ("client_bulk_enqueue_per_s", "bulk enqueue, Client.enqueue_many", "jobs/s"),
     ("jsonl_cli_enqueue_per_s", "bulk enqueue, sched add --jsonl", "jobs/s"),
     ("single_enqueue_per_s", "single enqueue (Python API)", "jobs/s"),
     ("commit_baseline_per_s", "  baseline: bare one-row commits", "rows/s"),
