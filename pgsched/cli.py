@@ -769,6 +769,24 @@ def demo(
     print_demo_summary(run_demo(dsn, duration_s, watch), console)
 
 
+def _app_for(argv: list[str]) -> typer.Typer:
+    """The app holding only the command that ``argv`` names: building every command's parameters costs a
+    one-shot ``sched add`` more than its own work. The whole app serves ``--help``, completion and mistakes."""
+    import copy
+
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    if name is None or "_SCHED_COMPLETE" in os.environ:
+        return app
+    commands = [c for c in app.registered_commands if (c.name or c.callback.__name__.replace("_", "-")) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app
+    narrow = copy.copy(app)
+    narrow.registered_commands = commands
+    narrow.registered_groups = groups
+    return narrow
+
+
 def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0
@@ -777,7 +795,7 @@ def main() -> None:
 
         enable_runtime_completion()
     try:
-        result = app(standalone_mode=False)
+        result = _app_for(sys.argv[1:])(standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except SchedError as exc:
         _report(exc, _with_hint(exc), exc.exit_code)
