@@ -98,7 +98,7 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     drain = _drain(conn, dsn, config)
     results.update(drain)
     report(f"baseline: a pure-SQL claim/complete loop on {config.jobs:,} jobs, same batch size")
-    results["sql_baseline_per_s"] = _sql_baseline(conn, config)
+    results["sql_baseline_per_s"] = _sql_baseline(conn, dsn, config)
     results["drain_vs_sql_baseline_pct"] = round(100 * results["drain_per_s"] / results["sql_baseline_per_s"], 1)
     report(f"single enqueue of {config.single_jobs:,} jobs, one at a time (Python API)")
     results["single_enqueue_per_s"] = _single_enqueue(conn, config.single_jobs)
@@ -198,14 +198,13 @@ def _drain(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]
     }
 
 
-def _sql_baseline(conn: db.Connection, config: BenchConfig) -> int:
+def _sql_baseline(conn: db.Connection, dsn: str, config: BenchConfig) -> int:
     """Claim and complete with the same named queries, no engine in between: the database's side of the cost."""
     import asyncio
     import uuid
 
     repository.enqueue_many(conn, _noop_jobs(config.jobs, queue="baseline"))
     conn.run("VACUUM ANALYZE sched_jobs")
-    dsn = conn.raw.info.dsn
 
     async def loop() -> float:
         claim = await db.connect_async(dsn)

@@ -17,7 +17,9 @@ from pgsched.sqlfiles import query
 if TYPE_CHECKING:
     from pgsched.schedules import ScheduleSpec
 
+# The NOTIFY channels of sql/queries.sql: new work per queue, and cancellation requests per job.
 WAKEUP_CHANNEL = "sched_wakeup"
+CANCEL_CHANNEL = "sched_cancel"
 
 
 # --- producers -------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +11,7 @@ class JobContext:
     """The handler's view of its job: ``job_id``, ``attempt``, ``queue``, ``task``, ``progress()`` and
     ``cancelled`` (True once the job was cancelled or timed out; a sync handler should check it and stop)."""
 
-    __slots__ = ("_last_progress", "_report", "attempt", "cancelled", "job_id", "max_attempts", "queue", "task")
+    __slots__ = ("_report", "attempt", "cancelled", "job_id", "max_attempts", "queue", "task")
 
     def __init__(
         self, job_id: int, attempt: int, max_attempts: int, queue: str, task: str, report: Callable[..., None]
@@ -24,14 +23,12 @@ class JobContext:
         self.task = task
         self.cancelled = False
         self._report = report
-        self._last_progress = 0.0
 
     def progress(self, value: dict[str, Any] | float | int | str) -> None:
         """Publish progress (a JSON object, or a number/string stored as {"value": ...}); writes are
         coalesced so that a chatty handler costs at most a few database writes per second. Safe from threads."""
         body = value if isinstance(value, dict) else {"value": value}
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-        self._last_progress = time.monotonic()
         self._report(self, text)
 
     @property

@@ -36,9 +36,6 @@ from pgsched.models import ClaimedJob, Outcome
 from pgsched.worker.context import JobContext
 from pgsched.worker.registry import Registry, TaskSpec
 
-WAKEUP_CHANNEL = "sched_wakeup"
-CANCEL_CHANNEL = "sched_cancel"
-
 
 @dataclass
 class WorkerConfig:
@@ -143,6 +140,10 @@ class Worker:
         self.registry = registry
         self.tasks = dict(registry.tasks)
         self.task_names = sorted(self.tasks)
+        # Most apps declare no limits; then a claimed batch needs no second look.
+        self._tasks_with_limits = {
+            name for name, spec in self.tasks.items() if spec.max_attempts is not None or spec.timeout_s is not None
+        }
         self.id = str(uuid.uuid4())
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -179,7 +180,6 @@ class Worker:
         self._spread_pending = False
         self.last_heartbeat = 0.0
         self.started_at = time.monotonic()
-        self.counts = collections.Counter[str]()
 
     # --- life cycle ---------------------------------------------------------------------------------------
 
@@ -361,7 +361,8 @@ class Worker:
                 conn, self.id, queue, self.task_names, min(free - claimed, self.config.batch_size)
             )
             if jobs:
-                await self._apply_task_limits(conn, jobs)
+                if self._tasks_with_limits:
+                    await self._apply_task_limits(conn, jobs)
                 self._dispatch(jobs)
                 claimed += len(jobs)
                 if claimed >= free:
@@ -623,8 +624,6 @@ class Worker:
                 self._note_due(queue, epoch, queues)
         if self.metrics is not None:
             self.metrics.flushed(batch, result, time.perf_counter() - started)
-        self.counts["outcomes_written"] += len(result.written)
-        self.counts["outcomes_fenced"] += len(result.fenced)
         if not self._buffer:
             self._buffer_empty.set()
         return True
@@ -764,12 +763,12 @@ class Worker:
         while True:
             try:
                 conn = await self._listen_link.get()
-                await conn.listen([WAKEUP_CHANNEL, CANCEL_CHANNEL])
+                await conn.listen([repository.WAKEUP_CHANNEL, repository.CANCEL_CHANNEL])
                 # Anything enqueued while we were not listening is found by this poll.
                 self._wake.set()
                 while True:
                     for channel, payload in await conn.notifications(timeout=5.0):
-                        if channel == CANCEL_CHANNEL:
+                        if channel == repository.CANCEL_CHANNEL:
                             if payload.isdigit():
                                 self._cancel(int(payload))
                             continue
