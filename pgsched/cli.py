@@ -388,6 +388,12 @@ def worker(
     no_listen: Annotated[
         bool, typer.Option("--no-listen", help="Poll only, no LISTEN/NOTIFY (for PgBouncer transaction mode).")
     ] = False,
+    no_claim_ahead: Annotated[
+        bool,
+        typer.Option(
+            "--no-claim-ahead", help="Claim only for free slots, never the few jobs short handlers want next."
+        ),
+    ] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs (each job at -v).")] = 0,
     quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Fewer logs.")] = 0,
     log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
@@ -415,6 +421,7 @@ def worker(
             if health_port is not None:
                 args += ["--health-port", str(health_port + i), "--health-host", health_host]
             args += ["--burst"] * burst + ["--no-listen"] * no_listen + ["--log-json"] * log_json
+            args += ["--no-claim-ahead"] * no_claim_ahead
             args += ["-v"] * max(verbose, 0) + ["-q"] * max(quiet, 0)
             return args
 
@@ -431,6 +438,7 @@ def worker(
         timeout_grace=settings.timeout_grace,
         listen=not no_listen,
         burst=burst,
+        claim_ahead=not no_claim_ahead,
         health_host=health_host,
         health_port=health_port,
         log_jobs=level == "DEBUG",

@@ -181,6 +181,8 @@ class ClaimedJob:
     max_attempts: int
     timeout_s: float
     queue: str
+    # When the worker received it (its monotonic clock); a job claimed ahead of a free slot waits from here.
+    claimed_at: float = 0.0
 
 
 @dataclass(slots=True)
