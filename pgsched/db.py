@@ -83,6 +83,15 @@ def translated() -> Iterator[None]:
         raise translate(exc) from None
 
 
+def _has_rows(cur: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
+    # The result's status, not cursor.description, which builds a Column object per column on every call.
+    result = cur.pgresult
+    return result is not None and result.status == _TUPLES_OK
+
+
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+
 class Connection:
     """A synchronous connection that runs named queries in autocommit mode unless inside ``transaction()``."""
 
@@ -90,20 +99,25 @@ class Connection:
         self.raw = raw
 
     def rows(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
-        with translated(), self.raw.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
+        try:
+            cur = self.raw.execute(sql, params)
+            return cur.fetchall() if _has_rows(cur) else []
+        except psycopg.Error as exc:
+            raise translate(exc) from None
 
     def row(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> tuple | None:
-        with translated(), self.raw.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone() if cur.description else None
+        try:
+            cur = self.raw.execute(sql, params)
+            return cur.fetchone() if _has_rows(cur) else None
+        except psycopg.Error as exc:
+            raise translate(exc) from None
 
     def run(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> int:
         """Execute and return the number of rows affected."""
-        with translated(), self.raw.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.rowcount
+        try:
+            return self.raw.execute(sql, params).rowcount
+        except psycopg.Error as exc:
+            raise translate(exc) from None
 
     def copy_rows(self, sql: str, types: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Stream rows through binary COPY, typed with ``types``; json/jsonb values are already-encoded text."""
@@ -138,14 +152,14 @@ class AsyncConnection:
     async def rows(self, sql: str, params: dict[str, Any] | None = None, *, prepare: bool | None = None) -> list:
         try:
             cur = await self.raw.execute(sql, params, prepare=prepare)
-            return await cur.fetchall() if cur.description else []
+            return await cur.fetchall() if _has_rows(cur) else []
         except psycopg.Error as exc:
             raise translate(exc) from None
 
     async def row(self, sql: str, params: dict[str, Any] | None = None) -> tuple | None:
         try:
             cur = await self.raw.execute(sql, params)
-            return await cur.fetchone() if cur.description else None
+            return await cur.fetchone() if _has_rows(cur) else None
         except psycopg.Error as exc:
             raise translate(exc) from None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pgsched import db, migrate
-from pgsched.errors import DatabaseError
+from pgsched.errors import DatabaseError, InvalidInput
 
 SNAPSHOT_QUERIES = {
     "tables": """
@@ -215,3 +215,48 @@ def test_check_reports_pending_and_changes_nothing(empty_dsn: str, sched) -> Non
         again = sched("migrate", env=env)
         assert (again.returncode, again.stdout, again.stderr) == (0, "", "schema is current\n")
         assert snapshot(conn) == after
+
+
+@pytest.mark.parametrize(
+    ("queue", "task", "accepted"),
+    [
+        ("default", "sched.noop", True),
+        ("mail-eu:2", "reports.send_v2", True),
+        ("q" * 64, "t" * 128, True),
+        ("", "sched.noop", False),
+        ("q" * 65, "sched.noop", False),
+        ("default", "t" * 129, False),
+        ("has space", "sched.noop", False),
+        ("default", "tab\there", False),
+        ("default", "line\nbreak", False),
+        ("caf\u00e9", "sched.noop", False),
+        ("default", "semi;colon", False),
+        ("default", "-", True),
+    ],
+)
+def test_the_table_itself_refuses_bad_names(conn: db.Connection, queue: str, task: str, accepted: bool) -> None:
+    # A raw INSERT, past every check in Python: the constraints hold for writers other than sched too.
+    insert = "INSERT INTO sched_jobs (queue, task) VALUES (%s, %s)"
+    if accepted:
+        conn.run(insert, (queue, task))
+        return
+    with pytest.raises(InvalidInput, match=r"sched_jobs_(queue|task)_name"):
+        conn.run(insert, (queue, task))
+
+
+def test_name_checks_are_replaced_on_a_table_with_rows(empty_dsn: str, tmp_path: Path) -> None:
+    # A database at 0002 with jobs in it takes 0003, which re-checks those rows against the new form.
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    for migration in migrate.available():
+        if migration.version <= 2:
+            _write(folder, f"{migration.version:04d}_{migration.name}.sql", migration.sql)
+    with db.connect(empty_dsn) as conn:
+        migrate.apply(conn, folder)
+        conn.run("INSERT INTO sched_jobs (queue, task) SELECT 'q' || i, 'task.' || i FROM generate_series(1, 100) i")
+        assert [m.version for m in migrate.apply(conn)] == [3]
+        assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 100
+        definition = conn.row(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %s", ("sched_jobs_queue_name",)
+        )
+        assert "!~" in definition[0]

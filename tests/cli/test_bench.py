@@ -1,0 +1,30 @@
+"""``sched bench``: every figure measured in a database of its own, which is gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import psycopg
+
+from pgsched.bench import TARGETS
+
+
+def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: str) -> None:
+    result = sched("bench", "--jobs", "300", "--concurrency", "50", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert figures["machine"]["cores"] == os.cpu_count()
+    assert figures["machine"]["postgres"][:2].isdigit()
+    results = figures["results"]
+    for key in TARGETS:
+        assert results[key] > 0, key
+    for key in ("client_bulk_enqueue_per_s", "jsonl_cli_enqueue_per_s", "sql_baseline_per_s", "commit_baseline_per_s"):
+        assert results[key] > 0, key
+    # The drain ran every job queued for it, and the I/O-bound run is measured against 50 slots of 20 ms.
+    assert results["drain_jobs"] == 600
+    assert results["io_ideal_per_s"] == 2500
+    assert "median of 3" in result.stderr
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        left = admin.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'sched_bench_%'").fetchone()
+    assert left == (0,)
