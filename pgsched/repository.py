@@ -42,8 +42,9 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         "admitted": False,
     }
     if not job.after:
-        # The common add: one statement, no transaction of its own.
-        row = conn.row(query("JobInsert"), params)
+        # The common add: one statement, no transaction of its own; leaner still for a job due now with no key.
+        now = job.key is None and job.run_at is None and not job.delay_s
+        row = conn.row(query("JobInsertNow" if now else "JobInsert"), params)
         if row is not None:
             return Enqueued(row[0])
     with conn.transaction():

@@ -8,6 +8,19 @@
 -- revisits the dead entry every finished job leaves behind until vacuum, so each flush would cost more
 -- than the last.
 
+-- name: JobInsertNow
+-- The most common add, in the fewest steps: a job due now, with no key and no dependencies, which takes the
+-- table's defaults for run_at, state and the rest. Skipped (no row) when the queue has a backlog cap: such adds
+-- take the locked path. A wake-up for a job due now carries the queue alone.
+WITH ins AS (
+    INSERT INTO sched_jobs (queue, task, payload, priority, max_attempts, timeout)
+    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
+           make_interval(secs => %(timeout_s)s::float8)
+    WHERE NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND max_backlog IS NOT NULL)
+    RETURNING id, queue
+)
+SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
+
 -- name: JobInsert
 -- Insert one job unless a live job holds the same (queue, key); the NOTIFY is sent only if the insert commits.
 -- Unless %(admitted)s, a queue with a backlog cap is skipped too: such adds take the locked path instead,

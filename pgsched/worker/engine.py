@@ -851,9 +851,10 @@ class Worker:
                 await self.sleep_unless_stopped(self.config.poll_interval)
 
     def _on_wakeup(self, payload: str, queues: set[str]) -> None:
+        # "queue" for a job due now, "queue epoch" for one due at that time.
         queue, _, epoch = payload.partition(" ")
         try:
-            when = float(epoch)
+            when = float(epoch) if epoch else 0.0
         except ValueError:
             when = 0.0
         self._note_due(queue, when, queues)
