@@ -512,6 +512,8 @@ class Worker:
         ctx = JobContext(job.id, job.attempt, job.max_attempts, job.queue, job.task, self._report_progress)
         running = _Running(job, spec, ctx, me, job.timeout_s)
         self._running[job.id] = running
+        if self.metrics is not None:
+            self.metrics.started()
         if self._debug:
             logger.bind(job_id=job.id).debug("job {} {} started (attempt {})", job.id, job.task, job.attempt)
         outcome: Outcome

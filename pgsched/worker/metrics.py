@@ -58,7 +58,10 @@ class WorkerMetrics:
             self.jobs_claimed.labels(queue, task).inc(n)
         for job in jobs:
             self._task_of[job.id] = (job.queue, job.task)
-        self.running.inc(len(jobs))
+
+    def started(self) -> None:
+        """A claimed job began to run (one claimed ahead may instead be given back before it starts)."""
+        self.running.inc()
 
     def finished(self, job: ClaimedJob, seconds: float) -> None:
         """Observe one job's run time."""

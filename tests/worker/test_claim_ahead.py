@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from harness import query, scalar, wait_for
+from test_health import free_port, get, health, sample
 
 
 def test_jobs_held_ahead_go_to_an_idle_worker_when_long_jobs_fill_the_slots(dsn, start_worker, add_jobs) -> None:
@@ -13,7 +14,8 @@ def test_jobs_held_ahead_go_to_an_idle_worker_when_long_jobs_fill_the_slots(dsn,
     # behind them then fill its two slots while the ones it holds ahead can only wait.
     add_jobs("sched.noop", 3000, priority=10)
     long_ids = add_jobs("sleepy", 6, payload='{"seconds": 6}')
-    first = start_worker("--concurrency", "2")
+    port = free_port()
+    first = start_worker("--concurrency", "2", "--health-port", str(port))
     wait_for(
         lambda: scalar(dsn, "SELECT count(*) FROM executions WHERE phase = 'start'") >= 2,
         timeout=60,
@@ -33,3 +35,8 @@ def test_jobs_held_ahead_go_to_an_idle_worker_when_long_jobs_fill_the_slots(dsn,
     assert by_worker == {first.pid: 2, second.pid: 4}
     # Giving a job back does not spend an attempt.
     assert query(dsn, "SELECT DISTINCT attempt FROM executions") == [(1,)]
+    # A reports the two jobs it runs, not the ones it held and gave back.
+    assert health(port)[1]["running"] == 2
+    metrics = get(port, "/metrics")[1]
+    assert sample(metrics, "sched_worker_running_jobs") == 2
+    assert sample(metrics, "sched_jobs_released_total", queue="default", task="sleepy") >= 1

@@ -89,6 +89,7 @@ def test_healthz_and_metrics_while_healthy(dsn, start_worker, add_jobs) -> None:
     assert sample(metrics, "sched_job_duration_seconds_bucket", queue="default", task="count", le="+Inf") == 20
     assert sample(metrics, "sched_queue_ready_jobs", queue="default") is not None
     assert sample(metrics, "sched_outcome_flush_seconds_count") >= 1
+    assert sample(metrics, "sched_worker_running_jobs") == 0
     assert get(port, "/nope")[0] == 404
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
