@@ -116,7 +116,7 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     results.update(_latency(conn, dsn, config))
     report(
         f"I/O-bound: {config.io_jobs:,} sched.sleep {config.io_sleep_s * 1000:g} ms jobs at concurrency "
-        f"{config.io_concurrency}"
+        f"{config.io_concurrency}, then again with --no-claim-ahead"
     )
     results.update(_io_bound(conn, dsn, config))
     return results
@@ -359,20 +359,25 @@ def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, An
 
 
 def _io_bound(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
-    payload = f'{{"seconds": {config.io_sleep_s}}}'
-    repository.enqueue_many(
-        conn, [NewJob(task="sched.sleep", queue="io", payload_json=payload) for _ in range(config.io_jobs)]
-    )
-    worker = _spawn_worker(dsn, "--burst", "--queue", "io", "--concurrency", str(config.io_concurrency))
-    if worker.wait() != 0:
-        raise DatabaseError("the I/O-bound benchmark worker failed")
-    done, seconds = _window(conn, "io")
-    rate = done / seconds
+    """The same I/O-bound jobs run twice: as a worker runs by default, then claiming only for free slots
+    (--no-claim-ahead), the baseline that shows what claiming ahead is worth."""
     ideal = config.io_concurrency / config.io_sleep_s
+    rates = {}
+    for queue, extra in (("io", ()), ("io_free_slots", ("--no-claim-ahead",))):
+        payload = f'{{"seconds": {config.io_sleep_s}}}'
+        repository.enqueue_many(
+            conn, [NewJob(task="sched.sleep", queue=queue, payload_json=payload) for _ in range(config.io_jobs)]
+        )
+        worker = _spawn_worker(dsn, "--burst", "--queue", queue, "--concurrency", str(config.io_concurrency), *extra)
+        if worker.wait() != 0:
+            raise DatabaseError("the I/O-bound benchmark worker failed")
+        done, seconds = _window(conn, queue)
+        rates[queue] = done / seconds
     return {
-        "io_per_s": round(rate),
+        "io_per_s": round(rates["io"]),
         "io_ideal_per_s": round(ideal),
-        "io_efficiency_pct": round(100 * rate / ideal, 1),
+        "io_efficiency_pct": round(100 * rates["io"] / ideal, 1),
+        "io_free_slots_only_efficiency_pct": round(100 * rates["io_free_slots"] / ideal, 1),
     }
 
 

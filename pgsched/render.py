@@ -200,6 +200,7 @@ _BENCH_ROWS = (
     ("latency_p99_ms", "latency enqueue->start p99", "ms"),
     ("io_per_s", "I/O-bound, 20 ms sleeps", "jobs/s"),
     ("io_efficiency_pct", "  efficiency vs ideal", "%"),
+    ("io_free_slots_only_efficiency_pct", "  baseline: --no-claim-ahead", "%"),
     ("idle_worker_rss_mb", "idle worker RSS", "MB"),
 )
 

@@ -24,6 +24,7 @@ def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: st
     # The drain ran every job queued for it, and the I/O-bound run is measured against 50 slots of 20 ms.
     assert results["drain_jobs"] == 600
     assert results["io_ideal_per_s"] == 2500
+    assert results["io_free_slots_only_efficiency_pct"] > 0
     assert "median of 3" in result.stderr
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         left = admin.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'sched_bench_%'").fetchone()
