@@ -29,6 +29,9 @@ __all__ = ["Client", "Enqueued"]
 
 _MAX_DELAY_S = 366 * 86400.0
 _JOB_FIELDS = {"task", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "timeout", "key", "after"}
+# Distinct shapes remembered per enqueue_many call (jobs with a key of their own each make one).
+_MAX_SHAPES = 1024
+_SHAPE_TYPES = frozenset({str, int, float, bool, type(None), datetime, timedelta})
 
 
 class Client:
@@ -104,24 +107,63 @@ class Client:
         from pgsched import repository
 
         built = []
-        fields = _JOB_FIELDS
+        # A bulk insert repeats a few shapes (task, queue, options) with many payloads: each shape is checked
+        # once, and the jobs that share it differ only in their payload.
+        shapes: dict[tuple, NewJob] = {}
         for number, spec in enumerate(jobs, start=1):
-            if not isinstance(spec, dict) and not isinstance(spec, Mapping):
-                raise InvalidInput(f"job {number}: must be a mapping of enqueue's arguments")
-            if not fields.issuperset(spec):
-                unknown = sorted(set(spec) - fields)
-                raise InvalidInput(f"job {number}: unknown field {unknown[0]!r}")
-            if "task" not in spec:
-                raise InvalidInput(f"job {number}: missing task")
+            if not isinstance(spec, dict):
+                if not isinstance(spec, Mapping):
+                    raise InvalidInput(f"job {number}: must be a mapping of enqueue's arguments")
+                spec = dict(spec)
+            payload = spec.get("payload")
+            rest = {k: v for k, v in spec.items() if k != "payload"} if "payload" in spec else spec
+            # The key holds each value's type too: 1, 1.0 and True are equal, and only one of them is valid.
+            # Values of other types (a sequence for after=) are checked job by job.
+            types = tuple(map(type, rest.values()))
+            shape = (tuple(rest.items()), types) if _SHAPE_TYPES.issuperset(types) else None
+            template = shapes.get(shape) if shape is not None else None
+            if template is None:
+                template = self._checked(number, rest)
+                if shape is not None and len(shapes) < _MAX_SHAPES:
+                    shapes[shape] = template
+            if payload is None:
+                built.append(template)
+                continue
             try:
-                built.append(self._job(**spec))
+                payload_json = self._payload_json(payload)
             except InvalidInput as exc:
                 raise InvalidInput(f"job {number}: {exc.message}") from None
+            built.append(
+                NewJob(
+                    template.task,
+                    payload_json,
+                    template.queue,
+                    template.priority,
+                    template.run_at,
+                    template.delay_s,
+                    template.max_attempts,
+                    template.timeout_s,
+                    template.key,
+                    template.after,
+                )
+            )
         self._join_transaction()
         if not any(job.after for job in built):
             return repository.enqueue_many(self._conn, built)
         with self._conn.transaction():
             return [repository.enqueue(self._conn, job) for job in built]
+
+    def _checked(self, number: int, spec: dict[str, Any]) -> NewJob:
+        """A job built from one mapping of ``enqueue``'s arguments (without its payload), or a numbered error."""
+        if not _JOB_FIELDS.issuperset(spec):
+            unknown = sorted(set(spec) - _JOB_FIELDS)
+            raise InvalidInput(f"job {number}: unknown field {unknown[0]!r}")
+        if "task" not in spec:
+            raise InvalidInput(f"job {number}: missing task")
+        try:
+            return self._job(**spec)
+        except InvalidInput as exc:
+            raise InvalidInput(f"job {number}: {exc.message}") from None
 
     def _job(
         self,
@@ -147,11 +189,7 @@ class Client:
         after_ids = list(after) if after else []
         if after_ids and any(isinstance(i, bool) or not isinstance(i, int) or i <= 0 for i in after_ids):
             raise InvalidInput(f"after must hold job ids, not {after_ids!r}")
-        if payload is None:
-            payload_json = "{}"
-        else:
-            plain = payload if isinstance(payload, dict) else dict(payload) if isinstance(payload, Mapping) else payload
-            payload_json = encode_payload(plain, self.max_payload_bytes)
+        payload_json = "{}" if payload is None else self._payload_json(payload)
         return NewJob(
             task=check_task(task),
             payload_json=payload_json,
@@ -164,6 +202,10 @@ class Client:
             key=check_key(key),
             after=after_ids,
         )
+
+    def _payload_json(self, payload: Any) -> str:
+        plain = payload if isinstance(payload, dict) else dict(payload) if isinstance(payload, Mapping) else payload
+        return encode_payload(plain, self.max_payload_bytes)
 
     def _join_transaction(self) -> None:
         # A non-autocommit connection opens its transaction with its first statement. Open it now, so that

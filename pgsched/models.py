@@ -19,6 +19,8 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_ATTEMPTS_RANGE = (1, 1000)
 MAX_TIMEOUT_S = 7 * 86400.0
 MAX_KEY_LENGTH = 255
+# Compact JSON; one encoder for every payload rather than one built per call (json.dumps with options).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # A \u0000 escape in JSON text, but not an escaped backslash followed by the letters "u0000".
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -98,16 +100,18 @@ def encode_payload(payload: Any, max_bytes: int) -> str:
     if not payload:
         return "{}"
     try:
-        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"payload is not JSON-serializable: {exc}") from None
     except RecursionError:
         raise InvalidInput("payload is nested too deeply") from None
-    if _ESCAPED_NUL.search(text):
+    # The substring test first: the regular expression only decides whether a match is an escaped backslash.
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise InvalidInput("payload must not contain NUL characters (\\u0000)")
-    if not _is_unicode(text):
-        raise InvalidInput("payload must be valid Unicode (it holds a lone surrogate such as \\ud800)")
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidInput("payload must be valid Unicode (it holds a lone surrogate such as \\ud800)") from None
     if size > max_bytes:
         raise InvalidInput(f"payload is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)")
     return text

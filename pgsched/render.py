@@ -187,10 +187,10 @@ def print_doctor(report: Any, console: Console | None = None) -> None:
 
 
 _BENCH_ROWS = (
-    ("bulk_enqueue_per_s", "bulk enqueue, COPY (repository)", "jobs/s"),
-    ("client_bulk_enqueue_per_s", "bulk enqueue, Client.enqueue_many", "jobs/s"),
+    ("bulk_enqueue_per_s", "bulk enqueue, Client.enqueue_many", "jobs/s"),
+    ("copy_baseline_per_s", "  baseline: COPY of prebuilt jobs", "jobs/s"),
     ("jsonl_cli_enqueue_per_s", "bulk enqueue, sched add --jsonl", "jobs/s"),
-    ("single_enqueue_per_s", "single enqueue (Python API)", "jobs/s"),
+    ("single_enqueue_per_s", "single enqueue, Client.enqueue", "jobs/s"),
     ("commit_baseline_per_s", "  baseline: bare one-row commits", "rows/s"),
     ("single_enqueue_async_commit_per_s", "single enqueue, durable=False", "jobs/s"),
     ("single_enqueue_concurrent_per_s", "single enqueue, concurrent producers", "jobs/s"),

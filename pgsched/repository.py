@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from pgsched.db import AsyncConnection, Connection
@@ -100,12 +101,17 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         elif all(_uses_table_defaults(job) for job in jobs):
             plain = ((new_id, job.queue, job.task, job.payload_json) for new_id, job in zip(ids, jobs, strict=True))
             conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
-            result = [Enqueued(new_id) for new_id in ids]
+            result = _all_new(ids)
         else:
             conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
-            result = [Enqueued(new_id) for new_id in ids]
+            result = _all_new(ids)
         conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
         return result
+
+
+def _all_new(ids: list[int]) -> list[Enqueued]:
+    # tuple.__new__ straight from map(): half the cost of calling Enqueued() once per job from Python.
+    return list(map(tuple.__new__, repeat(Enqueued), zip(ids, repeat(False))))
 
 
 def _copy_row(new_id: int, job: NewJob, now: datetime) -> tuple:

@@ -19,7 +19,7 @@ def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: st
     results = figures["results"]
     for key in TARGETS:
         assert results[key] > 0, key
-    for key in ("client_bulk_enqueue_per_s", "jsonl_cli_enqueue_per_s", "sql_baseline_per_s", "commit_baseline_per_s"):
+    for key in ("copy_baseline_per_s", "jsonl_cli_enqueue_per_s", "sql_baseline_per_s", "commit_baseline_per_s"):
         assert results[key] > 0, key
     # The drain ran every job queued for it, and the I/O-bound run is measured against 50 slots of 20 ms.
     assert results["drain_jobs"] == 600

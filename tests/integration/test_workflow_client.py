@@ -109,3 +109,47 @@ def test_invalid_arguments_raise_invalid_input_and_add_nothing(
     with Client(dsn) as client, pytest.raises(InvalidInput, match="job 2: unknown field 'tsk'"):
         client.enqueue_many([{"task": "t"}, {"tsk": "t"}])
     assert count(dsn) == 0
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"task": "t", "priority": True}, "job 2: invalid priority True"),
+        ({"task": "t", "priority": 1.0}, "job 2: invalid priority 1.0"),
+        ({"task": "t", "priority": 1, "payload": [1]}, "job 2: payload must be a JSON object"),
+        ({"task": "t", "priority": 1, "after": (True,)}, "job 2: after must hold job ids"),
+    ],
+)
+def test_bulk_checks_every_job_even_when_it_looks_like_the_one_before(dsn: str, second: dict, message: str) -> None:
+    # enqueue_many checks each shape of arguments once; a value equal to an accepted one but of another type
+    # (True == 1 == 1.0) is still a new shape, and every payload is checked on its own.
+    from pgsched import Client
+
+    with Client(dsn) as client, pytest.raises(InvalidInput, match=message):
+        client.enqueue_many(
+            [{"task": "t", "priority": 1, "after": ()}, second]
+            if "after" in second
+            else [
+                {"task": "t", "priority": 1},
+                second,
+            ]
+        )
+    assert count(dsn) == 0
+
+
+def test_bulk_keeps_each_jobs_payload_and_options(dsn: str) -> None:
+    from pgsched import Client
+
+    specs = [{"task": "t", "queue": "q", "payload": {"n": n}} for n in range(3000)]
+    specs += [{"task": "t", "queue": f"q{n}", "priority": n % 7} for n in range(1500)]  # more shapes than kept
+    specs += [{"task": "u", "key": f"k{n}", "payload": {"n": n}} for n in range(10)]
+    with Client(dsn) as client:
+        added = client.enqueue_many(specs)
+    assert len(added) == len(specs) and not any(a.deduplicated for a in added)
+    with psycopg.connect(dsn) as c:
+        rows = c.execute("SELECT id, task, queue, priority, payload, dedupe_key FROM sched_jobs ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [a.id for a in added]
+    assert [r[4] for r in rows[:3000]] == [{"n": n} for n in range(3000)]
+    assert {r[2] for r in rows[:3000]} == {"q"}
+    assert [(r[2], r[3]) for r in rows[3000:4500]] == [(f"q{n}", n % 7) for n in range(1500)]
+    assert [(r[1], r[4], r[5]) for r in rows[4500:]] == [("u", {"n": n}, f"k{n}") for n in range(10)]
