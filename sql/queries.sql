@@ -14,9 +14,9 @@
 -- take the locked path. A wake-up for a job due now carries the queue alone.
 WITH ins AS (
     INSERT INTO sched_jobs (queue, task, payload, priority, max_attempts, timeout)
-    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s, %(max_attempts)s,
+    SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, %(max_attempts)s::int,
            make_interval(secs => %(timeout_s)s::float8)
-    WHERE NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND max_backlog IS NOT NULL)
+    WHERE NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s::text AND max_backlog IS NOT NULL)
     RETURNING id, queue
 )
 SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
@@ -28,13 +28,13 @@ SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
 WITH ins AS (
     INSERT INTO sched_jobs (queue, task, payload, priority, run_at, deferred, max_attempts, timeout, dedupe_key,
                             pending_deps, state)
-    SELECT %(queue)s, %(task)s, %(payload)s::jsonb, %(priority)s, t.run_at, t.run_at > now(), %(max_attempts)s,
-           make_interval(secs => %(timeout_s)s::float8), %(key)s, %(pending_deps)s::int,
+    SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, t.run_at, t.run_at > now(),
+           %(max_attempts)s::int, make_interval(secs => %(timeout_s)s::float8), %(key)s::text, %(pending_deps)s::int,
            CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state
     FROM (SELECT coalesce(%(run_at)s::timestamptz,
                           now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))) AS run_at) t
     WHERE %(admitted)s::bool
-       OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND max_backlog IS NOT NULL)
+       OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s::text AND max_backlog IS NOT NULL)
     ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
     DO NOTHING
     RETURNING id, queue, run_at, state
@@ -255,7 +255,7 @@ released AS (
 )
 SELECT (SELECT count(*) FROM cancelled) AS cancelled,
        (SELECT count(*) FROM released WHERE state = 'queued') AS released,
-       (SELECT array_agg(DISTINCT queue) FROM released WHERE state = 'queued') AS queues;
+       (SELECT array_agg(DISTINCT queue::text) FROM released WHERE state = 'queued') AS queues;
 
 -- name: JobSetProgress
 -- A running handler's progress report, fenced like every other write from a worker.
