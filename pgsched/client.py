@@ -133,20 +133,7 @@ class Client:
                 payload_json = self._payload_json(payload)
             except InvalidInput as exc:
                 raise InvalidInput(f"job {number}: {exc.message}") from None
-            built.append(
-                NewJob(
-                    template.task,
-                    payload_json,
-                    template.queue,
-                    template.priority,
-                    template.run_at,
-                    template.delay_s,
-                    template.max_attempts,
-                    template.timeout_s,
-                    template.key,
-                    template.after,
-                )
-            )
+            built.append(template.with_payload(payload_json))
         self._join_transaction()
         if not any(job.after for job in built):
             return repository.enqueue_many(self._conn, built)

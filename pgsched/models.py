@@ -166,6 +166,21 @@ class NewJob:
     key: str | None = None
     after: list[int] = field(default_factory=list)
 
+    def with_payload(self, payload_json: str) -> NewJob:
+        """The same job with another payload (positional: a bulk insert makes one per job)."""
+        return NewJob(
+            self.task,
+            payload_json,
+            self.queue,
+            self.priority,
+            self.run_at,
+            self.delay_s,
+            self.max_attempts,
+            self.timeout_s,
+            self.key,
+            self.after,
+        )
+
 
 class Enqueued(NamedTuple):
     """The outcome of adding one job (a named tuple: a bulk insert makes one per job, so it must be cheap)."""

@@ -166,3 +166,16 @@ def test_parse_payload_refuses_huge_text_before_parsing() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_payload('{"a": "' + "x" * 5000 + '"}', 1000)
     assert info.value.message == "payload is over the limit of 1000 bytes (SCHED_MAX_PAYLOAD_BYTES)"
+
+
+def test_with_payload_changes_the_payload_only() -> None:
+    from dataclasses import fields
+    from datetime import UTC, datetime
+
+    from pgsched.models import NewJob
+
+    job = NewJob("t", "{}", "q", 5, datetime(2030, 1, 1, tzinfo=UTC), None, 7, 60.0, "k", [3])
+    other = job.with_payload('{"n":1}')
+    assert other.payload_json == '{"n":1}' and job.payload_json == "{}"
+    names = [f.name for f in fields(NewJob) if f.name != "payload_json"]
+    assert [getattr(other, n) for n in names] == [getattr(job, n) for n in names]
