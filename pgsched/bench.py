@@ -355,9 +355,9 @@ def _io_bound(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, A
     """The same I/O-bound jobs run twice: as a worker runs by default, then claiming only for free slots
     (--no-claim-ahead), the baseline that shows what claiming ahead is worth."""
     ideal = config.io_concurrency / config.io_sleep_s
+    payload = f'{{"seconds": {config.io_sleep_s}}}'
     rates = {}
     for queue, extra in (("io", ()), ("io_free_slots", ("--no-claim-ahead",))):
-        payload = f'{{"seconds": {config.io_sleep_s}}}'
         repository.enqueue_many(
             conn, [NewJob(task="sched.sleep", queue=queue, payload_json=payload) for _ in range(config.io_jobs)]
         )

@@ -98,12 +98,12 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         rows = (_copy_row(new_id, job, now) for new_id, job in zip(ids, jobs, strict=True))
         if any(job.key for job in jobs):
             result = _enqueue_keyed(conn, jobs, ids, rows)
-        elif all(_uses_table_defaults(job) for job in jobs):
-            plain = ((new_id, job.queue, job.task, job.payload_json) for new_id, job in zip(ids, jobs, strict=True))
-            conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
-            result = _all_new(ids)
         else:
-            conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
+            if all(_uses_table_defaults(job) for job in jobs):
+                plain = ((i, job.queue, job.task, job.payload_json) for i, job in zip(ids, jobs, strict=True))
+                conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
+            else:
+                conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = _all_new(ids)
         conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
         return result

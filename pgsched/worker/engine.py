@@ -853,10 +853,10 @@ class Worker:
                 await self.sleep_unless_stopped(self.config.poll_interval)
 
     def _on_wakeup(self, payload: str, queues: set[str]) -> None:
-        # "queue" for a job due now, "queue epoch" for one due at that time.
+        # "queue" for a job due now, "queue epoch" for one due at that time; no epoch (or a bad one) means now.
         queue, _, epoch = payload.partition(" ")
         try:
-            when = float(epoch) if epoch else 0.0
+            when = float(epoch)
         except ValueError:
             when = 0.0
         self._note_due(queue, when, queues)

@@ -6,8 +6,13 @@ with their own connections, so a test can count how often each job really ran.""
 
 from __future__ import annotations
 
+import json
+import re
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -223,3 +228,39 @@ def states(dsn: str) -> dict[str, int]:
 
 def worker_rows(dsn: str) -> int:
     return scalar(dsn, "SELECT count(*) FROM sched_workers")
+
+
+# --- the health server, for the tests that start workers with --health-port ---
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, str] | None:
+    """(status, body), or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (ConnectionError, urllib.error.URLError):
+        return None
+
+
+def health(port: int) -> tuple[int, dict] | None:
+    answer = get(port, "/healthz")
+    return (answer[0], json.loads(answer[1])) if answer else None
+
+
+def sample(metrics: str, name: str, **labels: str) -> float | None:
+    for line in metrics.splitlines():
+        match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return float(match.group(3))
+    return None

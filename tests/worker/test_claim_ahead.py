@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 
-from harness import query, scalar, wait_for
-from test_health import free_port, get, health, sample
+from harness import free_port, get, health, query, sample, scalar, wait_for
 
 
 def test_jobs_held_ahead_go_to_an_idle_worker_when_long_jobs_fill_the_slots(dsn, start_worker, add_jobs) -> None:

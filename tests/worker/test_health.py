@@ -4,39 +4,13 @@ on 127.0.0.1 unless told otherwise."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
-import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
-from harness import query, scalar, states, wait_for
+from harness import free_port, get, health, query, sample, scalar, states, wait_for
 from psycopg.conninfo import conninfo_to_dict
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port: int, path: str) -> tuple[int, str] | None:
-    """(status, body), or None while nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (ConnectionError, urllib.error.URLError):
-        return None
-
-
-def health(port: int) -> tuple[int, dict] | None:
-    answer = get(port, "/healthz")
-    return (answer[0], json.loads(answer[1])) if answer else None
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -49,17 +23,6 @@ def listening_addresses(port: int) -> set[str]:
             if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
                 found.add(address)
     return found
-
-
-def sample(metrics: str, name: str, **labels: str) -> float | None:
-    for line in metrics.splitlines():
-        match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
-        if not match or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            return float(match.group(3))
-    return None
 
 
 def test_healthz_and_metrics_while_healthy(dsn, start_worker, add_jobs) -> None:
