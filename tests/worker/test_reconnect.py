@@ -69,7 +69,11 @@ def test_terminated_connections_are_reopened_and_every_job_finishes(dsn, server_
     wait_for(lambda: unfinished(dsn) == 0, 30, "every job to succeed")
     assert worker.alive()
     assert_at_least_once(dsn, ids)
-    # Every connection was opened again (new backends), and the worker did not fill its log retrying.
+    # Every connection was opened again (new backends), and the worker did not fill its log retrying. A link is
+    # reopened when next used, and the last cut may land after the last outcome was written: one more job makes
+    # the worker claim and write again.
+    add_jobs("sleepy", 1, '{"seconds": 0}')
+    wait_for(lambda: unfinished(dsn) == 0, 30, "the extra job to succeed")
     after = wait_for(lambda: len(b := worker_backends(dsn)) == 4 and b, 10, "all four connections to be back")
     assert not set(after.values()) & set(before.values())
     assert len(worker.log().splitlines()) <= 1 + rounds * 8, worker.log()[-3000:]
