@@ -56,9 +56,9 @@ def worker_backends(dsn: str) -> dict[str, int]:
 
 
 def test_terminated_connections_are_reopened_and_every_job_finishes(dsn, server_dsn, start_worker, add_jobs) -> None:
-    ids = add_jobs("sleepy", 400, '{"seconds": 0.02}')
+    ids = add_jobs("sleepy", 1000, '{"seconds": 0.02}')
     worker = start_worker("--concurrency", "10", "--poll-interval", "0.5s")
-    wait_for(lambda: unfinished(dsn) < 380, 20, "the worker to get going")
+    wait_for(lambda: unfinished(dsn) < 980, 20, "the worker to get going")
     before = worker_backends(dsn)
     assert set(before) == {f"sched-worker-{role}" for role in ("claim", "outcomes", "control", "listen")}
     rounds = 0
@@ -82,14 +82,15 @@ def test_terminated_connections_are_reopened_and_every_job_finishes(dsn, server_
 
 
 def test_a_dropped_outcomes_connection_loses_no_outcome(dsn, server_dsn, start_worker, add_jobs) -> None:
-    # Make each outcome statement of the worker take a moment, so that cutting the connection hits flushes.
+    # Make each outcome statement of the worker take a while, so that a cut lands in the middle of a flush; the
+    # worker retries an interrupted batch at once, so every retry is another flush to cut.
     query(
         dsn,
         """
         CREATE FUNCTION slow_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF current_setting('application_name') = 'sched-worker-outcomes' THEN
-                PERFORM pg_sleep(0.1);
+                PERFORM pg_sleep(0.3);
             END IF;
             RETURN NULL;
         END $$;
@@ -98,22 +99,25 @@ def test_a_dropped_outcomes_connection_loses_no_outcome(dsn, server_dsn, start_w
     )
     ids = add_jobs("count", 1500)
     worker = start_worker("--concurrency", "20", "--poll-interval", "0.5s")
-    wait_for(lambda: unfinished(dsn) < 1450, 20, "the worker to get going")
+    wait_for(lambda: unfinished(dsn) < 1500, 20, "the worker to get going")
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-    in_flight = 0
+    killed: list[int] = []
     deadline = time.monotonic() + 20
     with psycopg.connect(server_dsn, autocommit=True) as admin:
-        while unfinished(dsn) and in_flight < 5 and time.monotonic() < deadline:
-            # Only backends in the middle of writing successes: each cut interrupts a flush.
-            killed = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+        while unfinished(dsn) and len(killed) < 5 and time.monotonic() < deadline:
+            # Only backends in the middle of writing successes (and each backend once: a terminated one may
+            # linger in pg_stat_activity for a moment): each cut interrupts a flush.
+            flushing = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s"
                 " AND application_name = 'sched-worker-outcomes' AND state = 'active'"
-                " AND query LIKE %s",
-                (name, "%SET state = 'succeeded'%"),
+                " AND query LIKE %s AND pid <> ALL(%s)",
+                (name, "%SET state = 'succeeded'%", killed),
             ).fetchall()
-            in_flight += len(killed)
-            time.sleep(0.15)
-    assert in_flight >= 3, "no flush was interrupted"
+            killed += [
+                pid for (pid,) in flushing if admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+            ]
+            time.sleep(0.01)
+    assert len(killed) >= 3, f"only {len(killed)} flush(es) were interrupted"
     wait_for(lambda: unfinished(dsn) == 0, 45, "every outcome to be written")
     assert_at_least_once(dsn, ids)
     assert worker.alive()
