@@ -41,7 +41,11 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs to run [20000]")
     parser.add_argument("--workers", type=int, default=4, help="worker processes [4]")
     parser.add_argument("--concurrency", type=int, default=20, help="concurrency of each worker [20]")
-    parser.add_argument("--kill-every", default="2s", help="SIGKILL a random worker this often [2s]")
+    parser.add_argument(
+        "--kill-every",
+        default="2s",
+        help="SIGKILL a random worker this often, and at least once by 20/45/70%% of the work [2s]",
+    )
     parser.add_argument("--stale-after", default="2s", help="the workers' --stale-after [2s]")
     parser.add_argument("--job-seconds", type=float, default=0.0, help="how long each job sleeps [0]")
     parser.add_argument("--restart", action="store_true", help="restart PostgreSQL once (private server only)")

