@@ -25,7 +25,7 @@ import time
 from pgsched.worker import task
 
 
-@task("report", cron="* * * * *")
+@task("report")
 def report(payload, ctx):
     ctx.progress({"done": 3, "total": 3})
     time.sleep(1.2)  # outlive the progress flush interval, so the last report is written
@@ -38,17 +38,29 @@ def spin(payload, ctx):
         time.sleep(0.01)
 """
 
+# A schedule declared in code lands on its worker's first queue each minute: only the test of that feature
+# runs this app, so that no other test finds a job it did not add.
+CRON_APP = """
+from pgsched.worker import task
+
+
+@task("report", cron="* * * * *")
+def report(payload, ctx):
+    return {"rows": 42}
+"""
+
 
 @pytest.fixture
 def worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     """Start real ``sched worker`` processes on the test's database, with the test app importable."""
     (tmp_path / "workflow_app.py").write_text(APP)
+    (tmp_path / "workflow_cron_app.py").write_text(CRON_APP)
     started: list[subprocess.Popen] = []
 
-    def start(*args: str) -> subprocess.Popen:
+    def start(*args: str, app: str = "workflow_app") -> subprocess.Popen:
         env = {**os.environ, "SCHED_DATABASE_URL": dsn, "PYTHONPATH": str(tmp_path)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pgsched", "worker", "--app", "workflow_app", *args],
+            [sys.executable, "-m", "pgsched", "worker", "--app", app, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -111,7 +123,7 @@ def test_several_workers_tick_a_schedule_once_per_tick(sched, worker, dsn: str) 
 
 
 def test_a_cron_declared_in_code_becomes_a_schedule(worker, dsn: str) -> None:
-    worker("-Q", "reports")
+    worker("-Q", "reports", app="workflow_cron_app")
     wait_for(lambda: bool(sql(dsn, "SELECT 1 FROM sched_schedules WHERE name = 'report'")))
     assert sql(dsn, "SELECT cron, task, queue, source FROM sched_schedules") == [
         ("* * * * *", "report", "reports", "code")
