@@ -57,7 +57,9 @@ def check_cron(expr: str) -> str:
     except (CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, ValueError, KeyError):
         valid = False
     if not valid:
-        raise InvalidInput(f"invalid cron expression {expr!r}: use five fields, e.g. '*/5 * * * *'")
+        raise InvalidInput(
+            f"invalid cron expression {expr!r}: minute hour day month weekday, each in range, e.g. '*/5 * * * *'"
+        )
     return normalised
 
 

@@ -792,11 +792,12 @@ class Worker:
     # --- schedules ----------------------------------------------------------------------------------------
 
     async def _declare_schedules(self, conn: AsyncConnection) -> None:
-        """Record the schedules handlers declare with ``@task(..., cron=...)``, on this worker's first queue."""
+        """Record the schedules handlers declare with ``@task(..., cron=...)``, on their ``cron_queue`` or else
+        this worker's first queue."""
         from pgsched.schedules import build_schedule
 
         specs = [
-            build_schedule(spec.name, spec.cron, spec.name, queue=self.config.queues[0])
+            build_schedule(spec.name, spec.cron, spec.name, queue=spec.cron_queue or self.config.queues[0])
             for spec in self.tasks.values()
             if spec.cron
         ]

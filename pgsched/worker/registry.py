@@ -31,6 +31,7 @@ class TaskSpec:
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 3600.0
     cron: str | None = None
+    cron_queue: str | None = None
 
 
 class Registry:
@@ -47,32 +48,23 @@ class Registry:
         timeout: float | str | None = None,
         backoff: float | str | tuple[float | str, float | str] | None = None,
         cron: str | None = None,
+        cron_queue: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of ``name``.
 
         ``backoff`` is the base delay of the exponential retry backoff, or a (base, cap) pair; durations may be
-        seconds or strings such as ``"30s"``. ``cron`` also runs the task on that schedule."""
-        from pgsched.durations import parse_duration
-        from pgsched.models import check_max_attempts, check_timeout
-
+        seconds or strings such as ``"30s"``. ``cron`` also runs the task on that schedule (in UTC), each job
+        added to ``cron_queue``, or else to the first queue of the worker that records the schedule."""
         check_task(name)
-        if max_attempts is not None:
-            check_max_attempts(max_attempts)
-        timeout_s = check_timeout(_seconds(timeout, parse_duration)) if timeout is not None else None
-        base, cap = 2.0, 3600.0
-        if backoff is not None:
-            raw_base, raw_cap = backoff if isinstance(backoff, tuple) else (backoff, None)
-            base = _seconds(raw_base, parse_duration)
-            cap = _seconds(raw_cap, parse_duration) if raw_cap is not None else max(cap, base)
-            if not 0 < base <= cap:
-                raise InvalidInput(f"task {name}: backoff must be positive and at most its cap")
+        try:
+            options = _checked_options(max_attempts, timeout, backoff, cron, cron_queue)
+        except InvalidInput as exc:
+            raise InvalidInput(f"task {name}: {exc.message}") from None
 
         def register(fn: Handler) -> Handler:
             if name in self.tasks and self.tasks[name].fn is not fn:
                 raise InvalidInput(f"task {name!r} is registered twice")
-            self.tasks[name] = TaskSpec(
-                name, fn, inspect.iscoroutinefunction(fn), max_attempts, timeout_s, base, cap, cron
-            )
+            self.tasks[name] = TaskSpec(name, fn, inspect.iscoroutinefunction(fn), *options)
             return fn
 
         return register
@@ -80,6 +72,38 @@ class Registry:
     def names(self) -> list[str]:
         """Registered task names, sorted."""
         return sorted(self.tasks)
+
+
+def _checked_options(
+    max_attempts: int | None,
+    timeout: float | str | None,
+    backoff: float | str | tuple[float | str, float | str] | None,
+    cron: str | None,
+    cron_queue: str | None,
+) -> tuple[int | None, float | None, float, float, str | None, str | None]:
+    """``task``'s options checked, in TaskSpec's order after ``is_async``."""
+    from pgsched.durations import parse_duration
+    from pgsched.models import check_max_attempts, check_queue, check_timeout
+
+    if max_attempts is not None:
+        check_max_attempts(max_attempts)
+    timeout_s = check_timeout(_seconds(timeout, parse_duration)) if timeout is not None else None
+    base, cap = 2.0, 3600.0
+    if backoff is not None:
+        raw_base, raw_cap = backoff if isinstance(backoff, tuple) else (backoff, None)
+        base = _seconds(raw_base, parse_duration)
+        cap = _seconds(raw_cap, parse_duration) if raw_cap is not None else max(cap, base)
+        if not 0 < base <= cap:
+            raise InvalidInput("backoff must be positive and at most its cap")
+    if cron is not None:
+        from pgsched.schedules import check_cron  # croniter, only for a task that has a schedule
+
+        cron = check_cron(cron)
+    if cron_queue is not None:
+        if cron is None:
+            raise InvalidInput("cron_queue needs cron")
+        check_queue(cron_queue)
+    return max_attempts, timeout_s, base, cap, cron, cron_queue
 
 
 def _seconds(value: float | str, parse: Callable[[str], float]) -> float:

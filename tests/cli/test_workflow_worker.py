@@ -47,6 +47,11 @@ from pgsched.worker import task
 @task("report", cron="* * * * *")
 def report(payload, ctx):
     return {"rows": 42}
+
+
+@task("digest", cron="0 3 * * *", cron_queue="digests")
+def digest(payload, ctx):
+    return None
 """
 
 
@@ -125,8 +130,11 @@ def test_several_workers_tick_a_schedule_once_per_tick(sched, worker, dsn: str) 
 def test_a_cron_declared_in_code_becomes_a_schedule(worker, dsn: str) -> None:
     worker("-Q", "reports", app="workflow_cron_app")
     wait_for(lambda: bool(sql(dsn, "SELECT 1 FROM sched_schedules WHERE name = 'report'")))
-    assert sql(dsn, "SELECT cron, task, queue, source FROM sched_schedules") == [
-        ("* * * * *", "report", "reports", "code")
+    # Without cron_queue a schedule takes the worker's first queue; with it, the queue it names, whatever the
+    # queues of the worker that records it.
+    assert sql(dsn, "SELECT cron, task, queue, source FROM sched_schedules ORDER BY name") == [
+        ("0 3 * * *", "digest", "digests", "code"),
+        ("* * * * *", "report", "reports", "code"),
     ]
 
 

@@ -85,6 +85,17 @@ def test_an_app_module_that_cannot_be_imported_is_a_usage_error(sched, tmp_path)
     assert broken.returncode == 2
     assert broken.stderr.splitlines() == ["Error: cannot import --app 'broken_handlers': RuntimeError: boom at import"]
 
+    # A bad @task option is caught as the module is imported, before anything is recorded.
+    (tmp_path / "bad_cron.py").write_text(
+        "from pgsched.worker import task\n\n@task('digest', cron='61 * * * *')\ndef digest(payload, ctx):\n    pass\n"
+    )
+    bad = sched("worker", "--app", "bad_cron", "--burst", env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [
+        "Error: cannot import --app 'bad_cron': InvalidInput: task digest: invalid cron expression '61 * * * *':"
+        " minute hour day month weekday, each in range, e.g. '*/5 * * * *'"
+    ]
+
 
 def test_the_worker_stops_cleanly_on_sigint_too(dsn, start_worker, add_jobs) -> None:
     add_jobs("count", 5)
