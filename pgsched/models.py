@@ -216,3 +216,4 @@ class Outcome:
     retryable: bool = True
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 3600.0
+    retry_after_s: float | None = None  # a retry at this delay instead of the backoff (a handler's Retry)

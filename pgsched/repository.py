@@ -334,6 +334,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                     "retryable": [o.retryable for o in failed],
                     "base": [o.backoff_base_s for o in failed],
                     "cap": [o.backoff_cap_s for o in failed],
+                    "after": [o.retry_after_s for o in failed],
                 },
             )
             result.written.extend(r[0] for r in rows)

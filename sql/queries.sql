@@ -181,15 +181,17 @@ WHERE j.id = ANY(%(ids)b::bigint[]) AND j.id * 1024 + j.attempt = ANY(%(keys)b::
 RETURNING j.id, j.has_dependents;
 
 -- name: JobSetFailedMany
--- Record a batch of failures: retry after a jittered exponential backoff while attempts remain
--- (and the failure is retryable), otherwise fail for good. Per-job values sit at the job's position in ids.
--- Backoff (DESIGN §4): min(cap, base * 2^(attempt-1)) * a factor drawn from [0.5, 1].
+-- Record a batch of failures: retry after a jittered exponential backoff (or after the delay the handler
+-- asked for) while attempts remain and the failure is retryable, otherwise fail for good. Per-job values sit
+-- at the job's position in ids. Backoff (DESIGN §4): min(cap, base * 2^(attempt-1)) * a factor drawn from
+-- [0.5, 1].
 UPDATE sched_jobs j
 SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
                  THEN 'queued' ELSE 'failed' END::sched_job_state,
     run_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts
-                  THEN now() + make_interval(secs => least(o.cap, o.base * power(2, j.attempt - 1))
-                                                    * (0.5 + random() * 0.5))
+                  THEN now() + make_interval(secs => coalesce(o.after,
+                                                              least(o.cap, o.base * power(2, j.attempt - 1))
+                                                              * (0.5 + random() * 0.5)))
                   ELSE j.run_at END,
     deferred = o.retryable AND j.attempt < j.max_attempts,
     finished_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
@@ -197,7 +199,8 @@ SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
     error = o.error
 FROM (SELECT j2.id,
              (%(attempts)s::int[])[p] AS attempt, (%(errors)s::text[])[p] AS error,
-             (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap
+             (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap,
+             (%(after)s::float8[])[p] AS after
       FROM sched_jobs j2, array_position(%(ids)s::bigint[], j2.id) AS p
       WHERE j2.id = ANY(%(ids)s::bigint[])) AS o
 WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt

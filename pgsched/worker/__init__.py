@@ -7,6 +7,7 @@ from typing import Any
 
 from loguru import logger as _logger
 
+from pgsched.worker.context import Fail, JobContext, Retry
 from pgsched.worker.engine import Worker, WorkerConfig
 from pgsched.worker.registry import Registry, TaskSpec, load_app, registry, task
 
@@ -14,7 +15,19 @@ from pgsched.worker.registry import Registry, TaskSpec, load_app, registry, task
 # the package logs while being imported, so disabling here, before any of it runs, is early enough.
 _logger.disable("pgsched")
 
-__all__ = ["Registry", "TaskSpec", "Worker", "WorkerConfig", "load_app", "registry", "run_worker", "task"]
+__all__ = [
+    "Fail",
+    "JobContext",
+    "Registry",
+    "Retry",
+    "TaskSpec",
+    "Worker",
+    "WorkerConfig",
+    "load_app",
+    "registry",
+    "run_worker",
+    "task",
+]
 
 
 def run_worker(dsn: str, config: WorkerConfig, app: str | None = None) -> int:

@@ -1,10 +1,14 @@
-"""What a handler receives besides its payload: the job's identity, progress reporting, and cancellation."""
+"""What a handler receives besides its payload (the job's identity, progress reporting, cancellation), and
+what it may raise to decide the job's fate: ``Fail`` (no more attempts) or ``Retry`` (again, at a set time)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
+
+_MAX_RETRY_DELAY_S = 366 * 86400.0
 
 
 class JobContext:
@@ -35,3 +39,32 @@ class JobContext:
     def is_last_attempt(self) -> bool:
         """Whether a failure now fails the job for good."""
         return self.attempt >= self.max_attempts
+
+
+class Fail(Exception):
+    """Raised by a handler: the job fails for good now, whatever attempts remain (bad input, a refused card)."""
+
+    def __init__(self, message: str = "failed by its handler") -> None:
+        super().__init__(message)
+
+
+class Retry(Exception):
+    """Raised by a handler: this attempt failed, and the job runs again after ``after`` (seconds, a timedelta
+    or a string such as ``"30s"``) instead of its backoff (an upstream's Retry-After). It spends an attempt as any
+    failure does, so a job out of attempts fails."""
+
+    def __init__(self, message: str = "retry requested", *, after: float | timedelta | str = 0) -> None:
+        from pgsched.durations import parse_duration
+        from pgsched.errors import InvalidInput
+
+        seconds = (
+            after.total_seconds()
+            if isinstance(after, timedelta)
+            else parse_duration(after)
+            if isinstance(after, str)
+            else float(after)
+        )
+        if not 0 <= seconds <= _MAX_RETRY_DELAY_S:
+            raise InvalidInput(f"Retry after {after!r}: from 0 to a year")
+        super().__init__(message)
+        self.after_s = seconds

@@ -35,7 +35,7 @@ from pgsched import repository
 from pgsched.db import AsyncConnection, connect_async
 from pgsched.errors import DatabaseUnavailable, SchedError
 from pgsched.models import ClaimedJob, Outcome
-from pgsched.worker.context import JobContext
+from pgsched.worker.context import Fail, JobContext, Retry
 from pgsched.worker.registry import Registry, TaskSpec
 
 
@@ -567,17 +567,32 @@ class Worker:
     def _failure(self, running: _Running, exc: BaseException) -> Outcome:
         job, spec = running.job, running.spec
         summary = f"{type(exc).__name__}: {exc}"
-        detail = "".join(traceback.format_exception(exc)[-6:])
-        logger.bind(job_id=job.id).warning(
-            "job {} {} failed on attempt {}/{}: {}", job.id, job.task, job.attempt, job.max_attempts, summary
-        )
+        if isinstance(exc, Fail | Retry):
+            # The handler decided; its message is the whole story, no traceback needed.
+            error, verdict = summary, "no retry" if isinstance(exc, Fail) else f"retry asked in {exc.after_s:g}s"
+            logger.bind(job_id=job.id).warning(
+                "job {} {} failed on attempt {}/{} ({}): {}",
+                job.id,
+                job.task,
+                job.attempt,
+                job.max_attempts,
+                verdict,
+                summary,
+            )
+        else:
+            error = summary + "\n" + "".join(traceback.format_exception(exc)[-6:])
+            logger.bind(job_id=job.id).warning(
+                "job {} {} failed on attempt {}/{}: {}", job.id, job.task, job.attempt, job.max_attempts, summary
+            )
         return Outcome(
             job.id,
             job.attempt,
             "failed",
-            error=(summary + "\n" + detail)[:4000],
+            error=error[:4000],
+            retryable=not isinstance(exc, Fail),
             backoff_base_s=spec.backoff_base_s,
             backoff_cap_s=spec.backoff_cap_s,
+            retry_after_s=exc.after_s if isinstance(exc, Retry) else None,
         )
 
     def _stopped_outcome(self, running: _Running) -> Outcome:

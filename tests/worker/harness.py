@@ -33,7 +33,7 @@ import time
 
 import psycopg
 
-from pgsched.worker import task
+from pgsched.worker import Fail, Retry, task
 
 DSN = os.environ["SCHED_DATABASE_URL"]
 _local = threading.local()
@@ -158,6 +158,20 @@ def not_json(payload, ctx):
 async def echo(payload, ctx):
     await anote(ctx)
     return {"echo": payload, "attempt": ctx.attempt, "text": "h\\u00e9"}
+
+
+@task("refuse")
+def refuse(payload, ctx):
+    note(ctx)
+    raise Fail("card refused")
+
+
+@task("retry_later")
+async def retry_later(payload, ctx):
+    await anote(ctx)
+    if ctx.attempt < payload.get("succeed_on", 99):
+        raise Retry("upstream busy", after=payload["after"])
+    return {"attempt": ctx.attempt}
 
 
 @task("chatty")

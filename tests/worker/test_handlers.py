@@ -24,6 +24,44 @@ def test_json_results_are_stored_and_non_json_fails_the_job_without_retry(dsn, s
     assert scalar(dsn, "SELECT count(*) FROM executions WHERE job_id = %s", (bad,)) == 1
 
 
+def test_a_handler_fails_a_job_for_good_or_retries_it_at_the_time_it_names(dsn, start_worker, add_jobs) -> None:
+    [refused] = add_jobs("refuse")
+    [later] = add_jobs("retry_later", payload='{"after": "30s"}')
+    [soon] = add_jobs("retry_later", payload='{"after": 0.5, "succeed_on": 2}')
+    [last] = add_jobs("retry_later", payload='{"after": 0}', max_attempts=1)
+    worker = start_worker("--concurrency", "4")
+    wait_for(lambda: states(dsn) == {"failed": 2, "queued": 1, "succeeded": 1}, 20, "the jobs to settle")
+
+    def row(job_id: int) -> tuple:
+        return query(
+            dsn,
+            "SELECT state::text, attempt, error, extract(epoch FROM run_at - now())::float8, result"
+            " FROM sched_jobs WHERE id = %s",
+            (job_id,),
+        )[0]
+
+    # Fail: no retry, though two attempts remain; the message is the error, without a traceback.
+    assert row(refused)[:3] == ("failed", 1, "Fail: card refused")
+    # Retry: back in the queue at the time asked for (no backoff, no jitter), having spent an attempt...
+    state, attempt, error, due_in, _ = row(later)
+    assert (state, attempt, error) == ("queued", 1, "Retry: upstream busy")
+    assert 25 < due_in <= 30
+    # ...run again once that time comes...
+    assert row(soon)[0:2] == ("succeeded", 2) and row(soon)[4] == {"attempt": 2}
+    gap = scalar(
+        dsn,
+        "SELECT extract(epoch FROM max(at) - min(at))::float8 FROM executions WHERE job_id = %s",
+        (soon,),
+    )
+    assert gap >= 0.45
+    # ...and a job out of attempts fails, as with any failure.
+    assert row(last)[:3] == ("failed", 1, "Retry: upstream busy")
+    assert scalar(dsn, "SELECT count(*) FROM executions WHERE job_id IN (%s, %s)", (refused, last)) == 2
+    log = worker.log()
+    assert f"job {refused} refuse failed on attempt 1/3 (no retry): Fail: card refused" in log
+    assert f"job {later} retry_later failed on attempt 1/3 (retry asked in 30s): Retry: upstream busy" in log
+
+
 def test_progress_is_stored_at_a_bounded_rate(dsn, start_worker, add_jobs) -> None:
     with_trigger = """
         CREATE TABLE progress_writes (job_id bigint, progress jsonb, at timestamptz DEFAULT clock_timestamp());
