@@ -34,6 +34,12 @@ _MAX_SHAPES = 1024
 _SHAPE_TYPES = frozenset({str, int, float, bool, type(None), datetime, timedelta})
 
 
+def _job_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**63:
+        raise InvalidInput(f"invalid job id {value!r}: a positive integer")
+    return value
+
+
 class Client:
     """Adds jobs. Give ``dsn`` (or nothing: SCHED_DATABASE_URL, else the embedded server) for a connection of
     the client's own, where each call commits; or ``conn``, a psycopg connection, to enqueue inside its
@@ -139,6 +145,34 @@ class Client:
             return repository.enqueue_many(self._conn, built)
         with self._conn.transaction():
             return [repository.enqueue(self._conn, job) for job in built]
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        """One job as ``sched status ID --json`` shows it (``state``, ``attempt``, ``result``, ``error``,
+        ``progress``, times...), without ``why``; ``NotFound`` if there is no such job."""
+        from pgsched import repository
+
+        return repository.get_job(self._conn, _job_id(job_id))
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a waiting or queued job and its dependents: returns ``"cancelled"``. For a running job, ask its
+        worker to stop it: returns ``"running"``. A finished job raises ``WrongState``, an unknown one
+        ``NotFound``. On a caller's connection, it takes effect when that transaction commits."""
+        from pgsched import repository
+
+        job_id = _job_id(job_id)
+        self._join_transaction()
+        return repository.cancel_job(self._conn, job_id).state
+
+    def retry(self, job_id: int) -> str:
+        """Give a failed or cancelled job a fresh attempt budget: returns ``"queued"``, or ``"waiting"`` while
+        its dependencies run. ``WrongState`` says why a job cannot be retried, ``NotFound`` that it does not
+        exist."""
+        from pgsched import repository
+
+        job_id = _job_id(job_id)
+        self._join_transaction()
+        result = repository.retry_job(self._conn, job_id)
+        return "queued" if result.queued else "waiting"
 
     def _checked(self, number: int, spec: dict[str, Any]) -> NewJob:
         """A job built from one mapping of ``enqueue``'s arguments (without its payload), or a numbered error."""

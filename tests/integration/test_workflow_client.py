@@ -1,5 +1,5 @@
 """The Python API against a real PostgreSQL: enqueue inside the caller's transaction (a rollback leaves no job
-and sends no wake-up), dedupe, bulk, validation, and the lazy import."""
+and sends no wake-up), dedupe, bulk, validation, the lazy import, and reading, cancelling and retrying jobs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from pgsched.errors import InvalidInput
+from pgsched.errors import InvalidInput, NotFound, WrongState
 
 
 def count(dsn: str) -> int:
@@ -153,3 +153,44 @@ def test_bulk_keeps_each_jobs_payload_and_options(dsn: str) -> None:
     assert {r[2] for r in rows[:3000]} == {"q"}
     assert [(r[2], r[3]) for r in rows[3000:4500]] == [(f"q{n}", n % 7) for n in range(1500)]
     assert [(r[1], r[4], r[5]) for r in rows[4500:]] == [("u", {"n": n}, f"k{n}") for n in range(10)]
+
+
+def test_a_producer_reads_cancels_and_retries_its_jobs(dsn: str) -> None:
+    from pgsched import Client
+
+    with Client(dsn) as client:
+        parent = client.enqueue("t", {"n": 1}).id
+        child = client.enqueue("t", after=[parent]).id
+        shown = client.get(parent)
+        assert (shown["id"], shown["state"], shown["attempt"], shown["payload"]) == (parent, "queued", 0, {"n": 1})
+        assert client.get(child)["depends_on"] == [parent]
+        # A cancel takes the dependents along; a retry revives the job, its dependent waits again once retried.
+        assert client.cancel(parent) == "cancelled"
+        assert (client.get(parent)["state"], client.get(child)["state"]) == ("cancelled", "cancelled")
+        assert client.retry(parent) == "queued"
+        assert client.retry(child) == "waiting"
+        with pytest.raises(
+            WrongState, match=rf"^job {parent} is queued; only failed or cancelled jobs can be retried$"
+        ):
+            client.retry(parent)
+        for call in (client.get, client.cancel, client.retry):
+            with pytest.raises(NotFound, match=r"^job 999999 not found$"):
+                call(999_999)
+            with pytest.raises(InvalidInput, match=r"^invalid job id 0: a positive integer$"):
+                call(0)
+
+
+def test_a_cancel_on_the_callers_connection_commits_or_rolls_back_with_it(dsn: str) -> None:
+    from pgsched import Client
+
+    with Client(dsn) as own:
+        job_id = own.enqueue("t").id
+        with psycopg.connect(dsn) as app:
+            client = Client(conn=app)
+            assert client.cancel(job_id) == "cancelled"
+            assert own.get(job_id)["state"] == "queued"  # not committed yet
+            app.rollback()
+            assert own.get(job_id)["state"] == "queued"
+            assert client.cancel(job_id) == "cancelled"
+            app.commit()
+        assert own.get(job_id)["state"] == "cancelled"
