@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pgsched.durations import MAX_DELAY_S, to_seconds
 from pgsched.errors import InvalidInput
 from pgsched.models import (
     Enqueued,
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "Enqueued"]
 
-_MAX_DELAY_S = 366 * 86400.0
 _JOB_FIELDS = {"task", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "timeout", "key", "after"}
 # Distinct shapes remembered per enqueue_many call (jobs with a key of their own each make one).
 _MAX_SHAPES = 1024
@@ -204,8 +204,8 @@ class Client:
             raise InvalidInput("use delay or run_at, not both")
         if run_at is not None and (not isinstance(run_at, datetime) or run_at.tzinfo is None):
             raise InvalidInput("run_at must be a timezone-aware datetime")
-        delay_s = _seconds(delay, "delay") if delay is not None else None
-        if delay_s is not None and not 0 <= delay_s <= _MAX_DELAY_S:
+        delay_s = to_seconds(delay, "delay") if delay is not None else None
+        if delay_s is not None and not 0 <= delay_s <= MAX_DELAY_S:
             raise InvalidInput(f"invalid delay {delay!r}: from 0 to a year")
         after_ids = list(after) if after else []
         if after_ids and any(isinstance(i, bool) or not isinstance(i, int) or i <= 0 for i in after_ids):
@@ -219,7 +219,7 @@ class Client:
             delay_s=delay_s,
             run_at=run_at,
             max_attempts=check_max_attempts(self.default_max_attempts if max_attempts is None else max_attempts),
-            timeout_s=check_timeout(self.default_timeout_s if timeout is None else _seconds(timeout, "timeout")),
+            timeout_s=check_timeout(self.default_timeout_s if timeout is None else to_seconds(timeout, "timeout")),
             key=check_key(key),
             after=after_ids,
         )
@@ -246,15 +246,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _seconds(value: float | timedelta | str, what: str) -> float:
-    from pgsched.durations import parse_duration
-
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        return parse_duration(value, what=what)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput(f"invalid {what} {value!r}")
-    return float(value)

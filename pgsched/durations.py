@@ -2,6 +2,7 @@
 
 import math
 import re
+from datetime import timedelta
 
 from pgsched.errors import InvalidInput
 
@@ -11,6 +12,8 @@ _WHOLE = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+")
 _PLAIN = re.compile(r"\d+(?:\.\d+)?")
 # Far beyond any retention or delay anyone means, yet small enough for datetime.timedelta and PostgreSQL intervals.
 MAX_DURATION_S = 100 * 366 * 86400.0
+# The furthest a job may be put off: by a delay when added, or by a handler's Retry.
+MAX_DELAY_S = 366 * 86400.0
 
 
 def parse_duration(text: str, *, what: str = "duration") -> float:
@@ -25,6 +28,17 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
     if not seconds <= MAX_DURATION_S:
         raise InvalidInput(f"invalid {what} {_clip(text)}: too long (at most 100 years)")
     return seconds
+
+
+def to_seconds(value: float | timedelta | str, what: str = "duration") -> float:
+    """Seconds from a number, a timedelta or a duration string; InvalidInput names ``what`` otherwise."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        return parse_duration(value, what=what)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"invalid {what} {value!r}")
+    return float(value)
 
 
 def _clip(text: str, limit: int = 40) -> str:

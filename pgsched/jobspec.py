@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pgsched.durations import parse_duration
+from pgsched.durations import MAX_DELAY_S, parse_duration
 from pgsched.errors import InvalidInput
 from pgsched.models import (
     NewJob,
@@ -120,7 +120,7 @@ def build_job(
 
 def parse_delay(text: str) -> float:
     seconds = parse_duration(text, what="delay")
-    if seconds > 366 * 86400:
+    if seconds > MAX_DELAY_S:
         raise InvalidInput(f"invalid delay {text!r}: at most a year")
     return seconds
 

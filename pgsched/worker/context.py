@@ -8,8 +8,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-_MAX_RETRY_DELAY_S = 366 * 86400.0
-
 
 class JobContext:
     """The handler's view of its job: ``job_id``, ``attempt``, ``queue``, ``task``, ``progress()`` and
@@ -54,17 +52,11 @@ class Retry(Exception):
     failure does, so a job out of attempts fails."""
 
     def __init__(self, message: str = "retry requested", *, after: float | timedelta | str = 0) -> None:
-        from pgsched.durations import parse_duration
+        from pgsched.durations import MAX_DELAY_S, to_seconds
         from pgsched.errors import InvalidInput
 
-        seconds = (
-            after.total_seconds()
-            if isinstance(after, timedelta)
-            else parse_duration(after)
-            if isinstance(after, str)
-            else float(after)
-        )
-        if not 0 <= seconds <= _MAX_RETRY_DELAY_S:
+        seconds = to_seconds(after)
+        if not 0 <= seconds <= MAX_DELAY_S:
             raise InvalidInput(f"Retry after {after!r}: from 0 to a year")
         super().__init__(message)
         self.after_s = seconds

@@ -567,23 +567,16 @@ class Worker:
     def _failure(self, running: _Running, exc: BaseException) -> Outcome:
         job, spec = running.job, running.spec
         summary = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, Fail | Retry):
-            # The handler decided; its message is the whole story, no traceback needed.
-            error, verdict = summary, "no retry" if isinstance(exc, Fail) else f"retry asked in {exc.after_s:g}s"
-            logger.bind(job_id=job.id).warning(
-                "job {} {} failed on attempt {}/{} ({}): {}",
-                job.id,
-                job.task,
-                job.attempt,
-                job.max_attempts,
-                verdict,
-                summary,
-            )
+        # A handler that raised Fail or Retry decided: its message is the whole story, no traceback needed.
+        if isinstance(exc, Fail):
+            verdict, error = " (no retry)", summary
+        elif isinstance(exc, Retry):
+            verdict, error = f" (retry asked in {exc.after_s:g}s)", summary
         else:
-            error = summary + "\n" + "".join(traceback.format_exception(exc)[-6:])
-            logger.bind(job_id=job.id).warning(
-                "job {} {} failed on attempt {}/{}: {}", job.id, job.task, job.attempt, job.max_attempts, summary
-            )
+            verdict, error = "", summary + "\n" + "".join(traceback.format_exception(exc)[-6:])
+        logger.bind(job_id=job.id).warning(
+            "job {} {} failed on attempt {}/{}{}: {}", job.id, job.task, job.attempt, job.max_attempts, verdict, summary
+        )
         return Outcome(
             job.id,
             job.attempt,

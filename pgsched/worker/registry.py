@@ -82,17 +82,17 @@ def _checked_options(
     cron_queue: str | None,
 ) -> tuple[int | None, float | None, float, float, str | None, str | None]:
     """``task``'s options checked, in TaskSpec's order after ``is_async``."""
-    from pgsched.durations import parse_duration
+    from pgsched.durations import to_seconds
     from pgsched.models import check_max_attempts, check_queue, check_timeout
 
     if max_attempts is not None:
         check_max_attempts(max_attempts)
-    timeout_s = check_timeout(_seconds(timeout, parse_duration)) if timeout is not None else None
+    timeout_s = check_timeout(to_seconds(timeout)) if timeout is not None else None
     base, cap = 2.0, 3600.0
     if backoff is not None:
         raw_base, raw_cap = backoff if isinstance(backoff, tuple) else (backoff, None)
-        base = _seconds(raw_base, parse_duration)
-        cap = _seconds(raw_cap, parse_duration) if raw_cap is not None else max(cap, base)
+        base = to_seconds(raw_base)
+        cap = to_seconds(raw_cap) if raw_cap is not None else max(cap, base)
         if not 0 < base <= cap:
             raise InvalidInput("backoff must be positive and at most its cap")
     if cron is not None:
@@ -104,10 +104,6 @@ def _checked_options(
             raise InvalidInput("cron_queue needs cron")
         check_queue(cron_queue)
     return max_attempts, timeout_s, base, cap, cron, cron_queue
-
-
-def _seconds(value: float | str, parse: Callable[[str], float]) -> float:
-    return parse(value) if isinstance(value, str) else float(value)
 
 
 registry = Registry()
