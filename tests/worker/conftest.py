@@ -48,7 +48,9 @@ def start_worker(dsn: str, app_dir: Path, executions: str, tmp_path: Path) -> It
 
     def start(*args: str, command: list[str] | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
         log_path = tmp_path / f"worker-{len(started)}.log"
-        full_env = {**os.environ, "SCHED_DATABASE_URL": dsn, "PYTHONPATH": str(app_dir), **(env or {})}
+        # The handler module's folder goes first; a PYTHONPATH already set (a source checkout) stays after it.
+        python_path = os.pathsep.join(filter(None, [str(app_dir), os.environ.get("PYTHONPATH")]))
+        full_env = {**os.environ, "SCHED_DATABASE_URL": dsn, "PYTHONPATH": python_path, **(env or {})}
         full_env.pop("SCHED_APP", None)
         argv = command or [sys.executable, "-m", "pgsched", "worker"]
         with open(log_path, "wb") as log:
