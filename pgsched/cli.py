@@ -297,7 +297,7 @@ def reap(stale_after: StaleAfter = None, as_json: JsonOutput = False) -> None:
     async def run() -> repository.ReapResult:
         conn = await connect_async(resolve_dsn(settings), application_name="sched-reap")
         try:
-            return await repository.reap_stale(conn, settings.stale_after, settings.timeout_grace, wait=True)
+            return await repository.reap_stale(conn, wait=True)
         finally:
             await conn.close()
 

@@ -163,6 +163,13 @@ class AsyncConnection:
         except psycopg.Error as exc:
             raise translate(exc) from None
 
+    async def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
+        """Execute and return the number of rows affected."""
+        try:
+            return (await self.raw.execute(sql, params)).rowcount
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         try:

@@ -7,12 +7,36 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from pgsched.errors import InvalidInput
 
-STATES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+class JobState(StrEnum):
+    """The states of a job (docs/protocol.md, "States"); the values are those of the sched_job_state type."""
+
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+LIVE_STATES = frozenset({JobState.WAITING, JobState.QUEUED, JobState.RUNNING})
+
+
+class OutcomeKind(StrEnum):
+    """How a run ended, as its worker reports it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # given back without spending an attempt (shutdown, or claimed ahead and not started)
+
+
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TASK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 PRIORITY_RANGE = (-1000, 1000)
@@ -200,17 +224,19 @@ class ClaimedJob:
     max_attempts: int
     timeout_s: float
     queue: str
+    # The run's fence: every write the run makes must carry it (docs/protocol.md, "Leases and fencing").
+    lease: int
     # When the worker received it (its monotonic clock); a job claimed ahead of a free slot waits from here.
     claimed_at: float = 0.0
 
 
 @dataclass(slots=True)
 class Outcome:
-    """How one attempt ended, waiting in the worker's buffer to be written."""
+    """How one run ended, waiting in the worker's buffer to be written; fenced by the run's lease."""
 
     job_id: int
-    attempt: int
-    kind: str  # "succeeded", "failed", "cancelled" or "released"
+    lease: int
+    kind: OutcomeKind
     result: Any = None
     error: str | None = None
     retryable: bool = True

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgsched.db import AsyncConnection, Connection
 from pgsched.errors import InvalidInput, NotFound, QueueFull, WrongState
-from pgsched.models import ClaimedJob, Enqueued, NewJob, Outcome
+from pgsched.models import ClaimedJob, Enqueued, JobState, NewJob, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
 if TYPE_CHECKING:
@@ -230,12 +230,30 @@ async def skip_commit_flush_wait(conn: AsyncConnection) -> None:
 
 
 async def register_worker(
-    conn: AsyncConnection, worker_id: str, host: str, pid: int, queues: list[str], tasks: list[str], concurrency: int
+    conn: AsyncConnection,
+    worker_id: str,
+    host: str,
+    pid: int,
+    queues: list[str],
+    tasks: list[str],
+    concurrency: int,
+    *,
+    stale_after_s: float,
+    timeout_grace_s: float,
 ) -> None:
-    """Add the worker's row; it must exist before the worker claims."""
+    """Add the worker's row with the liveness contract it will be judged by; it must exist before it claims."""
     await conn.rows(
         query("WorkerRegister"),
-        {"id": worker_id, "host": host, "pid": pid, "queues": queues, "tasks": tasks, "concurrency": concurrency},
+        {
+            "id": worker_id,
+            "host": host,
+            "pid": pid,
+            "queues": queues,
+            "tasks": tasks,
+            "concurrency": concurrency,
+            "stale_after_s": stale_after_s,
+            "timeout_grace_s": timeout_grace_s,
+        },
     )
 
 
@@ -252,13 +270,20 @@ async def deregister_worker(conn: AsyncConnection, worker_id: str) -> None:
 async def claim_jobs(
     conn: AsyncConnection, worker_id: str, queue: str, tasks: list[str], limit: int
 ) -> list[ClaimedJob]:
-    """Claim up to ``limit`` ready jobs of ``queue`` whose task is in ``tasks`` (DESIGN §1)."""
+    """Claim up to ``limit`` ready jobs of ``queue`` whose task is in ``tasks``, each under a new lease
+    (docs/protocol.md, "Claim")."""
     rows = await conn.rows(
         query("JobClaim"),
         {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id},
         prepare=True,
     )
-    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue) for r in rows]
+    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6]) for r in rows]
+
+
+async def promote_due(conn: AsyncConnection, limit: int = 5000) -> int:
+    """Move deferred jobs that fell due into the ready index (at most ``limit`` per queue); returns how many.
+    The claim is correct without it; with it, the claim's sort of due rows stays small."""
+    return await conn.run(query("JobPromoteDue"), {"limit": limit})
 
 
 async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, int, float]]:
@@ -277,7 +302,7 @@ async def apply_task_limits(conn: AsyncConnection, worker_id: str, jobs: Sequenc
         {
             "worker_id": worker_id,
             "ids": [j.id for j in jobs],
-            "attempts": [j.attempt for j in jobs],
+            "leases": [j.lease for j in jobs],
             "max_attempts": [j.max_attempts for j in jobs],
             "timeouts": [j.timeout_s for j in jobs],
         },
@@ -286,7 +311,7 @@ async def apply_task_limits(conn: AsyncConnection, worker_id: str, jobs: Sequenc
 
 @dataclass
 class RecordResult:
-    """What a flush of outcomes changed: ids written, ids fenced off, and queues to wake."""
+    """What a flush of outcomes changed: job ids written, job ids fenced off, and queues to wake."""
 
     written: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
@@ -296,40 +321,43 @@ class RecordResult:
 
 
 async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Sequence[Outcome]) -> RecordResult:
-    """Write a batch of outcomes in one transaction, fenced on worker and attempt (DESIGN §2-4), and settle
-    the dependents of the jobs it finished. Replaying the same batch is harmless."""
+    """Write a batch of outcomes in one transaction, each fenced by its run's lease (docs/protocol.md, "Leases
+    and fencing"), and settle the dependents of the jobs it finished. Replaying the same batch is harmless: a
+    lease that no longer holds its job matches nothing."""
     by_kind: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         by_kind.setdefault(outcome.kind, []).append(outcome)
     result = RecordResult()
+    written: set[int] = set()  # leases
     settle: list[int] = []
     async with conn.transaction():
-        if done := by_kind.get("succeeded"):
-            # Results arrive as JSON text; join them into one JSON object instead of re-encoding each.
+        if done := by_kind.get(OutcomeKind.SUCCEEDED):
+            # Results arrive as JSON text; join them into one JSON object keyed by lease instead of re-encoding.
             with_result = [o for o in done if o.result is not None]
             rows = await conn.rows(
                 query("JobSetSucceededMany"),
                 {
                     "worker_id": worker_id,
                     "ids": [o.job_id for o in done],
-                    "keys": [o.job_id * 1024 + o.attempt for o in done],
-                    "results": "{" + ",".join(f'"{o.job_id}":{o.result}' for o in with_result) + "}"
+                    "leases": [o.lease for o in done],
+                    "results": "{" + ",".join(f'"{o.lease}":{o.result}' for o in with_result) + "}"
                     if with_result
                     else None,
                 },
-                # Planned with the arrays' values each time, so "= ANY(keys)" is a hash lookup; a prepared
+                # Planned with the arrays' values each time, so "= ANY(leases)" is a hash lookup; a prepared
                 # generic plan would search the array for every row, quadratic in the batch.
                 prepare=False,
             )
-            result.written.extend(r[0] for r in rows)
-            settle.extend(r[0] for r in rows if r[1])
-        if failed := by_kind.get("failed"):
+            written.update(r[0] for r in rows)
+            result.written.extend(r[1] for r in rows)
+            settle.extend(r[1] for r in rows if r[2])
+        if failed := by_kind.get(OutcomeKind.FAILED):
             rows = await conn.rows(
                 query("JobSetFailedMany"),
                 {
                     "worker_id": worker_id,
                     "ids": [o.job_id for o in failed],
-                    "attempts": [o.attempt for o in failed],
+                    "leases": [o.lease for o in failed],
                     "errors": [o.error or "failed" for o in failed],
                     "retryable": [o.retryable for o in failed],
                     "base": [o.backoff_base_s for o in failed],
@@ -337,40 +365,40 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                     "after": [o.retry_after_s for o in failed],
                 },
             )
-            result.written.extend(r[0] for r in rows)
-            result.retried.extend(r[0] for r in rows if r[1] == "queued")
-            result.retry_due.extend((r[2], r[4]) for r in rows if r[1] == "queued")
-            settle.extend(r[0] for r in rows if r[3] and r[1] == "failed")
-        if cancelled := by_kind.get("cancelled"):
+            written.update(r[0] for r in rows)
+            result.written.extend(r[1] for r in rows)
+            result.retried.extend(r[1] for r in rows if r[2] == JobState.QUEUED)
+            result.retry_due.extend((r[3], r[5]) for r in rows if r[2] == JobState.QUEUED)
+            settle.extend(r[1] for r in rows if r[4] and r[2] != JobState.QUEUED)
+        if cancelled := by_kind.get(OutcomeKind.CANCELLED):
             rows = await conn.rows(
                 query("JobSetCancelledMany"),
                 {
                     "worker_id": worker_id,
                     "ids": [o.job_id for o in cancelled],
-                    "attempts": [o.attempt for o in cancelled],
+                    "leases": [o.lease for o in cancelled],
                     "errors": [o.error or "cancelled" for o in cancelled],
                 },
             )
-            result.written.extend(r[0] for r in rows)
-            settle.extend(r[0] for r in rows if r[1])
-        if released := by_kind.get("released"):
+            written.update(r[0] for r in rows)
+            result.written.extend(r[1] for r in rows)
+            settle.extend(r[1] for r in rows if r[2])
+        if released := by_kind.get(OutcomeKind.RELEASED):
             rows = await conn.rows(
                 query("JobReleaseMany"),
-                {
-                    "worker_id": worker_id,
-                    "ids": [o.job_id for o in released],
-                    "attempts": [o.attempt for o in released],
-                },
+                {"worker_id": worker_id, "ids": [o.job_id for o in released], "leases": [o.lease for o in released]},
             )
-            result.written.extend(r[0] for r in rows)
-            result.wake_queues.update(r[1] for r in rows)
+            written.update(r[0] for r in rows)
+            result.written.extend(r[1] for r in rows)
+            result.wake_queues.update(r[2] for r in rows if r[3] == JobState.QUEUED)
+            # A release of a job whose cancel was requested cancelled it: its dependents follow.
+            settle.extend(r[1] for r in rows if r[3] == JobState.CANCELLED and r[4])
         # Only jobs that gained dependents need the second statement; most batches skip it.
         if settle:
             result.wake_queues.update(await _settle_dependents(conn, settle))
         if result.wake_queues:
             await conn.rows(query("QueueNotifyMany"), {"queues": sorted(result.wake_queues)})
-    written = set(result.written)
-    result.fenced = [o.job_id for o in outcomes if o.job_id not in written]
+    result.fenced = [o.job_id for o in outcomes if o.lease not in written]
     return result
 
 
@@ -389,13 +417,14 @@ class ReapResult:
     ran: bool = True
     requeued: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
     workers_removed: int = 0
 
 
-async def reap_stale(conn: AsyncConnection, stale_after_s: float, grace_s: float, *, wait: bool = False) -> ReapResult:
-    """Requeue or fail the jobs of dead workers and overdue runs, then forget dead workers (DESIGN §5).
-    Only one reaper runs at a time: with ``wait`` False another's lock makes this a no-op."""
-    params = {"stale_after": timedelta(seconds=stale_after_s), "grace": timedelta(seconds=grace_s)}
+async def reap_stale(conn: AsyncConnection, *, wait: bool = False) -> ReapResult:
+    """Requeue or fail the jobs of dead workers and overdue runs, then forget dead workers; each worker is
+    judged by the stale-after and timeout grace it registered (docs/protocol.md, "Reaper"). Only one reaper
+    runs at a time: with ``wait`` False another's lock makes this a no-op."""
     async with conn.transaction():
         if wait:
             await conn.rows(query("JobReapLock"))
@@ -403,34 +432,36 @@ async def reap_stale(conn: AsyncConnection, stale_after_s: float, grace_s: float
             locked = await conn.row(query("JobReapLockTry"))
             if not (locked and locked[0]):
                 return ReapResult(ran=False)
-        rows = await conn.rows(query("JobReap"), params)
+        rows = sorted(await conn.rows(query("JobReap")))
         result = ReapResult(
-            requeued=[r[0] for r in rows if r[1] == "queued"], failed=[r[0] for r in rows if r[1] == "failed"]
+            requeued=[r[0] for r in rows if r[1] == JobState.QUEUED],
+            failed=[r[0] for r in rows if r[1] == JobState.FAILED],
+            cancelled=[r[0] for r in rows if r[1] == JobState.CANCELLED],
         )
-        queues = {r[2] for r in rows if r[1] == "queued"}
-        if result.failed:
-            queues.update(await _settle_dependents(conn, result.failed))
+        queues = {r[2] for r in rows if r[1] == JobState.QUEUED}
+        if result.failed or result.cancelled:
+            queues.update(await _settle_dependents(conn, result.failed + result.cancelled))
         if queues:
             await conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues)})
-        result.workers_removed = len(await conn.rows(query("WorkerDeleteStale"), params))
+        result.workers_removed = len(await conn.rows(query("WorkerDeleteStale")))
     return result
 
 
-async def set_progress(conn: AsyncConnection, worker_id: str, job_id: int, attempt: int, progress_json: str) -> bool:
-    """Store a running job's progress; False when the attempt was fenced off."""
+async def set_progress(conn: AsyncConnection, worker_id: str, job_id: int, lease: int, progress_json: str) -> bool:
+    """Store a running job's progress; False when the run's lease no longer holds the job."""
     rows = await conn.rows(
-        query("JobSetProgress"), {"id": job_id, "worker_id": worker_id, "attempt": attempt, "progress": progress_json}
+        query("JobSetProgress"), {"id": job_id, "worker_id": worker_id, "lease": lease, "progress": progress_json}
     )
     return bool(rows)
 
 
 async def running_for_worker(conn: AsyncConnection, worker_id: str) -> list[tuple[int, int]]:
-    """(id, attempt) of every job the database has running for this worker."""
+    """(job id, lease) of every job the database has running for this worker."""
     return [(r[0], r[1]) for r in await conn.rows(query("JobListRunningForWorker"), {"worker_id": worker_id})]
 
 
 async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:
-    """Ids of this worker's running jobs whose cancellation was requested."""
+    """The leases of this worker's running jobs whose cancellation was requested."""
     return {r[0] for r in await conn.rows(query("JobListCancelRequested"), {"worker_id": worker_id})}
 
 

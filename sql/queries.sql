@@ -109,44 +109,60 @@ SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
 FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: JobClaim
--- Claim up to %(limit)s ready jobs of one queue for a worker. "queue = %(queue)s" rather than
--- "queue = ANY(...)": the array form loses the index and sorts the whole ready set.
--- Queue controls apply in this same statement: a paused queue yields nothing, and a rate-limited queue's
--- bucket row is locked, refilled and charged for exactly the jobs taken, so workers together never exceed
--- the rate. A queue without a sched_queues row (the common case) finds no row and locks nothing.
+-- Claim up to %(limit)s ready jobs of one queue for a worker, each under a new lease (docs/protocol.md,
+-- "Claim"). "queue = %(queue)s" rather than "queue = ANY(...)": the array form loses the index and sorts the
+-- whole ready set. Queue controls apply in this same statement: a paused queue yields nothing, and a
+-- rate-limited queue's bucket row is locked, refilled and charged for exactly the jobs taken, so workers
+-- together never exceed the rate. A queue without a sched_queues row (the common case) locks nothing.
 WITH bucket AS (
-    -- greatest(): a claimer that waited for the lock may have started before the previous one refilled.
-    SELECT least(burst, tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)))
+    -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
+    -- while it waited, not the older row of its snapshot). greatest(): a claimer that waited for the lock may
+    -- have started before the previous one refilled.
+    SELECT paused,
+           least(burst, tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)))
                AS level,
            greatest(refilled_at, clock_timestamp()) AS at
     FROM sched_queues
-    WHERE queue = %(queue)s AND rate IS NOT NULL AND NOT paused
+    WHERE queue = %(queue)s AND rate IS NOT NULL
     FOR UPDATE
+),
+-- How many jobs this claim may take: the bucket's whole tokens (none while paused) for a rate-limited queue,
+-- none for a paused one, otherwise the limit asked for.
+allowed AS (
+    SELECT coalesce((SELECT CASE WHEN paused THEN 0 ELSE least(%(limit)s, floor(level)::int) END FROM bucket),
+                    (SELECT 0 FROM sched_queues WHERE queue = %(queue)s AND paused),
+                    %(limit)s) AS n
 ),
 ready AS (
     SELECT id, priority, run_at FROM sched_jobs
     WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
       AND task = ANY(%(tasks)s::text[])
-      AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND paused)
     ORDER BY priority DESC, run_at, id
-    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
+    LIMIT (SELECT n FROM allowed)
     FOR UPDATE SKIP LOCKED
 ),
--- Deferred jobs that have fallen due: a range scan of their own index that stops at the first future row.
+-- Deferred jobs that have fallen due, highest priority first like every ready job. The earliest due rows are
+-- read in index order (an index scan that stops at the first future row, and that marks the dead entries of
+-- claimed jobs so later scans skip them, which a bitmap scan would not), then sorted by priority. The window
+-- bounds the sort; JobPromoteDue moves due rows into the ready index every second, so the due rows left here
+-- are few and the window holds them all.
 due AS (
     SELECT id, priority, run_at FROM sched_jobs
-    WHERE state = 'queued' AND deferred AND queue = %(queue)s AND run_at <= now()
-      AND task = ANY(%(tasks)s::text[])
-      AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND paused)
-    ORDER BY run_at, id
-    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
+    WHERE id = ANY(ARRAY(SELECT id FROM sched_jobs
+                         WHERE state = 'queued' AND deferred AND queue = %(queue)s AND run_at <= now()
+                           AND task = ANY(%(tasks)s::text[])
+                         ORDER BY run_at, id
+                         LIMIT 1000))
+      AND state = 'queued' AND deferred
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT n FROM allowed)
     FOR UPDATE SKIP LOCKED
 ),
 -- Rows locked above but not picked here are let go when the statement's transaction ends.
 picked AS (
     SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS candidates
     ORDER BY priority DESC, run_at, id
-    LIMIT least(%(limit)s, coalesce((SELECT floor(level)::int FROM bucket), %(limit)s))
+    LIMIT (SELECT n FROM allowed)
 ),
 charged AS (
     UPDATE sched_queues s
@@ -157,71 +173,109 @@ charged AS (
 -- "= ANY(ARRAY(...))" rather than a join: the planner cannot see through the LIMIT expression how few rows
 -- "picked" holds, and would hash-join against a scan of the whole table.
 UPDATE sched_jobs j
-SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now()
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now(),
+    lease = nextval('sched_job_lease_seq')
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8;
+RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8, j.lease;
+
+-- name: JobPromoteDue
+-- Move deferred jobs that have fallen due into the ready index, a bounded batch per queue, so that the claim's
+-- sort of due rows stays small. The queues are found by a skip scan of the deferred index (one probe per
+-- queue), and each queue's due rows by a range scan that stops at the first future row: the cost follows the
+-- due rows, never the scheduled backlog. SKIP LOCKED: a row a claimer holds is left for the next pass.
+WITH RECURSIVE queues AS (
+    (SELECT queue FROM sched_jobs WHERE state = 'queued' AND deferred ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM sched_jobs j
+            WHERE j.state = 'queued' AND j.deferred AND j.queue > q.queue ORDER BY j.queue LIMIT 1)
+    FROM queues q
+    WHERE q.queue IS NOT NULL
+)
+UPDATE sched_jobs j
+SET deferred = false
+WHERE j.id = ANY(ARRAY(
+    SELECT d.id
+    FROM queues q,
+         LATERAL (SELECT id FROM sched_jobs
+                  WHERE state = 'queued' AND deferred AND queue = q.queue AND run_at <= now()
+                  ORDER BY run_at, id
+                  LIMIT %(limit)s
+                  FOR UPDATE SKIP LOCKED) d
+    WHERE q.queue IS NOT NULL))
+  AND j.state = 'queued' AND j.deferred;
 
 -- name: JobSetLimitsMany
--- Apply a task's declared max_attempts and timeout to jobs a worker just claimed.
+-- Apply a task's declared max_attempts and timeout to jobs a worker just claimed, fenced by lease. Per-job
+-- values sit at the position of the job's lease.
 UPDATE sched_jobs j
-SET max_attempts = greatest((%(max_attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)], j.attempt),
-    timeout = make_interval(secs => (%(timeouts)s::float8[])[array_position(%(ids)s::bigint[], j.id)])
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)];
+SET max_attempts = greatest((%(max_attempts)s::int[])[array_position(%(leases)s::bigint[], j.lease)], j.attempt),
+    timeout = make_interval(secs => (%(timeouts)s::float8[])[array_position(%(leases)s::bigint[], j.lease)])
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s;
 
 -- name: JobSetSucceededMany
--- Record a batch of successes. %(keys)s holds id * 1024 + attempt for each job (attempts never exceed
--- 1000), so the attempt fence is one array test per row. %(results)s is one JSON object keyed by job id (or
--- NULL when no job returned anything), far cheaper to send than a jsonb[] of mostly NULLs. The id arrays
--- travel in binary (%(...)b): no per-element quoting on the way out.
+-- Record a batch of successes, each fenced by its run's lease (docs/protocol.md, "Leases and fencing"): a
+-- lease is never handed out twice, so "lease = ANY(leases)" matches exactly the runs that still hold their
+-- jobs. %(results)s is one JSON object keyed by lease (or NULL when no job returned anything), far cheaper
+-- to send than a jsonb[] of mostly NULLs. The arrays travel in binary (%(...)b): no per-element quoting.
+-- A success stays a success even if a cancel was requested meanwhile: the work was done.
 UPDATE sched_jobs j
-SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.id::text, error = NULL
-WHERE j.id = ANY(%(ids)b::bigint[]) AND j.id * 1024 + j.attempt = ANY(%(keys)b::bigint[])
+SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.lease::text, error = NULL
+WHERE j.id = ANY(%(ids)b::bigint[]) AND j.lease = ANY(%(leases)b::bigint[])
   AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-RETURNING j.id, j.has_dependents;
+RETURNING j.lease, j.id, j.has_dependents;
 
 -- name: JobSetFailedMany
 -- Record a batch of failures: retry after a jittered exponential backoff (or after the delay the handler
--- asked for) while attempts remain and the failure is retryable, otherwise fail for good. Per-job values sit
--- at the job's position in ids. Backoff (DESIGN §4): min(cap, base * 2^(attempt-1)) * a factor drawn from
--- [0.5, 1].
+-- asked for) while attempts remain and the failure is retryable, otherwise fail for good; a job whose cancel
+-- was requested is cancelled instead, never queued again. Per-job values sit at the position of the run's
+-- lease. Backoff (docs/protocol.md, "Retries"): min(cap, base * 2^(attempt-1)) * a factor from [0.5, 1].
 UPDATE sched_jobs j
-SET state = CASE WHEN o.retryable AND j.attempt < j.max_attempts
-                 THEN 'queued' ELSE 'failed' END::sched_job_state,
-    run_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN o.retryable AND j.attempt < j.max_attempts THEN 'queued'
+                 ELSE 'failed' END::sched_job_state,
+    run_at = CASE WHEN o.again
                   THEN now() + make_interval(secs => coalesce(o.after,
                                                               least(o.cap, o.base * power(2, j.attempt - 1))
                                                               * (0.5 + random() * 0.5)))
                   ELSE j.run_at END,
-    deferred = o.retryable AND j.attempt < j.max_attempts,
-    finished_at = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE now() END,
-    worker_id = CASE WHEN o.retryable AND j.attempt < j.max_attempts THEN NULL ELSE j.worker_id END,
-    error = o.error
-FROM (SELECT j2.id,
-             (%(attempts)s::int[])[p] AS attempt, (%(errors)s::text[])[p] AS error,
+    deferred = o.again,
+    finished_at = CASE WHEN o.again THEN NULL ELSE now() END,
+    worker_id = CASE WHEN o.again THEN NULL ELSE j.worker_id END,
+    error = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled on request; the run failed: ' || o.error
+                 ELSE o.error END
+FROM (SELECT j2.lease, (%(errors)s::text[])[p] AS error,
              (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap,
-             (%(after)s::float8[])[p] AS after
-      FROM sched_jobs j2, array_position(%(ids)s::bigint[], j2.id) AS p
-      WHERE j2.id = ANY(%(ids)s::bigint[])) AS o
-WHERE j.id = o.id AND j.state::text = 'running' AND j.worker_id = %(worker_id)s AND j.attempt = o.attempt
-RETURNING j.id, j.state, j.queue, j.has_dependents, extract(epoch FROM j.run_at)::float8;
+             (%(after)s::float8[])[p] AS after,
+             (%(retryable)s::bool[])[p] AND j2.attempt < j2.max_attempts AND j2.cancel_requested_at IS NULL AS again
+      FROM sched_jobs j2, array_position(%(leases)s::bigint[], j2.lease) AS p
+      WHERE j2.id = ANY(%(ids)s::bigint[]) AND j2.lease = ANY(%(leases)s::bigint[])) AS o
+WHERE j.lease = o.lease AND j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.state, j.queue, j.has_dependents, extract(epoch FROM j.run_at)::float8;
 
 -- name: JobSetCancelledMany
--- Record running jobs that stopped because cancellation was requested.
+-- Record running jobs that stopped because cancellation was requested, fenced by lease.
 UPDATE sched_jobs j
 SET state = 'cancelled', finished_at = now(),
-    error = (%(errors)s::text[])[array_position(%(ids)s::bigint[], j.id)]
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)]
-RETURNING j.id, j.has_dependents;
+    error = (%(errors)s::text[])[array_position(%(leases)s::bigint[], j.lease)]
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.has_dependents;
 
 -- name: JobReleaseMany
 -- Give running jobs back on shutdown without spending an attempt: the claim counted one, so take it back.
+-- A job whose cancel was requested is cancelled instead: a cancel sticks (docs/protocol.md, "Cancel").
 UPDATE sched_jobs j
-SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, started_at = NULL
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-  AND j.attempt = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], j.id)]
-RETURNING j.id, j.queue;
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END::sched_job_state,
+    attempt = CASE WHEN j.cancel_requested_at IS NULL THEN j.attempt - 1 ELSE j.attempt END,
+    worker_id = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE j.worker_id END,
+    started_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE j.started_at END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    error = CASE WHEN j.cancel_requested_at IS NULL THEN j.error ELSE 'cancelled on request' END
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.queue, j.state, j.has_dependents;
 
 -- name: JobSettleDependents
 -- Release or cancel the dependents of jobs this transaction finished. Run in the same transaction as the
@@ -261,19 +315,19 @@ SELECT (SELECT count(*) FROM cancelled) AS cancelled,
        (SELECT array_agg(DISTINCT queue::text) FROM released WHERE state = 'queued') AS queues;
 
 -- name: JobSetProgress
--- A running handler's progress report, fenced like every other write from a worker.
+-- A running handler's progress report, fenced by its lease like every other write from a run.
 UPDATE sched_jobs SET progress = %(progress)s::jsonb
-WHERE id = %(id)s AND state = 'running' AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+WHERE id = %(id)s AND lease = %(lease)s AND state = 'running' AND worker_id = %(worker_id)s
 RETURNING id;
 
 -- name: JobListRunningForWorker
--- A worker's running jobs as the database sees them: after a claim whose answer was lost with the
--- connection, the ones the worker never received are given back.
-SELECT id, attempt FROM sched_jobs WHERE state = 'running' AND worker_id = %(worker_id)s;
+-- A worker's running jobs and their leases as the database sees them: after a claim whose answer was lost
+-- with the connection, the ones the worker never received are given back.
+SELECT id, lease FROM sched_jobs WHERE state = 'running' AND worker_id = %(worker_id)s;
 
 -- name: JobListCancelRequested
--- Which of a worker's running jobs someone asked to cancel (the polling fallback for the NOTIFY).
-SELECT id FROM sched_jobs
+-- The leases of a worker's running jobs that someone asked to cancel (the polling fallback for the NOTIFY).
+SELECT lease FROM sched_jobs
 WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested_at IS NOT NULL;
 
 -- name: JobReapLockTry
@@ -285,35 +339,38 @@ SELECT pg_try_advisory_xact_lock(hashtext('sched_reaper'));
 SELECT pg_advisory_xact_lock(hashtext('sched_reaper'));
 
 -- name: JobReap
--- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished,
--- or whose run outlived its timeout plus a grace period. The claim already counted the attempt.
+-- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished, or whose
+-- run outlived its timeout plus its worker's grace. Each worker is judged by the liveness contract it
+-- registered (stale_after, timeout_grace), whoever reaps (docs/protocol.md, "Reaper"). A job whose cancel was
+-- requested is cancelled, never queued again. The claim already counted the attempt.
 WITH lost AS (
     SELECT j.id,
-           CASE WHEN j.started_at + j.timeout + %(grace)s::interval < now()
-                     AND EXISTS (SELECT 1 FROM sched_workers w
-                                 WHERE w.id = j.worker_id AND w.heartbeat_at > now() - %(stale_after)s::interval)
-                THEN 'timed out after ' || j.timeout::text
+           CASE WHEN w.heartbeat_at > now() - w.stale_after THEN 'timed out after ' || j.timeout::text
                 ELSE 'worker lost' END AS reason
     FROM sched_jobs j
+    LEFT JOIN sched_workers w ON w.id = j.worker_id
     WHERE j.state = 'running'
-      AND (j.started_at + j.timeout + %(grace)s::interval < now()
-           OR NOT EXISTS (SELECT 1 FROM sched_workers w
-                          WHERE w.id = j.worker_id AND w.heartbeat_at > now() - %(stale_after)s::interval))
+      AND (w.id IS NULL OR w.heartbeat_at <= now() - w.stale_after
+           OR j.started_at + j.timeout + w.timeout_grace < now())
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE sched_jobs j
-SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END::sched_job_state,
-    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
-    worker_id = CASE WHEN j.attempt >= j.max_attempts THEN j.worker_id END,
-    run_at = CASE WHEN j.attempt >= j.max_attempts THEN j.run_at ELSE now() END,
-    error = lost.reason || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')'
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN j.attempt >= j.max_attempts THEN 'failed'
+                 ELSE 'queued' END::sched_job_state,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN now() END,
+    worker_id = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN j.worker_id END,
+    run_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN j.run_at
+                  ELSE now() END,
+    error = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled on request; ' || lost.reason
+                 ELSE lost.reason || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END
 FROM lost
 WHERE j.id = lost.id
 RETURNING j.id, j.state, j.queue;
 
 -- name: WorkerDeleteStale
--- Forget workers that stopped beating; their jobs were requeued by JobReap.
-DELETE FROM sched_workers WHERE heartbeat_at < now() - %(stale_after)s::interval
+-- Forget workers that stopped beating, each by its own contract; their jobs were requeued by JobReap.
+DELETE FROM sched_workers WHERE heartbeat_at <= now() - stale_after
 RETURNING id;
 
 -- name: JobDeleteFinished
@@ -398,9 +455,10 @@ FROM sched_workers
 ORDER BY host, pid;
 
 -- name: WorkerRegister
--- A worker announces itself before claiming anything.
-INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency)
-VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(tasks)s, %(concurrency)s);
+-- A worker announces itself, and the liveness contract it will be judged by, before claiming anything.
+INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency, stale_after, timeout_grace)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(tasks)s, %(concurrency)s,
+        make_interval(secs => %(stale_after_s)s::float8), make_interval(secs => %(timeout_grace_s)s::float8));
 
 -- name: WorkerHeartbeat
 -- Keep the worker alive and publish how many jobs it runs; returns nothing if the worker was reaped.
@@ -651,15 +709,15 @@ SELECT coalesce(q.paused, false) AS paused, q.rate,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
        (SELECT count(*) FROM sched_workers w
-        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)) AS queue_workers,
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)) AS queue_workers,
        (SELECT count(*) FROM sched_workers w
-        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
           AND %(task)s = ANY(w.tasks)) AS task_workers,
        (SELECT coalesce(sum(w.running), 0) FROM sched_workers w
-        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
           AND %(task)s = ANY(w.tasks)) AS busy_slots,
        (SELECT coalesce(sum(w.concurrency), 0) FROM sched_workers w
-        WHERE w.heartbeat_at > now() - %(stale_after)s::interval AND %(queue)s = ANY(w.queues)
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
           AND %(task)s = ANY(w.tasks)) AS slots,
        (SELECT count(*) FROM sched_jobs j
         WHERE j.state = 'queued' AND j.queue = %(queue)s AND j.run_at <= now() AND j.id <> %(id)s
@@ -695,7 +753,7 @@ SELECT to_regclass(%(name)s) IS NOT NULL;
 -- The inner scans read only the claim's two partial indexes on queued jobs.
 SELECT r.queue, r.ready, r.oldest_age_s,
        (SELECT count(*) FROM sched_workers w
-        WHERE r.queue = ANY(w.queues) AND w.heartbeat_at > now() - %(stale_after)s::interval) AS live_workers
+        WHERE r.queue = ANY(w.queues) AND w.heartbeat_at > now() - w.stale_after) AS live_workers
 FROM (SELECT queue, count(*) AS ready, extract(epoch FROM now() - min(run_at))::float8 AS oldest_age_s
       FROM (SELECT queue, run_at FROM sched_jobs WHERE state = 'queued' AND NOT deferred AND run_at <= now()
             UNION ALL
@@ -822,9 +880,9 @@ SELECT j.queue, j.task, count(*)
 FROM sched_jobs j
 WHERE j.state = 'queued' AND j.run_at <= now()
   AND EXISTS (SELECT 1 FROM sched_workers w
-              WHERE j.queue = ANY(w.queues) AND w.heartbeat_at > now() - %(stale_after)s::interval)
+              WHERE j.queue = ANY(w.queues) AND w.heartbeat_at > now() - w.stale_after)
   AND NOT EXISTS (SELECT 1 FROM sched_workers w
                   WHERE j.queue = ANY(w.queues) AND j.task = ANY(w.tasks)
-                    AND w.heartbeat_at > now() - %(stale_after)s::interval)
+                    AND w.heartbeat_at > now() - w.stale_after)
 GROUP BY j.queue, j.task
 ORDER BY j.queue, j.task;

@@ -34,7 +34,7 @@ from loguru import logger
 from pgsched import repository
 from pgsched.db import AsyncConnection, connect_async
 from pgsched.errors import DatabaseUnavailable, SchedError
-from pgsched.models import ClaimedJob, Outcome
+from pgsched.models import ClaimedJob, Outcome, OutcomeKind
 from pgsched.worker.context import Fail, JobContext, Retry
 from pgsched.worker.registry import Registry, TaskSpec
 
@@ -204,7 +204,7 @@ class Worker:
         self._in_flight = 0
         self._ahead = ClaimAhead(min(config.batch_size, config.concurrency)) if config.claim_ahead else None
         self._buffer: list[Outcome] = []
-        self._progress: dict[int, tuple[int, str]] = {}
+        self._progress: dict[int, tuple[int, str]] = {}  # lease -> (job id, latest report)
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due: list[float] = []
@@ -232,9 +232,7 @@ class Worker:
             self._pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="sched-job")
         self._install_signal_handlers()
         control = await self._control_link.get()
-        await repository.register_worker(
-            control, self.id, self.host, self.pid, self.config.queues, self.task_names, self.config.concurrency
-        )
+        await self._register(control)
         self.last_heartbeat = time.monotonic()
         await self._declare_schedules(control)
         logger.info(
@@ -287,7 +285,7 @@ class Worker:
         while self._ready:
             job = self._ready.popleft()
             self._in_flight -= 1
-            self._record(Outcome(job.id, job.attempt, "released"))
+            self._record(Outcome(job.id, job.lease, OutcomeKind.RELEASED))
         if self._running:
             logger.info(
                 "waiting up to {:.0f}s for {} running job(s) to finish",
@@ -325,6 +323,20 @@ class Worker:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         return flushed and deregistered
+
+    async def _register(self, conn: AsyncConnection) -> None:
+        config = self.config
+        await repository.register_worker(
+            conn,
+            self.id,
+            self.host,
+            self.pid,
+            config.queues,
+            self.task_names,
+            config.concurrency,
+            stale_after_s=config.stale_after,
+            timeout_grace_s=config.timeout_grace,
+        )
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -424,15 +436,15 @@ class Worker:
         conn = await self._claim_link.get()
         known = self._running.keys() | {job.id for job in self._ready}
         lost = [
-            (job_id, attempt)
-            for job_id, attempt in await repository.running_for_worker(conn, self.id)
+            (job_id, lease)
+            for job_id, lease in await repository.running_for_worker(conn, self.id)
             if job_id not in known
         ]
         self._claim_answer_lost = False
         if lost:
             logger.warning("giving back {} job(s) claimed by a query whose answer was lost", len(lost))
-            for job_id, attempt in lost:
-                self._record(Outcome(job_id, attempt, "released"))
+            for job_id, lease in lost:
+                self._record(Outcome(job_id, lease, OutcomeKind.RELEASED))
 
     async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:
         # A task's declared max_attempts/timeout win over the job's; write them so the reaper agrees.
@@ -509,7 +521,14 @@ class Worker:
 
     async def _execute(self, job: ClaimedJob, me: asyncio.Task) -> None:
         spec = self.tasks[job.task]
-        ctx = JobContext(job.id, job.attempt, job.max_attempts, job.queue, job.task, self._report_progress)
+        ctx = JobContext(
+            job.id,
+            job.attempt,
+            job.max_attempts,
+            job.queue,
+            job.task,
+            lambda _ctx, text: self._report_progress(job, text),
+        )
         running = _Running(job, spec, ctx, me, job.timeout_s)
         self._running[job.id] = running
         if self.metrics is not None:
@@ -532,14 +551,14 @@ class Worker:
             outcome = self._failure(running, exc)
         else:
             if running.stop_reason == "cancel":
-                outcome = Outcome(job.id, job.attempt, "cancelled", error="cancelled on request")
+                outcome = Outcome(job.id, job.lease, OutcomeKind.CANCELLED, error="cancelled on request")
             elif running.stop_reason is not None:
                 outcome = self._stopped_outcome(running)
             else:
                 outcome = self._success(running, result)
         finally:
             del self._running[job.id]
-            self._progress.pop(job.id, None)
+            self._progress.pop(job.lease, None)
             self._in_flight -= 1
             if self._ahead is not None:
                 self._ahead.finished += 1
@@ -553,16 +572,16 @@ class Worker:
         if result is None:
             if self._debug:
                 logger.bind(job_id=job.id).debug("job {} {} succeeded", job.id, job.task)
-            return Outcome(job.id, job.attempt, "succeeded")
+            return Outcome(job.id, job.lease, OutcomeKind.SUCCEEDED)
         try:
             text = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             error = f"the handler returned a value that is not JSON ({type(result).__name__}): {exc}"
             logger.bind(job_id=job.id).warning("job {} {} failed: {}", job.id, job.task, error)
-            return Outcome(job.id, job.attempt, "failed", error=error, retryable=False)
+            return Outcome(job.id, job.lease, OutcomeKind.FAILED, error=error, retryable=False)
         if self._debug:
             logger.bind(job_id=job.id).debug("job {} {} succeeded", job.id, job.task)
-        return Outcome(job.id, job.attempt, "succeeded", result=text)
+        return Outcome(job.id, job.lease, OutcomeKind.SUCCEEDED, result=text)
 
     def _failure(self, running: _Running, exc: BaseException) -> Outcome:
         job, spec = running.job, running.spec
@@ -579,8 +598,8 @@ class Worker:
         )
         return Outcome(
             job.id,
-            job.attempt,
-            "failed",
+            job.lease,
+            OutcomeKind.FAILED,
             error=error[:4000],
             retryable=not isinstance(exc, Fail),
             backoff_base_s=spec.backoff_base_s,
@@ -591,16 +610,16 @@ class Worker:
     def _stopped_outcome(self, running: _Running) -> Outcome:
         job, reason = running.job, running.stop_reason
         if reason == "shutdown":
-            return Outcome(job.id, job.attempt, "released")
+            return Outcome(job.id, job.lease, OutcomeKind.RELEASED)
         if reason == "cancel":
             logger.bind(job_id=job.id).info("job {} {} cancelled on request", job.id, job.task)
-            return Outcome(job.id, job.attempt, "cancelled", error="cancelled on request")
+            return Outcome(job.id, job.lease, OutcomeKind.CANCELLED, error="cancelled on request")
         error = f"timed out after {job.timeout_s:g}s"
         logger.bind(job_id=job.id).warning("job {} {} {}", job.id, job.task, error)
         return Outcome(
             job.id,
-            job.attempt,
-            "failed",
+            job.lease,
+            OutcomeKind.FAILED,
             error=error,
             backoff_base_s=running.spec.backoff_base_s,
             backoff_cap_s=running.spec.backoff_cap_s,
@@ -616,8 +635,9 @@ class Worker:
         if running.spec.is_async or reason != "cancel":
             running.runner.cancel()
 
-    def _report_progress(self, ctx: JobContext, text: str) -> None:
-        # Called from handlers, possibly in a pool thread: hop onto the loop before touching state.
+    def _report_progress(self, job: ClaimedJob, text: str) -> None:
+        # Called from handlers, possibly in a pool thread: hop onto the loop before touching state. Keyed by the
+        # run's lease, so a run abandoned after a timeout can never report for a newer run of the same job.
         loop = self._loop
         assert loop is not None
         try:
@@ -625,9 +645,9 @@ class Worker:
         except RuntimeError:
             running_loop = None
         if running_loop is loop:
-            self._progress[ctx.job_id] = (ctx.attempt, text)
+            self._progress[job.lease] = (job.id, text)
         else:
-            loop.call_soon_threadsafe(self._progress.__setitem__, ctx.job_id, (ctx.attempt, text))
+            loop.call_soon_threadsafe(self._progress.__setitem__, job.lease, (job.id, text))
 
     # --- outcomes -----------------------------------------------------------------------------------------
 
@@ -730,7 +750,7 @@ class Worker:
         while ready and now - ready[0].claimed_at > ClaimAhead.HOLD_LIMIT_S:
             job = ready.popleft()
             self._in_flight -= 1
-            self._record(Outcome(job.id, job.attempt, "released"))
+            self._record(Outcome(job.id, job.lease, OutcomeKind.RELEASED))
             released += 1
         if released:
             logger.info("gave back {} job(s) claimed ahead that found no free slot in time", released)
@@ -740,8 +760,8 @@ class Worker:
         async with self._flush_lock:
             try:
                 conn = await self._outcome_link.get()
-                for job_id, (attempt, text) in pending.items():
-                    if not await repository.set_progress(conn, self.id, job_id, attempt, text):
+                for lease, (job_id, text) in pending.items():
+                    if not await repository.set_progress(conn, self.id, job_id, lease, text):
                         logger.bind(job_id=job_id).warning("progress of job {} fenced off", job_id)
             except DatabaseUnavailable:
                 await self._outcome_link.lost()
@@ -763,14 +783,14 @@ class Worker:
                     next_beat = now + config.heartbeat_interval
                     if not await repository.heartbeat_worker(conn, self.id, len(self._running)):
                         logger.warning("worker row was reaped; registering again")
-                        await repository.register_worker(
-                            conn, self.id, self.host, self.pid, config.queues, self.task_names, config.concurrency
-                        )
+                        await self._register(conn)
                     self.last_heartbeat = time.monotonic()
                 if self._running and now >= next_cancel_poll:
                     next_cancel_poll = now + 1.0
-                    for job_id in await repository.cancel_requested(conn, self.id):
-                        self._cancel(job_id)
+                    leases = await repository.cancel_requested(conn, self.id)
+                    for running in list(self._running.values()):
+                        if running.job.lease in leases:
+                            self._stop_job(running, "cancel")
                 if now >= next_reap:
                     next_reap = now + config.reap_interval * random.uniform(0.8, 1.2)
                     await self._reap(conn)
@@ -788,7 +808,7 @@ class Worker:
             await asyncio.sleep(0.25)
 
     async def _reap(self, conn: AsyncConnection) -> None:
-        result = await repository.reap_stale(conn, self.config.stale_after, self.config.timeout_grace)
+        result = await repository.reap_stale(conn)
         if result.requeued or result.failed or result.workers_removed:
             logger.warning(
                 "reaper: requeued {} job(s), failed {}, removed {} dead worker(s)",
@@ -813,6 +833,7 @@ class Worker:
             logger.info("schedule {} declared in code recorded", name)
 
     async def _tick_schedules(self, conn: AsyncConnection) -> None:
+        await repository.promote_due(conn)
         enqueued = await repository.tick_schedules(conn)
         if enqueued:
             logger.info("schedules: enqueued {} job(s)", enqueued)

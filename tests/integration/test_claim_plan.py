@@ -60,7 +60,7 @@ def test_an_outcome_batch_stays_on_the_primary_key(crowded: str) -> None:
         params = {
             "worker_id": worker,
             "ids": [r[0] for r in claimed],
-            "keys": [r[0] * 1024 + r[3] for r in claimed],
+            "leases": [r[6] for r in claimed],
             "results": None,
         }
         plan = _plan(raw, "JobSetSucceededMany", params)

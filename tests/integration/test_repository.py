@@ -113,13 +113,13 @@ def test_outcomes_from_a_fenced_off_attempt_change_nothing(dsn: str, conn: db.Co
     (claimed,) = claim(dsn, worker)
     before = job(conn, job_id)
     stranger = new_worker()
-    wrong_worker = record(dsn, stranger, [Outcome(job_id, claimed.attempt, kind, error="late")])
-    wrong_attempt = record(dsn, worker, [Outcome(job_id, claimed.attempt - 1, kind, error="late")])
-    future_attempt = record(dsn, worker, [Outcome(job_id, claimed.attempt + 1, kind, error="late")])
-    for result in (wrong_worker, wrong_attempt, future_attempt):
+    wrong_worker = record(dsn, stranger, [Outcome(job_id, claimed.lease, kind, error="late")])
+    older_lease = record(dsn, worker, [Outcome(job_id, claimed.lease - 1, kind, error="late")])
+    newer_lease = record(dsn, worker, [Outcome(job_id, claimed.lease + 1, kind, error="late")])
+    for result in (wrong_worker, older_lease, newer_lease):
         assert (result.written, result.fenced) == ([], [job_id])
     assert job(conn, job_id) == before
-    ok = record(dsn, worker, [Outcome(job_id, claimed.attempt, kind, error="boom")])
+    ok = record(dsn, worker, [Outcome(job_id, claimed.lease, kind, error="boom")])
     assert (ok.written, ok.fenced) == ([job_id], [])
     after_state = {"succeeded": "succeeded", "failed": "queued", "cancelled": "cancelled", "released": "queued"}
     assert job(conn, job_id)["state"] == after_state[kind]
@@ -129,7 +129,7 @@ def test_late_outcome_after_reap_cannot_overwrite_the_new_attempt(dsn: str, conn
     job_id = add(conn)
     old, new = new_worker(), new_worker()
     claim(dsn, old)
-    reaped = run_async(dsn, lambda c: repository.reap_stale(c, 30, 10))
+    reaped = run_async(dsn, lambda c: repository.reap_stale(c))
     assert reaped.requeued == [job_id]
     (second,) = claim(dsn, new)
     assert second.attempt == 2
@@ -144,9 +144,7 @@ def test_success_stores_the_result(dsn: str, conn: db.Connection) -> None:
     a, b = add(conn), add(conn)
     worker = new_worker()
     claimed = claim(dsn, worker)
-    outcomes = [
-        Outcome(j.id, j.attempt, "succeeded", result=f'{{"n": {j.id}}}' if j.id == a else None) for j in claimed
-    ]
+    outcomes = [Outcome(j.id, j.lease, "succeeded", result=f'{{"n": {j.id}}}' if j.id == a else None) for j in claimed]
     assert sorted(record(dsn, worker, outcomes).written) == [a, b]
     assert (job(conn, a)["state"], job(conn, a)["result"]) == ("succeeded", {"n": a})
     assert (job(conn, b)["state"], job(conn, b)["result"]) == ("succeeded", None)
@@ -157,7 +155,7 @@ def test_release_gives_the_attempt_back(dsn: str, conn: db.Connection) -> None:
     job_id = add(conn)
     worker = new_worker()
     (claimed,) = claim(dsn, worker)
-    result = record(dsn, worker, [Outcome(job_id, claimed.attempt, "released")])
+    result = record(dsn, worker, [Outcome(job_id, claimed.lease, "released")])
     assert result.written == [job_id] and result.wake_queues == {"default"}
     current = job(conn, job_id)
     assert (current["state"], current["attempt"], current["worker_id"]) == ("queued", 0, None)
@@ -174,9 +172,7 @@ def _fail_at_attempt(dsn: str, conn: db.Connection, attempt: int, base: float, c
     claimed = claim(dsn, worker, limit=count)
     assert {j.attempt for j in claimed} == {attempt}
     (before,) = conn.row("SELECT clock_timestamp()")
-    outcomes = [
-        Outcome(j.id, j.attempt, "failed", error="boom", backoff_base_s=base, backoff_cap_s=cap) for j in claimed
-    ]
+    outcomes = [Outcome(j.id, j.lease, "failed", error="boom", backoff_base_s=base, backoff_cap_s=cap) for j in claimed]
     assert sorted(record(dsn, worker, outcomes).written) == sorted(ids)
     (after,) = conn.row("SELECT clock_timestamp()")
     rows = conn.rows("SELECT run_at, state::text, worker_id, error FROM sched_jobs WHERE id = ANY(%s)", (ids,))
@@ -215,8 +211,8 @@ def test_final_or_non_retryable_failure_fails_the_job(dsn: str, conn: db.Connect
         dsn,
         worker,
         [
-            Outcome(last, claimed[last].attempt, "failed", error="gave up"),
-            Outcome(fatal, claimed[fatal].attempt, "failed", error="bad input", retryable=False),
+            Outcome(last, claimed[last].lease, "failed", error="gave up"),
+            Outcome(fatal, claimed[fatal].lease, "failed", error="bad input", retryable=False),
         ],
     )
     for job_id, error in ((last, "gave up"), (fatal, "bad input")):
@@ -229,7 +225,12 @@ def test_final_or_non_retryable_failure_fails_the_job(dsn: str, conn: db.Connect
 
 
 def _register(dsn: str, worker: str, heartbeat_age_s: float, conn: db.Connection) -> None:
-    run_async(dsn, lambda c: repository.register_worker(c, worker, "host", 1, ["default"], ["t"], 4))
+    run_async(
+        dsn,
+        lambda c: repository.register_worker(
+            c, worker, "host", 1, ["default"], ["t"], 4, stale_after_s=30, timeout_grace_s=10
+        ),
+    )
     conn.run(
         "UPDATE sched_workers SET heartbeat_at = now() - %s WHERE id = %s", (timedelta(seconds=heartbeat_age_s), worker)
     )
@@ -248,7 +249,7 @@ def test_reaping_a_dead_workers_jobs_counts_the_attempt(dsn: str, conn: db.Conne
     orphan = add(conn)
     claim(dsn, ghost)  # a worker that never registered
 
-    result = run_async(dsn, lambda c: repository.reap_stale(c, 30, 10))
+    result = run_async(dsn, lambda c: repository.reap_stale(c))
     assert result.ran
     assert sorted(result.requeued) == sorted([retry, orphan])
     assert result.failed == [exhausted]
@@ -264,7 +265,7 @@ def test_reaping_a_dead_workers_jobs_counts_the_attempt(dsn: str, conn: db.Conne
     assert [w["id"] for w in repository.list_workers(conn)] == [alive]
 
     # Reaping again finds nothing: the requeued jobs are not running and the dead worker is gone.
-    again = run_async(dsn, lambda c: repository.reap_stale(c, 30, 10))
+    again = run_async(dsn, lambda c: repository.reap_stale(c))
     assert (again.requeued, again.failed, again.workers_removed) == ([], [], 0)
 
 
@@ -273,7 +274,7 @@ def test_a_job_that_keeps_killing_its_worker_eventually_fails(dsn: str, conn: db
     for attempt in (1, 2, 3):
         (claimed,) = claim(dsn, new_worker())
         assert claimed.attempt == attempt
-        result = run_async(dsn, lambda c: repository.reap_stale(c, 30, 10))
+        result = run_async(dsn, lambda c: repository.reap_stale(c))
         assert (result.requeued, result.failed) == (([job_id], []) if attempt < 3 else ([], [job_id]))
     assert job(conn, job_id)["state"] == "failed"
     assert claim(dsn, new_worker()) == []
@@ -287,7 +288,7 @@ def test_overdue_runs_are_reaped_even_with_a_live_worker(dsn: str, conn: db.Conn
     claim(dsn, worker)
     conn.run("UPDATE sched_jobs SET started_at = now() - interval '75 seconds' WHERE id = %s", (overdue,))
     conn.run("UPDATE sched_jobs SET started_at = now() - interval '65 seconds' WHERE id = %s", (punctual,))
-    result = run_async(dsn, lambda c: repository.reap_stale(c, 30, 10))
+    result = run_async(dsn, lambda c: repository.reap_stale(c))
     assert (result.requeued, result.failed, result.workers_removed) == ([overdue], [], 0)
     assert job(conn, overdue)["error"] == "timed out after 00:01:00 (attempt 1 of 3)"
     assert job(conn, punctual)["state"] == "running"
@@ -299,7 +300,7 @@ def test_only_one_reaper_runs_at_a_time(dsn: str, conn: db.Connection) -> None:
         try:
             async with other.transaction():
                 await other.rows("SELECT pg_advisory_xact_lock(hashtext('sched_reaper'))")
-                return await repository.reap_stale(c, 30, 10)
+                return await repository.reap_stale(c)
         finally:
             await other.close()
 

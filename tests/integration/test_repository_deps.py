@@ -27,7 +27,7 @@ def finish(dsn: str, outcomes: dict[int, str], *, replays: int = 0) -> list[repo
             claimed = await repository.claim_jobs(conn, worker, "default", ["t"], len(outcomes))
             assert sorted(j.id for j in claimed) == sorted(outcomes)
             batch = [
-                Outcome(j.id, j.attempt, outcomes[j.id], error="boom", retryable=False, result=f'{{"ok": {j.id}}}')
+                Outcome(j.id, j.lease, outcomes[j.id], error="boom", retryable=False, result=f'{{"ok": {j.id}}}')
                 for j in claimed
             ]
             return [await repository.record_outcomes(conn, worker, batch) for _ in range(1 + replays)]
@@ -120,7 +120,7 @@ def test_retry_does_not_touch_dependents(dsn: str, conn: db.Connection) -> None:
         try:
             worker = str(uuid.uuid4())
             (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
-            await repository.record_outcomes(c, worker, [Outcome(claimed.id, claimed.attempt, "failed")])
+            await repository.record_outcomes(c, worker, [Outcome(claimed.id, claimed.lease, "failed")])
         finally:
             await c.close()
 
@@ -137,7 +137,7 @@ def test_reaped_final_attempt_cancels_dependents(dsn: str, conn: db.Connection) 
         c = await db.connect_async(dsn)
         try:
             await repository.claim_jobs(c, str(uuid.uuid4()), "default", ["t"], 1)
-            return await repository.reap_stale(c, 30, 10)
+            return await repository.reap_stale(c)
         finally:
             await c.close()
 
@@ -166,7 +166,7 @@ def test_duplicate_outcome_within_one_batch_counts_once(dsn: str, conn: db.Conne
             worker = str(uuid.uuid4())
             await c.rows("UPDATE sched_jobs SET priority = 1000 WHERE id = %(id)s", {"id": a})
             (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
-            outcome = Outcome(claimed.id, claimed.attempt, "succeeded")
+            outcome = Outcome(claimed.id, claimed.lease, "succeeded")
             return await repository.record_outcomes(c, worker, [outcome, outcome])
         finally:
             await c.close()

@@ -23,7 +23,7 @@ def finish(dsn: str, queue: str, kind: str = "succeeded") -> list[int]:
         try:
             worker = str(uuid.uuid4())
             claimed = await repository.claim_jobs(c, worker, queue, ["t"], 100)
-            outcomes = [Outcome(j.id, j.attempt, kind, retryable=False) for j in claimed]
+            outcomes = [Outcome(j.id, j.lease, kind, retryable=False) for j in claimed]
             return (await repository.record_outcomes(c, worker, outcomes)).written
         finally:
             await c.close()

@@ -38,7 +38,7 @@ def start(dsn: str, worker: str, limit: int = 10) -> list:
 
 
 def finish(dsn: str, worker: str, claimed: list, kind: str, error: str | None = None) -> None:
-    outcomes = [Outcome(j.id, j.attempt, kind, error=error, retryable=False) for j in claimed]
+    outcomes = [Outcome(j.id, j.lease, kind, error=error, retryable=False) for j in claimed]
     run_async(dsn, lambda c: repository.record_outcomes(c, worker, outcomes))
 
 
@@ -77,7 +77,7 @@ def test_cancelling_a_waiting_job_leaves_its_dependency_alone(conn: db.Connectio
 def test_cancelling_a_running_job_asks_its_worker_by_notify_and_by_poll(dsn: str, conn: db.Connection) -> None:
     job_id = add(conn)
     worker = str(uuid.uuid4())
-    start(dsn, worker)
+    (claimed,) = start(dsn, worker)
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN sched_cancel")
         result = repository.cancel_job(conn, job_id)
@@ -85,7 +85,7 @@ def test_cancelling_a_running_job_asks_its_worker_by_notify_and_by_poll(dsn: str
     assert result.state == "running"
     assert notes == [("sched_cancel", str(job_id))]
     assert state(conn, job_id) == "running"
-    assert run_async(dsn, lambda c: repository.cancel_requested(c, worker)) == {job_id}
+    assert run_async(dsn, lambda c: repository.cancel_requested(c, worker)) == {claimed.lease}
 
 
 def test_cancelling_a_finished_or_unknown_job_is_an_error(dsn: str, conn: db.Connection) -> None:

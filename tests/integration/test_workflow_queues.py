@@ -110,9 +110,12 @@ def test_the_claim_of_an_unconfigured_queue_reads_the_ready_index_and_locks_no_q
         raw.rollback()
     assert "Index Scan using sched_jobs_ready on sched_jobs" in plan
     assert "Index Scan using sched_jobs_deferred on sched_jobs" in plan
-    # The only sort merges the two candidate lists, each already cut to the limit by its index.
-    sorts = [line for line in plan.splitlines() if "Sort Key" in line]
-    assert all("ready.priority DESC" in line for line in sorts), sorts
+    # The ready index is read in claim order (no sort of the ready set); the only sorts merge the two candidate
+    # lists and order the due window by priority.
+    sorts = [line.split("Sort Key: ")[1] for line in plan.splitlines() if "Sort Key" in line]
+    assert len(sorts) == 2, sorts
+    assert "ready.priority DESC, ready.run_at, ready.id" in sorts
+    assert not any(key.startswith("sched_jobs.") for key in sorts), sorts
 
 
 def test_adding_to_a_full_queue_is_refused_with_the_count(conn: db.Connection) -> None:

@@ -32,7 +32,7 @@ def claim_and_finish(dsn: str, kind: str, error: str | None = None, retryable: b
         worker = str(uuid.uuid4())
         try:
             jobs = await repository.claim_jobs(c, worker, "default", ["t"], 10)
-            outcomes = [Outcome(j.id, j.attempt, kind, error=error, retryable=retryable) for j in jobs]
+            outcomes = [Outcome(j.id, j.lease, kind, error=error, retryable=retryable) for j in jobs]
             await repository.record_outcomes(c, worker, outcomes)
         finally:
             await c.close()

@@ -276,7 +276,8 @@ def _migrate_up_to(conn: db.Connection, version: int, folder: Path) -> None:
 
 def test_later_migrations_keep_a_populated_table_in_place(empty_dsn: str, tmp_path: Path) -> None:
     # A database at 0002 with jobs in it takes the later migrations without rewriting the table (the columns
-    # change to domains of the same representation; only the indexes keyed on queue are rebuilt).
+    # change to domains of the same representation; only the indexes keyed on queue are rebuilt; the lease
+    # column is added without a default).
     files = """
         SELECT c.relname, c.relfilenode FROM pg_class c
         WHERE c.oid = 'sched_jobs'::regclass
@@ -286,7 +287,7 @@ def test_later_migrations_keep_a_populated_table_in_place(empty_dsn: str, tmp_pa
         _migrate_up_to(conn, 2, tmp_path / "sql")
         conn.run("INSERT INTO sched_jobs (queue, task) SELECT 'q' || i, 'task.' || i FROM generate_series(1, 100) i")
         before = conn.rows(files)
-        assert [m.version for m in migrate.apply(conn)] == [3, 4]
+        assert [m.version for m in migrate.apply(conn)] == [3, 4, 5]
         after = conn.rows(files)
         kept = {"sched_jobs", "sched_jobs_pkey", "sched_jobs_finished", "sched_jobs_running"}
         assert [row for row in after if row[0] in kept] == [row for row in before if row[0] in kept]
@@ -314,3 +315,30 @@ def test_a_row_breaking_a_rule_stops_the_domain_migration(empty_dsn: str, tmp_pa
         with pytest.raises(SchedError, match=r"priority.*violate the new constraint"):
             migrate.apply(conn)
         assert sorted(migrate.applied(conn)) == [1, 2, 3]
+
+
+def test_the_lease_migration_gives_running_jobs_distinct_leases_and_workers_a_contract(
+    empty_dsn: str, tmp_path: Path
+) -> None:
+    # Jobs running under workers of the older version at migration time get a lease each (so a reaper or cancel
+    # of the new version can address them); other jobs get none; registered workers take the default contract.
+    with db.connect(empty_dsn) as conn:
+        _migrate_up_to(conn, 4, tmp_path / "sql")
+        conn.run(
+            "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency)"
+            " VALUES ('00000000-0000-0000-0000-000000000001', 'h', 1, '{default}', '{t}', 4)"
+        )
+        conn.run(
+            "INSERT INTO sched_jobs (task, state, attempt, worker_id, started_at)"
+            " SELECT 't', 'running', 1, '00000000-0000-0000-0000-000000000001', now() FROM generate_series(1, 3)"
+        )
+        conn.run("INSERT INTO sched_jobs (task) SELECT 't' FROM generate_series(1, 2)")
+        assert [m.version for m in migrate.apply(conn)] == [5]
+        leases = conn.rows("SELECT state::text, lease FROM sched_jobs ORDER BY id")
+        running = [lease for state, lease in leases if state == "running"]
+        assert len(running) == 3 and None not in running and len(set(running)) == 3
+        assert [lease for state, lease in leases if state != "running"] == [None, None]
+        contract = conn.row(
+            "SELECT extract(epoch FROM stale_after), extract(epoch FROM timeout_grace) FROM sched_workers"
+        )
+        assert tuple(float(v) for v in contract) == (30.0, 10.0)
