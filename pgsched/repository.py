@@ -517,24 +517,25 @@ def list_queues(conn: Connection) -> list[dict[str, Any]]:
 
 
 def upsert_schedule(conn: Connection, spec: ScheduleSpec) -> bool:
-    """Create or replace an operator's schedule; True if it is new. Its first run is the next tick from now."""
-    from datetime import UTC, datetime
-
+    """Create or replace an operator's schedule; True if it is new. Its first run is the next tick after the
+    database's clock (never the caller's, which may lag behind and leave the schedule before its last tick)."""
     from pgsched.schedules import next_tick
 
-    row = conn.row(
-        query("ScheduleUpsert"),
-        {
-            "name": spec.name,
-            "cron": spec.cron,
-            "tz": spec.tz,
-            "task": spec.task,
-            "queue": spec.queue,
-            "payload": spec.payload_json,
-            "catch_up": spec.catch_up,
-            "next_run_at": next_tick(spec.cron, spec.tz, datetime.now(UTC)),
-        },
-    )
+    with conn.transaction():
+        now = conn.row(query("ClockNow"))[0]  # type: ignore[index]
+        row = conn.row(
+            query("ScheduleUpsert"),
+            {
+                "name": spec.name,
+                "cron": spec.cron,
+                "tz": spec.tz,
+                "task": spec.task,
+                "queue": spec.queue,
+                "payload": spec.payload_json,
+                "catch_up": spec.catch_up,
+                "next_run_at": next_tick(spec.cron, spec.tz, now),
+            },
+        )
     return bool(row and row[0])
 
 
@@ -555,13 +556,11 @@ def delete_schedule(conn: Connection, name: str) -> None:
 async def upsert_code_schedules(conn: AsyncConnection, specs: Sequence[ScheduleSpec]) -> list[str]:
     """Record the schedules that handlers declare in code (``@task(..., cron=...)``); a worker calls this at
     start. Returns the names created or changed; an operator's schedule of the same name is left alone."""
-    from datetime import UTC, datetime
-
     from pgsched.schedules import next_tick
 
     if not specs:
         return []
-    now = datetime.now(UTC)
+    now = (await conn.row(query("ClockNow")))[0]  # type: ignore[index]
     rows = await conn.rows(
         query("ScheduleUpsertCodeMany"),
         {
@@ -586,10 +585,10 @@ async def tick_schedules(conn: AsyncConnection, limit: int = 100) -> int:
 
     enqueued = 0
     async with conn.transaction():
-        for name, cron, tz, catch_up, due_at, _last_tick, now in await conn.rows(
+        for name, cron, tz, catch_up, due_at, last_tick, now in await conn.rows(
             query("ScheduleListDue"), {"limit": limit}
         ):
-            ticks, upcoming = due_ticks(cron, tz, catch_up, due_at, now)
+            ticks, upcoming = due_ticks(cron, tz, catch_up, due_at, now, last_tick)
             row = await conn.row(
                 query("ScheduleFire"),
                 {"name": name, "due_at": due_at, "ticks": ticks, "next_run_at": upcoming},

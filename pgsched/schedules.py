@@ -102,30 +102,66 @@ def build_schedule(
 
 
 def next_tick(cron: str, tz: str, after: datetime) -> datetime:
-    """The first tick of ``cron`` in zone ``tz`` strictly after ``after``, in UTC."""
-    local = after.astimezone(ZoneInfo(tz))
-    return croniter(cron, local).get_next(datetime).astimezone(UTC)
+    """The first tick of ``cron`` in zone ``tz`` strictly after ``after``, in UTC. A wall-clock time that comes
+    twice (the hour the clocks go back) fires once, at its first occurrence, unless the expression runs every
+    hour anyway (its hour field is ``*``): then it keeps its interval in real time, as cron does."""
+    ticks = croniter(cron, after.astimezone(ZoneInfo(tz)))
+    while True:
+        tick = ticks.get_next(datetime)
+        if not _repeated_wall_clock(tick, cron):
+            return tick.astimezone(UTC)
 
 
-def due_ticks(cron: str, tz: str, catch_up: str, due_at: datetime, now: datetime) -> tuple[list[datetime], datetime]:
+def _prev_tick(cron: str, tz: str, before: datetime) -> datetime:
+    """The last tick of ``cron`` in zone ``tz`` at or before ``before`` (as croniter steps back), in UTC, with
+    the same rule for repeated wall-clock times as ``next_tick``."""
+    ticks = croniter(cron, before.astimezone(ZoneInfo(tz)))
+    while True:
+        tick = ticks.get_prev(datetime)
+        if not _repeated_wall_clock(tick, cron):
+            return tick.astimezone(UTC)
+
+
+def _repeated_wall_clock(tick: datetime, cron: str) -> bool:
+    """Whether ``tick`` is the second occurrence of its wall-clock time (clocks went back), for an expression
+    that names its hours."""
+    hour_field = cron.split(" ")[1] if " " in cron else "*"
+    if hour_field == "*":
+        return False
+    wall = tick.replace(tzinfo=None)
+    zone = tick.tzinfo
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    return first != second and tick.astimezone(UTC) == second
+
+
+def due_ticks(
+    cron: str, tz: str, catch_up: str, due_at: datetime, now: datetime, last_tick: datetime | None = None
+) -> tuple[list[datetime], datetime]:
     """The ticks to enqueue for a schedule whose next tick ``due_at`` has come, and its next run afterwards.
 
     "latest" runs only the newest missed tick (one catch-up job, not a flood); "none" runs the newest tick only
     if it is less than ON_TIME_WINDOW late; "all" runs every missed tick, at most MAX_TICKS_PER_FIRE per pass
-    (the returned next run is then still due, and the next pass goes on from there)."""
+    (the returned next run is then still due, and the next pass goes on from there). A tick at or before
+    ``last_tick`` (the newest one fired) is never returned: the schedule moves past it instead of waiting for a
+    fire that the database would refuse (docs/protocol.md, "Schedules")."""
     if catch_up == "all":
         ticks = [due_at]
         upcoming = next_tick(cron, tz, due_at)
         while upcoming <= now and len(ticks) < MAX_TICKS_PER_FIRE:
             ticks.append(upcoming)
             upcoming = next_tick(cron, tz, upcoming)
-        return ticks, upcoming
+        return _after(ticks, last_tick), upcoming
     # Step back from now rather than forward from due_at: a schedule idle for a year must not walk every tick.
-    latest = croniter(cron, now.astimezone(ZoneInfo(tz))).get_prev(datetime).astimezone(UTC)
+    latest = _prev_tick(cron, tz, now)
     if next_tick(cron, tz, latest) <= now:
         latest = next_tick(cron, tz, latest)
     latest = max(latest, due_at)
     upcoming = next_tick(cron, tz, latest)
     if catch_up == "none" and now - latest > ON_TIME_WINDOW:
         return [], upcoming
-    return [latest], upcoming
+    return _after([latest], last_tick), upcoming
+
+
+def _after(ticks: list[datetime], last_tick: datetime | None) -> list[datetime]:
+    return ticks if last_tick is None else [tick for tick in ticks if tick > last_tick]

@@ -728,6 +728,10 @@ SELECT coalesce(q.paused, false) AS paused, q.rate,
 FROM (SELECT 1) AS one
 LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 
+-- name: ClockNow
+-- The database's clock: schedule times are computed from it, never from a client's or worker's clock.
+SELECT now();
+
 -- name: TransactionOpen
 -- Makes a non-autocommit connection open its implicit transaction (psycopg sends BEGIN before the first
 -- statement), so that sched's block nests in the caller's transaction as a savepoint.

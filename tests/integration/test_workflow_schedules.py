@@ -154,3 +154,18 @@ def test_removing_a_schedule(conn: db.Connection) -> None:
     assert repository.list_schedules(conn) == []
     with pytest.raises(Exception, match="schedule gone not found"):
         repository.delete_schedule(conn, "gone")
+
+
+def test_a_catch_up_all_schedule_behind_its_last_tick_moves_on_instead_of_sticking(
+    dsn: str, conn: db.Connection
+) -> None:
+    # A next run at or before the last tick fired (from a clock behind the database's) must not stop the
+    # schedule for good: the ticks already fired are skipped and the schedule advances past them.
+    repository.upsert_schedule(conn, build_schedule("every", "* * * * *", "t", catch_up="all"))
+    make_due(conn, "every", timedelta(minutes=3))
+    assert tick(dsn) >= 3
+    (last_tick,) = conn.row("SELECT last_tick FROM sched_schedules")  # type: ignore[misc]
+    conn.run("UPDATE sched_schedules SET next_run_at = %s", (last_tick - timedelta(minutes=1),))
+    assert tick(dsn) == 0
+    (next_run_at, still_last) = conn.row("SELECT next_run_at, last_tick FROM sched_schedules")  # type: ignore[misc]
+    assert next_run_at > still_last == last_tick
