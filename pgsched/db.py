@@ -61,10 +61,18 @@ def _first_line(exc: BaseException) -> str:
 
 def translate(exc: psycopg.Error) -> SchedError:
     """Map a psycopg error to the SchedError a caller should see."""
+    if isinstance(exc, pg_errors.SerializationFailure):
+        return DatabaseError(
+            f"the transaction's snapshot is out of date ({_first_line(exc)}); run the transaction again"
+        )
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(
         exc, (pg_errors.QueryCanceled, pg_errors.LockNotAvailable)
     ):
         return DatabaseUnavailable(f"cannot reach the database: {_first_line(exc)}")
+    if isinstance(exc, pg_errors.UniqueViolation) and exc.diag.constraint_name == "sched_jobs_live_dedupe_key":
+        from pgsched.errors import KeyTaken
+
+        return KeyTaken(f"a live job holds this dedupe key: {_first_line(exc)}")
     if isinstance(exc, (pg_errors.IntegrityError, pg_errors.DataError)):
         return InvalidInput(f"the database rejected the input: {_first_line(exc)}")
     if isinstance(exc, pg_errors.UndefinedTable):

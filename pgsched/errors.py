@@ -20,6 +20,10 @@ class InvalidInput(SchedError):
     exit_code = 2
 
 
+class KeyTaken(InvalidInput):
+    """A live job holds this dedupe key."""
+
+
 class NotFound(SchedError):
     """Not found."""
 

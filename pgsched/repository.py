@@ -11,7 +11,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from pgsched.db import AsyncConnection, Connection
-from pgsched.errors import InvalidInput, NotFound, QueueFull, WrongState
+from pgsched.errors import InvalidInput, KeyTaken, NotFound, QueueFull, WrongState
 from pgsched.models import ClaimedJob, Enqueued, JobState, NewJob, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
@@ -145,17 +145,27 @@ def _enqueue_keyed(conn: Connection, jobs: Sequence[NewJob], ids: list[int], row
     conn.run(query("JobIncomingCreate"))
     keyed_rows = ((*row, job.key) for row, job in zip(rows, jobs, strict=True))
     conn.copy_rows(query("JobIncomingCopyIn"), [*_COPY_TYPES, "text"], keyed_rows)
-    inserted = {row[0] for row in conn.rows(query("JobInsertFromIncoming"))}
-    skipped = [(job.queue, job.key) for new_id, job in zip(ids, jobs, strict=True) if new_id not in inserted]
+    key_of = {new_id: (job.queue, job.key) for new_id, job in zip(ids, jobs, strict=True)}
+    inserted: set[int] = set()
     holders: dict[tuple[str, str], int] = {}
-    if skipped:
-        found = conn.rows(
-            query("JobGetLiveByKeys"), {"queues": [q for q, _ in skipped], "keys": [k for _, k in skipped]}
-        )
-        holders = {(q, k): job_id for q, k, job_id in found}
+    pending = ids
+    # A job holding a key can finish between the skipped insert and the look-up of holders: its key is free
+    # then, so the staged job is inserted in the next round instead of being reported as a duplicate of nothing.
+    while pending:
+        inserted.update(r[0] for r in conn.rows(query("JobInsertFromIncoming"), {"ids": pending}))
+        skipped = [new_id for new_id in pending if new_id not in inserted]
+        if skipped:
+            found = conn.rows(
+                query("JobGetLiveByKeys"),
+                {"queues": [key_of[i][0] for i in skipped], "keys": [key_of[i][1] for i in skipped]},
+            )
+            holders.update(((q, k), job_id) for q, k, job_id in found)
+        pending = [new_id for new_id in skipped if key_of[new_id] not in holders]
+    # Dropped now rather than at commit: a caller's transaction may add another keyed batch.
+    conn.run(query("JobIncomingDrop"))
     return [
-        Enqueued(new_id) if new_id in inserted else Enqueued(holders[(job.queue, job.key)], deduplicated=True)
-        for new_id, job in zip(ids, jobs, strict=True)
+        Enqueued(new_id) if new_id in inserted else Enqueued(holders[key_of[new_id]], deduplicated=True)
+        for new_id in ids
     ]
 
 
@@ -647,8 +657,18 @@ def retry_jobs(conn: Connection, ids: Sequence[int]) -> RetryResult:
         if remaining:
             conn.rows(query("JobRetryLockDependencies"), {"ids": remaining})
         queues: set[str] = set()
+        conflicts = 0
         while remaining:
-            rows = conn.rows(query("JobRetryMany"), {"ids": remaining})
+            try:
+                # A savepoint: a transaction adding the same key that commits while this statement waits for it
+                # makes the statement fail; run it again, and its key check then sees that job and refuses.
+                with conn.transaction():
+                    rows = conn.rows(query("JobRetryMany"), {"ids": remaining})
+            except KeyTaken:
+                conflicts += 1
+                if conflicts > 5:
+                    raise
+                continue
             if not rows:
                 break
             for job_id, state, queue in rows:

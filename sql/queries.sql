@@ -89,16 +89,21 @@ CREATE TEMP TABLE sched_jobs_incoming (
     max_attempts integer, timeout interval, deferred boolean, dedupe_key text
 ) ON COMMIT DROP;
 
+-- name: JobIncomingDrop
+-- Drop the staging table once its jobs are in, so one transaction can stage several keyed batches.
+DROP TABLE sched_jobs_incoming;
+
 -- name: JobIncomingCopyIn
 -- Bulk load the staging table.
 COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
 FROM STDIN (FORMAT BINARY);
 
 -- name: JobInsertFromIncoming
--- Move staged jobs into the table in file order; a duplicate key (live, or earlier in the batch) is skipped.
+-- Move the given staged jobs into the table in file order; a duplicate key (live, or earlier in the batch) is
+-- skipped.
 INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
 SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key
-FROM sched_jobs_incoming ORDER BY id
+FROM sched_jobs_incoming WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
 ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
 DO NOTHING
 RETURNING id;
@@ -501,10 +506,13 @@ SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 
 -- name: QueueAdmitLock
 -- Admission control for an add: lock a capped queue's row, so concurrent adds take turns, and return its cap.
--- Returns nothing for a queue without a cap, which is the common case and locks nothing.
-SELECT max_backlog FROM sched_queues
+-- Returns nothing for a queue without a cap, which is the common case and locks nothing. An UPDATE (that
+-- changes nothing) rather than SELECT FOR UPDATE: it makes a new row version, so a producer in a REPEATABLE
+-- READ transaction whose snapshot predates another add's commit fails with a serialization error instead of
+-- counting the backlog on that older snapshot (docs/protocol.md, "Queue controls").
+UPDATE sched_queues SET max_backlog = max_backlog
 WHERE queue = %(queue)s AND max_backlog IS NOT NULL
-FOR UPDATE;
+RETURNING max_backlog;
 
 -- name: QueueCountQueued
 -- A capped queue's queued jobs, counted after taking its lock: a statement of its own, so that its snapshot

@@ -10,7 +10,10 @@ import time
 import uuid
 from datetime import timedelta
 
+import pytest
+
 from pgsched import db, repository
+from pgsched.errors import SchedError
 from pgsched.models import NewJob, Outcome, OutcomeKind
 
 
@@ -230,3 +233,72 @@ def test_promotion_moves_only_due_deferred_jobs_into_the_ready_index(dsn: str, c
     flags = dict(conn.rows("SELECT id, deferred FROM sched_jobs"))
     assert flags == {**dict.fromkeys(due, False), future: True}
     assert run(dsn, lambda c: repository.promote_due(c)) == 0
+
+
+# --- keys under concurrency ------------------------------------------------------------------------------------
+
+
+def test_a_bulk_insert_whose_key_holder_finishes_meanwhile_inserts_the_job(dsn: str, conn: db.Connection) -> None:
+    # The holder finishes between the skipped insert and the look-up of holders: simulated by finishing it
+    # from a second connection when the bulk insert's staging table is filled (a trigger would be in the way).
+    holder = add(conn, key="k")
+    worker = str(uuid.uuid4())
+    (held,) = claim(dsn, worker)
+    with db.connect(dsn) as producer, producer.transaction():
+        first = repository.enqueue_many(producer, [NewJob(task="t", key="k")])
+        assert first == [(holder, True)]
+        record(dsn, worker, Outcome(holder, held.lease, OutcomeKind.SUCCEEDED))
+        # Same transaction, second keyed batch (the staging table of the first is gone): the key is free now.
+        (second,) = repository.enqueue_many(producer, [NewJob(task="t", key="k")])
+    assert second.deduplicated is False and second.id != holder
+    assert job(conn, second.id)["state"] == "queued"
+
+
+def test_two_keyed_bulk_inserts_in_one_caller_transaction(dsn: str, conn: db.Connection) -> None:
+    with db.connect(dsn) as producer, producer.transaction():
+        a = repository.enqueue_many(producer, [NewJob(task="t", key="a"), NewJob(task="t", key="a")])
+        b = repository.enqueue_many(producer, [NewJob(task="t", key="b"), NewJob(task="t", key="a")])
+    assert [e.deduplicated for e in a] == [False, True] and a[1].id == a[0].id
+    assert [e.deduplicated for e in b] == [False, True] and b[1].id == a[0].id
+
+
+def test_retry_racing_an_uncommitted_add_of_the_same_key_says_the_key_is_held(dsn: str, conn: db.Connection) -> None:
+    failed = add(conn, key="k", max_attempts=1)
+    worker = str(uuid.uuid4())
+    (run_a,) = claim(dsn, worker)
+    record(dsn, worker, Outcome(failed, run_a.lease, OutcomeKind.FAILED, error="boom"))
+    outcome: list[object] = []
+    with db.connect(dsn) as producer:
+        with producer.transaction():
+            fresh = repository.enqueue(producer, NewJob(task="t", key="k")).id
+
+            def retry() -> None:
+                with db.connect(dsn) as operator:
+                    try:
+                        outcome.append(repository.retry_job(operator, failed))
+                    except Exception as exc:
+                        outcome.append(exc)
+
+            racer = threading.Thread(target=retry)
+            racer.start()
+            time.sleep(1.0)  # the retry now waits on the uncommitted key
+        racer.join(timeout=30)
+    (error,) = outcome
+    assert type(error).__name__ == "WrongState"
+    assert str(error) == f"job {failed} has a dedupe key that a live job now holds"
+    assert job(conn, fresh)["state"] == "queued" and job(conn, failed)["state"] == "failed"
+
+
+# --- the backlog cap -------------------------------------------------------------------------------------------
+
+
+def test_a_repeatable_read_producer_cannot_pass_the_backlog_cap(dsn: str, conn: db.Connection) -> None:
+    repository.set_queue_max_backlog(conn, "default", 1)
+    with db.connect(dsn) as late:
+        late.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        late.raw.execute("SELECT 1")  # the snapshot is taken here, before the other add commits
+        add(conn)  # fills the queue
+        with pytest.raises(SchedError, match=r"run the transaction again"):
+            repository.enqueue(late, NewJob(task="t"))
+        late.raw.rollback()
+    assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 1
