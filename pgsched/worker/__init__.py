@@ -1,4 +1,5 @@
-"""The worker: runs registered handlers for claimed jobs (see engine.py), alone or as a supervised group."""
+"""The worker: runs registered handlers for claimed jobs (engine.py wires its parts), alone or as a supervised
+group."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from loguru import logger as _logger
 
+from pgsched.worker.config import WorkerConfig
 from pgsched.worker.context import Fail, JobContext, Retry
-from pgsched.worker.engine import Worker, WorkerConfig
+from pgsched.worker.engine import Worker
 from pgsched.worker.registry import Registry, TaskSpec, load_app, registry, task
 
 # A library stays quiet unless its application asks for logs; the CLI enables them (pgsched.logs). Nothing in

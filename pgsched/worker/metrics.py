@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -47,9 +47,18 @@ class WorkerMetrics:
             "sched_queue_oldest_ready_age_seconds", "Age of the oldest ready job", ("queue",), registry=self.registry
         )
         self.running = Gauge("sched_worker_running_jobs", "Jobs running in this worker", registry=self.registry)
+        self.abandoned_threads = Gauge(
+            "sched_worker_abandoned_threads",
+            "Sync handlers still running in threads the worker gave up on (timed out, or released at shutdown)",
+            registry=self.registry,
+        )
         self._task_of: dict[int, tuple[str, str]] = {}
         self._duration_children: dict[tuple[str, str], Any] = {}
         self._last_refresh = 0.0
+
+    def watch_abandoned_threads(self, count: Callable[[], int]) -> None:
+        """Read the number of abandoned sync handler threads from ``count`` at each scrape."""
+        self.abandoned_threads.set_function(count)
 
     def claimed(self, jobs: Sequence[ClaimedJob]) -> None:
         """Count a claimed batch (one label lookup per task, not per job)."""

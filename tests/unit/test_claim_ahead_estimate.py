@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgsched.worker.engine import ClaimAhead
+from pgsched.worker.fetcher import ClaimAhead
 
 
 def run_steadily(ahead: ClaimAhead, per_second: float, seconds: float, start: float = 0.0, step: float = 0.01) -> int:

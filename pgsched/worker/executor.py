@@ -1,0 +1,339 @@
+"""The executor: runners (one task per slot) run claimed jobs, async handlers on the loop and sync handlers
+in threads; it enforces timeouts, cancellation requests and the progress rate limit, and hands each run's
+end to the outcome rules (outcomes.py).
+
+Runs are keyed by the lease of their claim, not by job id: the same worker can hold two runs of one job
+(an old run it was reaped from, still going, and a new claim of the same job), and each must end on its own
+(docs/protocol.md, fencing)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from loguru import logger
+
+from pgsched.models import ClaimedJob
+from pgsched.worker.config import WorkerConfig
+from pgsched.worker.context import JobContext
+from pgsched.worker.fetcher import ClaimAhead
+from pgsched.worker.outcomes import OutcomeBuffer, RunEnd, StopReason, log_outcome, outcome_of, released
+from pgsched.worker.registry import Handler, TaskSpec
+from pgsched.worker.stopping import wait_any
+
+
+class Run:
+    """A job a runner is executing right now."""
+
+    __slots__ = ("abandoned", "cancel_requested", "ctx", "given_up", "job", "runner", "spec", "started", "stopped")
+
+    def __init__(self, job: ClaimedJob, spec: TaskSpec, ctx: JobContext, runner: asyncio.Task) -> None:
+        self.job = job
+        self.spec = spec
+        self.ctx = ctx
+        self.runner = runner
+        # When the handler started (a sync one: in its thread); its timeout counts from here. None: not yet.
+        self.started: float | None = None
+        self.cancel_requested = False
+        self.stopped: StopReason | None = None  # why the runner stopped waiting for the handler
+        self.given_up = False  # a sync run the runner no longer waits for (guarded by the threads' lock)
+        self.abandoned = False  # ...and whose handler was still running then
+
+
+class SyncThreads:
+    """The threads of sync handlers: one per slot, plus a spare for each handler abandoned at its timeout or
+    at shutdown (a thread cannot be killed), up to one spare per slot. An abandoned handler so never takes a
+    slot's thread; beyond the spares, new sync jobs wait for a thread, and their timeout starts only then."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.spares = concurrency
+        self._pool = ThreadPoolExecutor(max_workers=concurrency + self.spares, thread_name_prefix="sched-job")
+        self._lock = threading.Lock()
+        self.abandoned = 0
+
+    async def call(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._in_thread, run, fn, payload, ctx)
+
+    def _in_thread(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext) -> Any:
+        with self._lock:
+            if run.given_up:  # stopped while it waited for a thread: never start it
+                return None
+            run.started = time.monotonic()
+        try:
+            return fn(payload, ctx)
+        finally:
+            with self._lock:
+                if run.abandoned:
+                    self.abandoned -= 1
+                run.given_up = True
+
+    def give_up(self, run: Run) -> None:
+        """The runner stops waiting for this run's thread (on the loop, before cancelling the runner)."""
+        with self._lock:
+            if run.given_up:
+                return
+            run.given_up = True
+            if run.started is not None:
+                run.abandoned = True
+                self.abandoned += 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Executor:
+    """The slots: jobs claimed and waiting for a runner (``ready``), runs in progress (``running``), and the
+    count of both (``in_flight``) that the fetcher fills up to the concurrency."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        tasks: dict[str, TaskSpec],
+        outcomes: OutcomeBuffer,
+        ahead: ClaimAhead | None = None,
+        metrics: Any | None = None,
+    ) -> None:
+        self._config = config
+        self._tasks = tasks
+        self._outcomes = outcomes
+        self._ahead = ahead
+        self._metrics = metrics
+        self._debug = config.log_jobs
+        self.ready: collections.deque[ClaimedJob] = collections.deque()
+        self.running: dict[int, Run] = {}  # by lease
+        self.in_flight = 0
+        self.slot_freed = asyncio.Event()
+        self._idle_runners: collections.deque[asyncio.Future] = collections.deque()
+        self._spread_pending = False
+        self._progress: dict[int, tuple[int, int, str]] = {}  # lease -> (job id, lease, latest report)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.threads = SyncThreads(config.concurrency) if any(not s.is_async for s in tasks.values()) else None
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync handlers still running in threads the worker no longer waits for."""
+        return self.threads.abandoned if self.threads is not None else 0
+
+    def held(self) -> set[int]:
+        """The leases of the runs this worker knows of: claimed and waiting, or running."""
+        return self.running.keys() | {job.lease for job in self.ready}
+
+    # --- handing out jobs ----------------------------------------------------------------------------------
+
+    def dispatch(self, jobs: list[ClaimedJob]) -> None:
+        """Take claimed jobs; idle runners pick them up."""
+        now = time.monotonic()
+        for job in jobs:
+            job.claimed_at = now
+        self.ready.extend(jobs)
+        self.in_flight += len(jobs)
+        if self._metrics is not None:
+            self._metrics.claimed(jobs)
+        self._wake_runner()
+
+    def _wake_runner(self) -> None:
+        idle = self._idle_runners
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _spread(self) -> None:
+        # Runs once the busy runner yields: if jobs are still waiting, one more runner joins in. A handler
+        # that never suspends (a no-op) lets one runner take the whole batch with no wake-ups at all.
+        self._spread_pending = False
+        if self.ready:
+            self._wake_runner()
+
+    async def runner(self) -> None:
+        """One slot: run ready jobs one after another."""
+        loop = self._loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        ready = self.ready
+        while True:
+            if not ready:
+                waiter = loop.create_future()
+                self._idle_runners.append(waiter)
+                await waiter
+                continue
+            job = ready.popleft()
+            if ready and not self._spread_pending:
+                self._spread_pending = True
+                loop.call_soon(self._spread)
+            await self._execute(job, me)
+
+    async def run_next(self) -> None:
+        """Run the next ready job to its end in a task of its own (for driving a worker step by step)."""
+        self._loop = asyncio.get_running_loop()
+        job = self.ready.popleft()
+
+        async def alone() -> None:
+            me = asyncio.current_task()
+            assert me is not None
+            await self._execute(job, me)
+
+        await asyncio.create_task(alone())
+
+    # --- running --------------------------------------------------------------------------------------------
+
+    async def _execute(self, job: ClaimedJob, me: asyncio.Task) -> None:
+        spec = self._tasks[job.task]
+        key = job.lease
+        ctx = JobContext(
+            job.id, job.attempt, job.max_attempts, job.queue, job.task, lambda _ctx, text: self._report(job, text)
+        )
+        run = Run(job, spec, ctx, me)
+        self.running[key] = run
+        if self._metrics is not None:
+            self._metrics.started()
+        if self._debug:
+            logger.bind(job_id=job.id).debug("job {} {} started (attempt {})", job.id, job.task, job.attempt)
+        began = time.monotonic()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if spec.is_async:
+                run.started = began
+                result = await spec.fn(job.payload, ctx)
+            else:
+                assert self.threads is not None
+                result = await self.threads.call(run, spec.fn, job.payload, ctx)
+        except asyncio.CancelledError:
+            if run.stopped is None:
+                raise
+            me.uncancel()
+        except Exception as exc:
+            error = exc
+        finally:
+            del self.running[key]
+            self._progress.pop(key, None)
+            self.in_flight -= 1
+            if self._ahead is not None:
+                self._ahead.finished += 1
+            self.slot_freed.set()
+        end = RunEnd(job, spec, run.cancel_requested, run.stopped, result, error)
+        outcome = outcome_of(end, self._config.max_payload_bytes)
+        log_outcome(end, outcome, debug=self._debug)
+        if self._metrics is not None:
+            self._metrics.finished(job, time.monotonic() - began)
+        self._outcomes.add(outcome)
+
+    def stop(self, run: Run, reason: StopReason) -> None:
+        """Stop one run. Its handler sees ``ctx.cancelled``. An async handler is cancelled. A sync handler
+        asked to cancel may finish by itself (it ends cancelled whatever it does), but its timeout still
+        applies; at its timeout or at shutdown its runner stops waiting for the thread."""
+        run.ctx.cancelled = True
+        if reason is StopReason.CANCEL:
+            run.cancel_requested = True
+            if not run.spec.is_async:
+                return
+        if run.stopped is not None:
+            return
+        run.stopped = reason
+        if self.threads is not None and not run.spec.is_async:
+            self.threads.give_up(run)
+        run.runner.cancel()
+
+    def cancel_job(self, job_id: int) -> None:
+        """A cancel request for a job: stop every run of it that this worker holds."""
+        for run in [r for r in self.running.values() if r.job.id == job_id]:
+            self.stop(run, StopReason.CANCEL)
+
+    def cancel_runs(self, leases: Collection[int]) -> None:
+        """Cancel requests found by the poll: stop the runs that hold these leases."""
+        for lease in leases:
+            run = self.running.get(lease)
+            if run is not None:
+                self.stop(run, StopReason.CANCEL)
+
+    def _report(self, job: ClaimedJob, text: str) -> None:
+        # Called from handlers, possibly in a pool thread: hop onto the loop before touching state. Keyed by the
+        # run's lease, so a run abandoned after a timeout can never report for a newer run of the same job.
+        loop = self._loop
+        assert loop is not None
+        try:
+            running_loop = asyncio.get_running_loop()
+        except RuntimeError:
+            running_loop = None
+        entry = (job.id, job.lease, text)
+        if running_loop is loop:
+            self._progress[job.lease] = entry
+        else:
+            loop.call_soon_threadsafe(self._progress.__setitem__, job.lease, entry)
+
+    # --- the watch: timeouts, jobs held ahead, progress ----------------------------------------------------
+
+    async def watch(self) -> None:
+        """Every 0.1 s: stop runs past their timeout, give back jobs held ahead too long, write progress."""
+        last_progress = 0.0
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if await self.watch_once(now, progress_due=now - last_progress >= self._config.progress_interval):
+                last_progress = now
+
+    async def watch_once(self, now: float, *, progress_due: bool = True) -> bool:
+        """One look; True when it wrote progress."""
+        for run in list(self.running.values()):
+            if run.stopped is None and run.started is not None and now > run.started + run.job.timeout_s:
+                self.stop(run, StopReason.TIMEOUT)
+        if self.ready:
+            self._give_back_held(now)
+        if not (self._progress and progress_due):
+            return False
+        pending, self._progress = self._progress, {}
+        await self._outcomes.write_progress(list(pending.values()))
+        return True
+
+    def _give_back_held(self, now: float) -> None:
+        """Release jobs claimed ahead that found no slot in time (the slots filled with long jobs meanwhile),
+        without spending an attempt, so another worker can run them."""
+        ready = self.ready
+        count = 0
+        while ready and now - ready[0].claimed_at > ClaimAhead.HOLD_LIMIT_S:
+            self.in_flight -= 1
+            self._outcomes.add(released(ready.popleft()))
+            count += 1
+        if count:
+            logger.info("gave back {} job(s) claimed ahead that found no free slot in time", count)
+
+    # --- shutdown -------------------------------------------------------------------------------------------
+
+    def release_ready(self) -> None:
+        """Give back every job claimed but not started, without spending an attempt."""
+        while self.ready:
+            self.in_flight -= 1
+            self._outcomes.add(released(self.ready.popleft()))
+
+    async def finish_running(self, timeout: float, forced: asyncio.Event) -> None:
+        """Let running jobs finish for up to ``timeout`` seconds (a forced stop skips the wait), then stop the
+        rest; they are released without spending an attempt."""
+        if self.running:
+            logger.info("waiting up to {:.0f}s for {} running job(s) to finish", timeout, len(self.running))
+            deadline = time.monotonic() + timeout
+            while self.running and time.monotonic() < deadline and not forced.is_set():
+                self.slot_freed.clear()
+                await wait_any(self.slot_freed, forced, timeout=deadline - time.monotonic())
+        if self.running:
+            logger.warning("releasing {} job(s) still running", len(self.running))
+            for run in list(self.running.values()):
+                self.stop(run, StopReason.SHUTDOWN)
+            while self.running:
+                self.slot_freed.clear()
+                await wait_any(self.slot_freed, timeout=0.1)
+
+    def wake_idle_runners(self) -> None:
+        for waiter in self._idle_runners:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.close()

@@ -1,0 +1,254 @@
+"""The fetcher: claims as many jobs as there are free slots, one round trip per queue, plus the few jobs that
+short handlers will want within the next round trips (ClaimAhead); it sleeps until a NOTIFY, a freed slot,
+the next known due time or the poll interval, and with --burst it notices when everything is drained."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from pgsched import repository
+from pgsched.db import AsyncConnection
+from pgsched.models import ClaimedJob
+from pgsched.worker.config import WorkerConfig
+from pgsched.worker.link import Link
+from pgsched.worker.outcomes import OutcomeBuffer, released_unknown
+from pgsched.worker.registry import TaskSpec
+from pgsched.worker.stopping import Stop, wait_any
+
+if TYPE_CHECKING:
+    from pgsched.worker.executor import Executor
+
+
+class ClaimAhead:
+    """How many jobs to claim beyond the free slots: as many as are expected to start within a few claim
+    round trips, judged by the rate at which this worker finishes jobs.
+
+    A slot that frees up with nothing claimed waits a whole claim round trip (1-2 ms under load) before its
+    next job starts: for 20 ms handlers that is a tenth of the worker's capacity. A few jobs claimed ahead start
+    the moment a slot frees, while the next claim runs. The rate makes it safe for long jobs: a worker that
+    finishes a job a second holds nothing ahead (0.004 of a job is rounded down), so it never sits on work
+    that an idle worker elsewhere could run. A job that still waits after ``HOLD_LIMIT_S`` is given back."""
+
+    LOOKAHEAD_ROUND_TRIPS = 4
+    RATE_TIME_CONSTANT_S = 0.5
+    HOLD_LIMIT_S = 0.5
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.finished = 0
+        self.rate = 0.0  # jobs finished per second, smoothed
+        self.round_trip_s = 0.0  # one claim, smoothed
+        self._counted = 0
+        self._counted_at: float | None = None
+
+    def claim_took(self, seconds: float) -> None:
+        self.round_trip_s += 0.2 * (seconds - self.round_trip_s)
+
+    def extra(self, now: float) -> int:
+        """Jobs to hold beyond the free slots right now."""
+        if self._counted_at is None:
+            self._counted_at = now
+        elapsed = now - self._counted_at
+        if elapsed >= 0.02:
+            recent = (self.finished - self._counted) / elapsed
+            # An average over time, not over calls: a long quiet spell outweighs any number of busy moments.
+            self.rate += (1 - math.exp(-elapsed / self.RATE_TIME_CONSTANT_S)) * (recent - self.rate)
+            self._counted, self._counted_at = self.finished, now
+        return min(self.limit, int(self.rate * self.LOOKAHEAD_ROUND_TRIPS * self.round_trip_s))
+
+
+class DueTimes:
+    """When the fetcher should look again: at once after a wake-up, or when a deferred job falls due."""
+
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, queues: list[str]) -> None:
+        self.wake = asyncio.Event()
+        self._queues = set(queues)
+        self._due: list[float] = []  # monotonic times, a heap
+
+    def on_wakeup(self, payload: str) -> None:
+        """A ``sched_wakeup`` NOTIFY: "queue" for a job due now, "queue epoch" for one due at that time; no epoch
+        (or a bad one) means now."""
+        queue, _, epoch = payload.partition(" ")
+        try:
+            when = float(epoch)
+        except ValueError:
+            when = 0.0
+        self.note(queue, when)
+
+    def note(self, queue: str, epoch: float) -> None:
+        """Wake the fetcher now for a job due now, or remember when a later one falls due."""
+        if queue not in self._queues:
+            return
+        due_in = epoch - time.time()
+        if due_in <= 0.001:
+            self.wake.set()
+            return
+        due = time.monotonic() + due_in
+        if len(self._due) < self.MAX_REMEMBERED:
+            earliest = self._due[0] if self._due else None
+            heapq.heappush(self._due, due)
+            if earliest is None or due < earliest:
+                self.wake.set()  # the fetcher recomputes how long to sleep
+
+    def sleep_for(self, poll_interval: float) -> float:
+        """How long the fetcher may sleep: the poll interval, or less when a known job falls due sooner."""
+        due = self._due
+        now = time.monotonic()
+        while due and due[0] <= now:
+            heapq.heappop(due)
+        return min(poll_interval, due[0] - now) if due else poll_interval
+
+
+class Fetcher:
+    """Claims jobs for the executor's free slots (the only claimer of its worker)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        config: WorkerConfig,
+        link: Link,
+        tasks: dict[str, TaskSpec],
+        executor: Executor,
+        outcomes: OutcomeBuffer,
+        due: DueTimes,
+        stop: Stop,
+        ahead: ClaimAhead | None,
+    ) -> None:
+        self._worker_id = worker_id
+        self._config = config
+        self._link = link
+        self._tasks = tasks
+        self._task_names = sorted(tasks)
+        # Most apps declare no limits; then a claimed batch needs no second look.
+        self._tasks_with_limits = {
+            name for name, spec in tasks.items() if spec.max_attempts is not None or spec.timeout_s is not None
+        }
+        self._executor = executor
+        self._outcomes = outcomes
+        self._due = due
+        self._stop = stop
+        self._ahead = ahead
+        self._claim_answer_lost = False
+
+    async def run(self) -> None:
+        """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
+        config = self._config
+        executor = self._executor
+        ahead = self._ahead
+        confirm_drained = False
+        while not self._stop.draining:
+            extra = ahead.extra(time.monotonic()) if ahead is not None else 0
+            free = config.concurrency + extra - executor.in_flight
+            # With jobs waiting here already, top up once half the margin is spent rather than for every slot.
+            if free <= 0 or (executor.ready and free < (extra + 1) // 2):
+                executor.slot_freed.clear()
+                await executor.slot_freed.wait()
+                continue
+            claimed = await self.claim_once(free)
+            if claimed is None:
+                continue
+            if claimed:
+                confirm_drained = False
+                continue
+            if config.burst and executor.in_flight == 0:
+                # Outcomes not yet written may release dependents: flush, then look once more.
+                await self._outcomes.flush_all(timeout=None)
+                if confirm_drained and await self._held_by_rate_limit():
+                    # Ready jobs wait only for tokens of a rate limit: this worker is not done until they ran.
+                    await self._wait_for_work()
+                    continue
+                if confirm_drained:
+                    logger.info("burst: nothing ready and nothing running; exiting")
+                    self._stop.requested.set()
+                    return
+                confirm_drained = True
+                continue
+            await self._wait_for_work()
+
+    async def claim_once(self, free: int) -> int | None:
+        """Claim up to ``free`` jobs and hand them to the executor; None when the claim failed."""
+        # Cleared before the claim, so a NOTIFY that lands while the claim runs is not lost.
+        self._due.wake.clear()
+        async with self._link.attempt("claim") as attempt:
+            if self._claim_answer_lost:
+                await self._release_unknown_running()
+            return await self._claim(free)
+        # The claim may have committed with its answer lost on the way back, or committed with what follows it
+        # failing (a statement timeout on writing a task's limits): look for jobs held but never received
+        # before claiming again.
+        self._claim_answer_lost = True
+        if not attempt.connection_lost:
+            await self._stop.sleep(self._config.poll_interval)
+        return None
+
+    async def _claim(self, free: int) -> int:
+        started = time.monotonic()
+        conn = await self._link.get()
+        claimed = 0
+        for queue in self._config.queues:
+            jobs = await repository.claim_jobs(
+                conn, self._worker_id, queue, self._task_names, min(free - claimed, self._config.batch_size)
+            )
+            if jobs:
+                if self._tasks_with_limits:
+                    await self._apply_task_limits(conn, jobs)
+                self._executor.dispatch(jobs)
+                claimed += len(jobs)
+                if claimed >= free:
+                    break
+        if self._ahead is not None:
+            self._ahead.claim_took(time.monotonic() - started)
+        return claimed
+
+    async def _release_unknown_running(self) -> None:
+        """Give back jobs the database holds as running for this worker that it never received. Runs in the
+        fetcher, the only claimer, so no claim of ours is in flight meanwhile."""
+        conn = await self._link.get()
+        known = self._executor.held()
+        running = await repository.running_for_worker(conn, self._worker_id)
+        lost = [(job_id, lease) for job_id, lease in running if lease not in known]
+        self._claim_answer_lost = False
+        if lost:
+            logger.warning("giving back {} job(s) claimed by a query whose answer was lost", len(lost))
+            for job_id, lease in lost:
+                self._outcomes.add(released_unknown(job_id, lease))
+
+    async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:
+        # A task's declared max_attempts/timeout win over the job's; write them so the reaper agrees.
+        changes = []
+        for job in jobs:
+            spec = self._tasks[job.task]
+            max_attempts = spec.max_attempts if spec.max_attempts is not None else job.max_attempts
+            timeout_s = spec.timeout_s if spec.timeout_s is not None else job.timeout_s
+            if max_attempts != job.max_attempts or timeout_s != job.timeout_s:
+                job.max_attempts, job.timeout_s = max_attempts, timeout_s
+                changes.append(job)
+        if changes:
+            await repository.apply_task_limits(conn, self._worker_id, changes)
+
+    async def _held_by_rate_limit(self) -> bool:
+        """Whether ready jobs wait only for a rate limit's tokens; on a database error, assume they do (the
+        burst worker looks again rather than exiting early)."""
+        async with self._link.attempt("checking rate limits"):
+            conn = await self._link.get()
+            return await repository.rate_limited_backlog(conn, self._config.queues, self._task_names)
+        return True
+
+    async def _wait_for_work(self) -> None:
+        """Sleep until a NOTIFY, a freed slot's worth of news, the next known due time, or the poll interval."""
+        timeout = self._due.sleep_for(self._config.poll_interval)
+        executor = self._executor
+        if self._config.burst and executor.in_flight:
+            # A burst worker re-checks as soon as its last job ends, not a poll interval later.
+            executor.slot_freed.clear()
+            await wait_any(self._due.wake, executor.slot_freed, timeout=timeout)
+            return
+        await wait_any(self._due.wake, timeout=timeout)
