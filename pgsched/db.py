@@ -13,6 +13,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
 from pgsched.errors import DatabaseError, DatabaseUnavailable, InvalidInput, SchedError
@@ -124,6 +125,15 @@ class Connection:
         """Execute and return the number of rows affected."""
         try:
             return self.raw.execute(sql, params).rowcount
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    def records(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by the query's column names: the query, not a field list here, names the fields."""
+        try:
+            with self.raw.cursor(row_factory=dict_row) as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if _has_rows(cur) else []
         except psycopg.Error as exc:
             raise translate(exc) from None
 

@@ -1,4 +1,4 @@
-"""Locate the shipped ``sql/`` folder and parse ``queries.sql`` into named queries, once."""
+"""Locate the shipped ``sql/`` folder and parse the query files of ``sql/queries/`` into named queries, once."""
 
 from __future__ import annotations
 
@@ -19,18 +19,23 @@ def sql_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "sql"
 
 
+def query_files() -> list[Path]:
+    """The query files, one per entity (jobs, queues, schedules, workers, reads, admin), by name."""
+    return sorted((sql_dir() / "queries").glob("*.sql"))
+
+
 @cache
 def queries() -> dict[str, str]:
-    """Every named query in ``queries.sql``, keyed by name."""
-    text = (sql_dir() / "queries.sql").read_text()
-    parts = _HEADER.split(text)
+    """Every named query of every query file, keyed by name."""
     named: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in named:
-            raise RuntimeError(f"query {name} is defined twice in queries.sql")
-        # Descriptions stay in the file for readers; the server gets only the statement.
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        named[name] = "\n".join(lines).strip().rstrip(";")
+    for path in query_files():
+        parts = _HEADER.split(path.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in named:
+                raise RuntimeError(f"query {name} is defined twice (again in {path.name})")
+            # Descriptions stay in the file for readers; the server gets only the statement.
+            lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+            named[name] = "\n".join(lines).strip().rstrip(";")
     return named
 
 

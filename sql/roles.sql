@@ -38,6 +38,10 @@ BEGIN
                    pg_get_serial_sequence('sched_jobs', 'id'));
     EXECUTE format('GRANT USAGE ON SEQUENCE %s TO sched_producer, sched_worker',
                    pg_get_serial_sequence('sched_jobs', 'id'));
+    -- Every claim draws its runs' leases from this sequence (a worker's only use of it).
+    EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM sched_producer, sched_worker',
+                   to_regclass('sched_job_lease_seq'));
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO sched_worker', to_regclass('sched_job_lease_seq'));
 END $$;
 
 -- sched_producer: add jobs and read status. No DELETE anywhere, no claim, no state changes.
@@ -47,8 +51,8 @@ GRANT UPDATE (has_dependents) ON sched_jobs TO sched_producer;
 GRANT SELECT, INSERT ON sched_job_deps TO sched_producer;
 -- `sched status` lists workers; `migrate --check` reads the applied versions.
 GRANT SELECT ON sched_workers, sched_migrations TO sched_producer;
--- Admission control locks a capped queue's row FOR UPDATE, which needs UPDATE on some column: updated_at is
--- the one whose change means nothing, so a producer still cannot pause, unpause or re-limit a queue.
+-- Admission control locks a capped queue's row with an UPDATE that writes updated_at back unchanged: it is the
+-- column whose change means nothing, so a producer still cannot pause, unpause or re-limit a queue.
 GRANT SELECT ON sched_queues TO sched_producer;
 GRANT UPDATE (updated_at) ON sched_queues TO sched_producer;
 
@@ -58,7 +62,7 @@ GRANT SELECT ON sched_jobs TO sched_worker;
 -- progress, reaping, settling dependents, a task's declared limits). Not queue, task, payload, priority or
 -- dedupe_key: a worker cannot turn an existing job into a different one.
 GRANT UPDATE (state, attempt, worker_id, started_at, finished_at, run_at, deferred, result, error, progress,
-              pending_deps, max_attempts, timeout, cancel_requested_at)
+              pending_deps, max_attempts, timeout, cancel_requested_at, lease)
     ON sched_jobs TO sched_worker;
 -- Firing a schedule enqueues its job (ScheduleFire).
 GRANT INSERT (queue, task, payload, run_at, deferred, dedupe_key) ON sched_jobs TO sched_worker;

@@ -29,8 +29,8 @@ def test_wheel_installs_and_migrates(tmp_path: Path, empty_dsn: str) -> None:
     (wheel,) = dist.glob("pgsched-*.whl")
 
     shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("pgsched/sql/")}
-    expected = {f"pgsched/sql/{path.name}" for path in (ROOT / "sql").glob("*.sql")}
-    assert "pgsched/sql/queries.sql" in expected and "pgsched/sql/0001_jobs.sql" in expected
+    expected = {f"pgsched/sql/{path.relative_to(ROOT / 'sql')}" for path in (ROOT / "sql").rglob("*.sql")}
+    assert "pgsched/sql/queries/jobs.sql" in expected and "pgsched/sql/0001_jobs.sql" in expected
     assert shipped == expected
 
     venv = tmp_path / "venv"

@@ -149,7 +149,7 @@ def test_a_cancelled_job_of_a_dead_worker_is_cancelled_by_the_reaper_not_run_aga
     result = run(dsn, lambda c: repository.reap_stale(c))
     assert (result.requeued, result.cancelled) == ([], [job_id])
     assert job(conn, job_id)["state"] == "cancelled"
-    assert job(conn, job_id)["error"] == "cancelled on request; worker lost"
+    assert job(conn, job_id)["error"] == "cancelled on request (worker lost)"
     assert job(conn, child)["state"] == "cancelled"
     assert claim(dsn, str(uuid.uuid4())) == []
 
@@ -169,7 +169,7 @@ def test_a_cancel_requested_job_is_cancelled_on_release_and_instead_of_a_retry(d
     assert sorted(result.written) == sorted([released, failed])
     assert (job(conn, released)["state"], job(conn, released)["attempt"]) == ("cancelled", 1)
     assert job(conn, failed)["state"] == "cancelled"
-    assert job(conn, failed)["error"] == "cancelled on request; the run failed: RuntimeError: stopped"
+    assert job(conn, failed)["error"] == "cancelled on request (the run failed: RuntimeError: stopped)"
     assert claim(dsn, worker) == []
 
 

@@ -1,0 +1,96 @@
+"""Every query sched runs at runtime goes through this package: one function per operation, each naming its
+query in ``sql/queries/`` (no SQL is built here), split by what it operates on. Callers use
+``repository.name(...)``; the modules are producers, runs (the worker's side), jobs, workers, queues,
+schedules and reads. No loops over time and no sleeps: deciding when to call is the caller's job."""
+
+from __future__ import annotations
+
+from pgsched.repository.jobs import (
+    CancelResult,
+    CleanupCounts,
+    RetryResult,
+    cancel_job,
+    count_finished,
+    delete_finished_batch,
+    dependency_states,
+    get_job,
+    retry_job,
+    retry_jobs,
+    retry_matching,
+)
+from pgsched.repository.producers import enqueue, enqueue_many
+from pgsched.repository.queues import list_queues, set_queue_max_backlog, set_queue_paused, set_queue_rate
+from pgsched.repository.reads import count_by_queue, explain_facts
+from pgsched.repository.runs import (
+    ReapResult,
+    RecordResult,
+    apply_task_limits,
+    cancel_requested,
+    claim_jobs,
+    promote_due,
+    rate_limited_backlog,
+    ready_depth,
+    reap_stale,
+    record_outcomes,
+    running_for_worker,
+    set_progress,
+    skip_commit_flush_wait,
+)
+from pgsched.repository.schedules import (
+    delete_schedule,
+    list_schedules,
+    tick_schedules,
+    upsert_code_schedules,
+    upsert_schedule,
+)
+from pgsched.repository.workers import deregister_worker, heartbeat_worker, list_workers, register_worker
+
+# The NOTIFY channels: new work per queue, and cancellation requests per job.
+WAKEUP_CHANNEL = "sched_wakeup"
+CANCEL_CHANNEL = "sched_cancel"
+
+__all__ = [
+    "CANCEL_CHANNEL",
+    "WAKEUP_CHANNEL",
+    "CancelResult",
+    "CleanupCounts",
+    "ReapResult",
+    "RecordResult",
+    "RetryResult",
+    "apply_task_limits",
+    "cancel_job",
+    "cancel_requested",
+    "claim_jobs",
+    "count_by_queue",
+    "count_finished",
+    "delete_finished_batch",
+    "delete_schedule",
+    "dependency_states",
+    "deregister_worker",
+    "enqueue",
+    "enqueue_many",
+    "explain_facts",
+    "get_job",
+    "heartbeat_worker",
+    "list_queues",
+    "list_schedules",
+    "list_workers",
+    "promote_due",
+    "rate_limited_backlog",
+    "ready_depth",
+    "reap_stale",
+    "record_outcomes",
+    "register_worker",
+    "retry_job",
+    "retry_jobs",
+    "retry_matching",
+    "running_for_worker",
+    "set_progress",
+    "set_queue_max_backlog",
+    "set_queue_paused",
+    "set_queue_rate",
+    "skip_commit_flush_wait",
+    "tick_schedules",
+    "upsert_code_schedules",
+    "upsert_schedule",
+]

@@ -1,0 +1,51 @@
+"""Queue controls: pause, the token bucket, the backlog cap (admission), and the listing of queues."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgsched.db import Connection
+from pgsched.errors import QueueFull
+from pgsched.sqlfiles import query
+
+
+def _admit(conn: Connection, queue: str, count: int) -> None:
+    """Refuse ``count`` new jobs on ``queue`` when that would pass its max backlog; call inside the insert's
+    transaction, which then holds the capped queue's row until it commits, so concurrent adds take turns."""
+    row = conn.row(query("QueueAdmitLock"), {"queue": queue})
+    if row is None:
+        return
+    max_backlog = row[0]
+    queued = conn.row(query("QueueCountQueued"), {"queue": queue})[0]  # type: ignore[index]
+    if queued >= max_backlog:
+        raise QueueFull(f"queue {queue} is full ({queued} jobs)")
+    if queued + count > max_backlog:
+        raise QueueFull(f"queue {queue} has room for {max_backlog - queued} more jobs, not {count}")
+
+
+def set_queue_paused(conn: Connection, queue: str, paused: bool) -> None:
+    """Pause or resume ``queue`` for every worker."""
+    with conn.transaction():
+        conn.run(query("QueueSetPaused"), {"queue": queue, "paused": paused})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def set_queue_rate(conn: Connection, queue: str, rate: float | None, burst: float | None = None) -> None:
+    """Limit ``queue`` to ``rate`` jobs per second across all workers (bursts up to ``burst``); None removes it."""
+    if rate is not None and burst is None:
+        burst = max(1.0, rate)
+    with conn.transaction():
+        conn.run(query("QueueSetRate"), {"queue": queue, "rate": rate, "burst": burst if rate is not None else None})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def set_queue_max_backlog(conn: Connection, queue: str, max_backlog: int | None) -> None:
+    """Refuse adds to ``queue`` while it holds ``max_backlog`` queued jobs; None removes the cap."""
+    with conn.transaction():
+        conn.run(query("QueueSetMaxBacklog"), {"queue": queue, "max_backlog": max_backlog})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def list_queues(conn: Connection) -> list[dict[str, Any]]:
+    """Queues with jobs or settings: paused, rate, burst, current tokens, max backlog, queued and running."""
+    return conn.records(query("QueueList"))

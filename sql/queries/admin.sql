@@ -1,0 +1,55 @@
+-- Queries of the schema and session machinery: migrations, roles, the clock, session settings.
+-- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
+-- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
+-- style (%(name)b for a binary parameter).
+
+-- name: ClockNow
+-- The database's clock: schedule times are computed from it, never from a client's or worker's clock.
+SELECT now();
+
+-- name: MigrationListApplied
+-- Applied migrations, or nothing on an empty database.
+SELECT version, name, checksum FROM sched_migrations ORDER BY version;
+
+-- name: MigrationLock
+-- Serialize concurrent migrates; held until the session's connection closes.
+SELECT pg_advisory_lock(hashtext('sched_migrate'));
+
+-- name: MigrationRecord
+-- Mark one migration applied, in the same transaction as its DDL.
+INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: MigrationTableExists
+-- Whether any migration was ever applied here.
+SELECT to_regclass('sched_migrations') IS NOT NULL;
+
+-- name: MigrationUnlock
+-- Release the migrate lock.
+SELECT pg_advisory_unlock(hashtext('sched_migrate'));
+
+-- name: Name" and a one-line description. Parameters use psycopg's %(name)s style.
+-- Fencing (DESIGN §2): every transition out of 'running' matches state, worker_id and attempt.
+-- The batch transitions find their rows with "j.id = ANY(ids)" (the primary key) and no join: a join with
+-- unnest() lets the planner, misled by worker_id's statistics, pick a nested loop over a sequential scan,
+-- quadratic in the batch. They compare "j.state::text = 'running'" on purpose: with a plain
+-- "j.state = 'running'" the planner may read the partial index on running rows with a bitmap scan, which
+-- revisits the dead entry every finished job leaves behind until vacuum, so each flush would cost more
+-- than the last.
+
+-- name: RoleCountSched
+-- How many of sched's group roles exist; `sched migrate` keeps their grants current once they all do.
+SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
+
+-- name: SessionCommitWithoutFlushWait
+-- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability,
+-- and for a worker's claims and outcomes, which the protocol can replay.
+SET synchronous_commit = off;
+
+-- name: TableExists
+-- Whether a relation exists, so readers can tolerate a schema that an older sched created.
+SELECT to_regclass(%(name)s) IS NOT NULL;
+
+-- name: TransactionOpen
+-- Makes a non-autocommit connection open its implicit transaction (psycopg sends BEGIN before the first
+-- statement), so that sched's block nests in the caller's transaction as a savepoint.
+SELECT 1;

@@ -1,0 +1,539 @@
+-- Queries on jobs: adding, claiming, recording outcomes, reaping, cancel, retry, cleanup, and reading one job.
+-- Fencing (docs/protocol.md, "Leases and fencing"): every write a run makes matches state, worker_id and the
+-- run's lease. The batch transitions find their rows with "j.id = ANY(ids)" (the primary key) and no join: a
+-- join with unnest() lets the planner, misled by worker_id's statistics, pick a nested loop over a sequential
+-- scan, quadratic in the batch. They compare "j.state::text = 'running'" on purpose: with a plain
+-- "j.state = 'running'" the planner may read the partial index on running rows with a bitmap scan, which
+-- revisits the dead entry every finished job leaves behind until vacuum, so each flush would cost more
+-- than the last.
+-- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
+-- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
+-- style (%(name)b for a binary parameter).
+
+-- name: JobCancel
+-- Cancel a waiting or queued job at once; for a running one only record the request (its worker stops
+-- the handler and records the cancellation). Returns the job's state afterwards, nothing if it is finished.
+UPDATE sched_jobs
+SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::sched_job_state,
+    finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+    error = CASE WHEN state = 'running' THEN error ELSE 'cancelled by request' END,
+    cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE id = %(id)s AND state IN ('waiting', 'queued', 'running')
+RETURNING state::text;
+
+-- name: JobClaim
+-- Claim up to %(limit)s ready jobs of one queue for a worker, each under a new lease (docs/protocol.md,
+-- "Claim"). "queue = %(queue)s" rather than "queue = ANY(...)": the array form loses the index and sorts the
+-- whole ready set. Queue controls apply in this same statement: a paused queue yields nothing, and a
+-- rate-limited queue's bucket row is locked, refilled and charged for exactly the jobs taken, so workers
+-- together never exceed the rate. A queue without a sched_queues row (the common case) locks nothing.
+WITH bucket AS (
+    -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
+    -- while it waited, not the older row of its snapshot). greatest(): a claimer that waited for the lock may
+    -- have started before the previous one refilled.
+    SELECT paused,
+           least(burst, tokens + rate * greatest(0, extract(epoch FROM clock_timestamp() - refilled_at)))
+               AS level,
+           greatest(refilled_at, clock_timestamp()) AS at
+    FROM sched_queues
+    WHERE queue = %(queue)s AND rate IS NOT NULL
+    FOR UPDATE
+),
+-- How many jobs this claim may take: the bucket's whole tokens (none while paused) for a rate-limited queue,
+-- none for a paused one, otherwise the limit asked for.
+allowed AS (
+    SELECT coalesce((SELECT CASE WHEN paused THEN 0 ELSE least(%(limit)s, floor(level)::int) END FROM bucket),
+                    (SELECT 0 FROM sched_queues WHERE queue = %(queue)s AND paused),
+                    %(limit)s) AS n
+),
+ready AS (
+    SELECT id, priority, run_at FROM sched_jobs
+    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
+      AND task = ANY(%(tasks)s::text[])
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT n FROM allowed)
+    FOR UPDATE SKIP LOCKED
+),
+-- Deferred jobs that have fallen due, highest priority first like every ready job. The earliest due rows are
+-- read in index order (an index scan that stops at the first future row, and that marks the dead entries of
+-- claimed jobs so later scans skip them, which a bitmap scan would not), then sorted by priority. The window
+-- bounds the sort; JobPromoteDue moves due rows into the ready index every second, so the due rows left here
+-- are few and the window holds them all.
+due AS (
+    SELECT id, priority, run_at FROM sched_jobs
+    WHERE id = ANY(ARRAY(SELECT id FROM sched_jobs
+                         WHERE state = 'queued' AND deferred AND queue = %(queue)s AND run_at <= now()
+                           AND task = ANY(%(tasks)s::text[])
+                         ORDER BY run_at, id
+                         LIMIT 1000))
+      AND state = 'queued' AND deferred
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT n FROM allowed)
+    FOR UPDATE SKIP LOCKED
+),
+-- Rows locked above but not picked here are let go when the statement's transaction ends.
+picked AS (
+    SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS candidates
+    ORDER BY priority DESC, run_at, id
+    LIMIT (SELECT n FROM allowed)
+),
+charged AS (
+    UPDATE sched_queues s
+    SET tokens = b.level - (SELECT count(*) FROM picked), refilled_at = b.at
+    FROM bucket b
+    WHERE s.queue = %(queue)s
+)
+-- "= ANY(ARRAY(...))" rather than a join: the planner cannot see through the LIMIT expression how few rows
+-- "picked" holds, and would hash-join against a scan of the whole table.
+UPDATE sched_jobs j
+SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now(),
+    lease = nextval('sched_job_lease_seq')
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8, j.lease;
+
+-- name: JobCopyIn
+-- Bulk insert without dedupe keys, straight into the table.
+COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred)
+FROM STDIN (FORMAT BINARY);
+
+-- name: JobCopyInPlain
+-- Bulk insert of jobs that all use the table's defaults for priority, run_at, max_attempts and timeout:
+-- fewer columns to encode and send per row, which is most of a bulk insert's cost.
+COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
+
+-- name: JobCountByQueue
+-- Per-queue counts by state; "scheduled" is queued with run_at in the future.
+SELECT queue,
+       count(*) FILTER (WHERE state = 'waiting') AS waiting,
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())),
+                0)::float8 AS oldest_ready_age_s
+FROM sched_jobs
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
+GROUP BY queue
+ORDER BY queue;
+
+-- name: JobCountByTaskForQueues
+-- Per-task counts by state over some queues, and the attempts spent (the demo's summary).
+SELECT task,
+       count(*) FILTER (WHERE state = 'waiting'),
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()),
+       count(*) FILTER (WHERE state = 'running'),
+       count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'cancelled'),
+       sum(attempt)::bigint
+FROM sched_jobs
+WHERE queue = ANY(%(queues)s::text[])
+GROUP BY task
+ORDER BY task;
+
+-- name: JobCountFinished
+-- What a cleanup would delete, by state (for --dry-run).
+SELECT count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'cancelled')
+FROM sched_jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval;
+
+-- name: JobDeleteFinished
+-- Delete one batch of terminal jobs finished before the cutoff; SKIP LOCKED lets cleanups on many hosts
+-- share the work, and small batches keep every transaction and lock short.
+WITH doomed AS (
+    SELECT id FROM sched_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM sched_jobs j USING doomed WHERE j.id = doomed.id RETURNING j.state
+)
+SELECT count(*) FILTER (WHERE state = 'succeeded'),
+       count(*) FILTER (WHERE state = 'failed'),
+       count(*) FILTER (WHERE state = 'cancelled')
+FROM deleted;
+
+-- name: JobDependencyInsertMany
+-- Record the edges of a newly inserted job.
+INSERT INTO sched_job_deps (job_id, depends_on)
+SELECT %(job_id)s, unnest(%(depends_on)s::bigint[]);
+
+-- name: JobExplainFacts
+-- What decides whether a ready job runs: its queue's settings and bucket level, the live workers that serve
+-- its queue (and its task), their load, and how many ready jobs the claim order puts before it.
+SELECT coalesce(q.paused, false) AS paused, q.rate,
+       least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
+           AS tokens,
+       (SELECT count(*) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)) AS queue_workers,
+       (SELECT count(*) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS task_workers,
+       (SELECT coalesce(sum(w.running), 0) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS busy_slots,
+       (SELECT coalesce(sum(w.concurrency), 0) FROM sched_workers w
+        WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)
+          AND %(task)s = ANY(w.tasks)) AS slots,
+       (SELECT count(*) FROM sched_jobs j
+        WHERE j.state = 'queued' AND j.queue = %(queue)s AND j.run_at <= now() AND j.id <> %(id)s
+          AND (j.priority > %(priority)s
+               OR (j.priority = %(priority)s AND (j.run_at, j.id) < (%(run_at)s::timestamptz, %(id)s::bigint))))
+           AS ahead,
+       now() AS now
+FROM (SELECT 1) AS one
+LEFT JOIN sched_queues q ON q.queue = %(queue)s;
+
+-- name: JobGet
+-- One job with the ids it depends on.
+SELECT j.id, j.queue, j.task, j.state::text AS state, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
+       j.started_at, j.finished_at, j.payload, j.result, j.error, j.progress,
+       coalesce((SELECT array_agg(d.depends_on ORDER BY d.depends_on)
+                 FROM sched_job_deps d WHERE d.job_id = j.id), '{}') AS depends_on,
+       extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps
+FROM sched_jobs j
+WHERE j.id = %(id)s;
+
+-- name: JobGetLiveByKey
+-- The live job holding (queue, key), used after an insert was skipped as a duplicate.
+SELECT id FROM sched_jobs
+WHERE queue = %(queue)s AND dedupe_key = %(key)s AND state IN ('waiting', 'queued', 'running');
+
+-- name: JobGetLiveByKeys
+-- The live jobs holding any of the given (queue, key) pairs, for a bulk insert that skipped duplicates.
+SELECT j.queue, j.dedupe_key, j.id
+FROM unnest(%(queues)s::text[], %(keys)s::text[]) AS k(queue, dedupe_key)
+JOIN sched_jobs j ON j.queue = k.queue AND j.dedupe_key = k.dedupe_key
+WHERE j.state IN ('waiting', 'queued', 'running');
+
+-- name: JobGetState
+-- A job's state, to say why an operation does not apply to it.
+SELECT state::text FROM sched_jobs WHERE id = %(id)s;
+
+-- name: JobIdReserveMany
+-- Reserve ids ahead of a COPY so the caller knows every new job's id without a RETURNING; the server's
+-- clock (not the client's) anchors relative delays. The sequence is named, not looked up per row
+-- (pg_get_serial_sequence() per row costs more than the nextval itself), and one array comes back.
+SELECT array_agg(nextval('sched_jobs_id_seq'::regclass)), now() FROM generate_series(1, %(count)s);
+
+-- name: JobIncomingCopyIn
+-- Bulk load the staging table.
+COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
+FROM STDIN (FORMAT BINARY);
+
+-- name: JobIncomingCreate
+-- A transaction-local staging table for bulk inserts that carry dedupe keys.
+CREATE TEMP TABLE sched_jobs_incoming (
+    id bigint, queue text, task text, payload jsonb, priority integer, run_at timestamptz,
+    max_attempts integer, timeout interval, deferred boolean, dedupe_key text
+) ON COMMIT DROP;
+
+-- name: JobIncomingDrop
+-- Drop the staging table once its jobs are in, so one transaction can stage several keyed batches.
+DROP TABLE sched_jobs_incoming;
+
+-- name: JobInsert
+-- Insert one job unless a live job holds the same (queue, key); the NOTIFY is sent only if the insert commits.
+-- Unless %(admitted)s, a queue with a backlog cap is skipped too: such adds take the locked path instead,
+-- so the common add is this one statement.
+WITH ins AS (
+    INSERT INTO sched_jobs (queue, task, payload, priority, run_at, deferred, max_attempts, timeout, dedupe_key,
+                            pending_deps, state)
+    SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, t.run_at, t.run_at > now(),
+           %(max_attempts)s::int, make_interval(secs => %(timeout_s)s::float8), %(key)s::text, %(pending_deps)s::int,
+           CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state
+    FROM (SELECT coalesce(%(run_at)s::timestamptz,
+                          now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))) AS run_at) t
+    WHERE %(admitted)s::bool
+       OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s::text AND max_backlog IS NOT NULL)
+    ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
+    DO NOTHING
+    RETURNING id, queue, run_at, state
+)
+SELECT id, pg_notify('sched_wakeup', queue || ' ' || extract(epoch FROM run_at)::text)
+FROM ins;
+
+-- name: JobInsertFromIncoming
+-- Move the given staged jobs into the table in file order; a duplicate key (live, or earlier in the batch) is
+-- skipped.
+INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
+SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key
+FROM sched_jobs_incoming WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
+DO NOTHING
+RETURNING id;
+
+-- name: JobInsertNow
+-- The most common add, in the fewest steps: a job due now, with no key and no dependencies, which takes the
+-- table's defaults for run_at, state and the rest. Skipped (no row) when the queue has a backlog cap: such adds
+-- take the locked path. A wake-up for a job due now carries the queue alone.
+WITH ins AS (
+    INSERT INTO sched_jobs (queue, task, payload, priority, max_attempts, timeout)
+    SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, %(max_attempts)s::int,
+           make_interval(secs => %(timeout_s)s::float8)
+    WHERE NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s::text AND max_backlog IS NOT NULL)
+    RETURNING id, queue
+)
+SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
+
+-- name: JobListCancelRequested
+-- The leases of a worker's running jobs that someone asked to cancel (the polling fallback for the NOTIFY).
+SELECT lease FROM sched_jobs
+WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested_at IS NOT NULL;
+
+-- name: JobListDependencyStates
+-- The jobs one job depends on, with their states.
+SELECT j.id, j.state::text
+FROM sched_job_deps d JOIN sched_jobs j ON j.id = d.depends_on
+WHERE d.job_id = %(id)s
+ORDER BY j.id;
+
+-- name: JobListRetryable
+-- Lock the failed or cancelled jobs a bulk retry will revive, oldest first (a dependency is always older
+-- than its dependents, so retrying in id order revives dependencies first).
+SELECT id FROM sched_jobs
+WHERE state = ANY(%(states)s::sched_job_state[]) AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+ORDER BY id
+FOR UPDATE;
+
+-- name: JobListRunningForWorker
+-- A worker's running jobs and their leases as the database sees them: after a claim whose answer was lost
+-- with the connection, the ones the worker never received are given back.
+SELECT id, lease FROM sched_jobs WHERE state = 'running' AND worker_id = %(worker_id)s;
+
+-- name: JobLockDependencies
+-- Lock the jobs a new job will depend on and mark them, so a concurrent completion either finishes
+-- before us (we see 'succeeded') or waits for our commit and then sees our dependency row.
+UPDATE sched_jobs SET has_dependents = true
+WHERE id = ANY(%(ids)s::bigint[])
+RETURNING id, state;
+
+-- name: JobNotifyCancel
+-- Tell the worker running a job that its cancellation was requested (delivered on commit).
+SELECT pg_notify('sched_cancel', %(id)s::text);
+
+-- name: JobPromoteDue
+-- Move deferred jobs that have fallen due into the ready index, a bounded batch per queue, so that the claim's
+-- sort of due rows stays small. The queues are found by a skip scan of the deferred index (one probe per
+-- queue), and each queue's due rows by a range scan that stops at the first future row: the cost follows the
+-- due rows, never the scheduled backlog. SKIP LOCKED: a row a claimer holds is left for the next pass.
+WITH RECURSIVE queues AS (
+    (SELECT queue FROM sched_jobs WHERE state = 'queued' AND deferred ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.queue FROM sched_jobs j
+            WHERE j.state = 'queued' AND j.deferred AND j.queue > q.queue ORDER BY j.queue LIMIT 1)
+    FROM queues q
+    WHERE q.queue IS NOT NULL
+)
+UPDATE sched_jobs j
+SET deferred = false
+WHERE j.id = ANY(ARRAY(
+    SELECT d.id
+    FROM queues q,
+         LATERAL (SELECT id FROM sched_jobs
+                  WHERE state = 'queued' AND deferred AND queue = q.queue AND run_at <= now()
+                  ORDER BY run_at, id
+                  LIMIT %(limit)s
+                  FOR UPDATE SKIP LOCKED) d
+    WHERE q.queue IS NOT NULL))
+  AND j.state = 'queued' AND j.deferred;
+
+-- name: JobReap
+-- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished, or whose
+-- run outlived its timeout plus its worker's grace. Each worker is judged by the liveness contract it
+-- registered (stale_after, timeout_grace), whoever reaps (docs/protocol.md, "Reaper"). A job whose cancel was
+-- requested is cancelled, never queued again. The claim already counted the attempt.
+WITH lost AS (
+    SELECT j.id,
+           CASE WHEN w.heartbeat_at > now() - w.stale_after THEN 'timed out after ' || j.timeout::text
+                ELSE 'worker lost' END AS reason
+    FROM sched_jobs j
+    LEFT JOIN sched_workers w ON w.id = j.worker_id
+    WHERE j.state = 'running'
+      AND (w.id IS NULL OR w.heartbeat_at <= now() - w.stale_after
+           OR j.started_at + j.timeout + w.timeout_grace < now())
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE sched_jobs j
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN j.attempt >= j.max_attempts THEN 'failed'
+                 ELSE 'queued' END::sched_job_state,
+    finished_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN now() END,
+    worker_id = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN j.worker_id END,
+    run_at = CASE WHEN j.cancel_requested_at IS NOT NULL OR j.attempt >= j.max_attempts THEN j.run_at
+                  ELSE now() END,
+    error = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled on request (' || lost.reason || ')'
+                 ELSE lost.reason || ' (attempt ' || j.attempt || ' of ' || j.max_attempts || ')' END
+FROM lost
+WHERE j.id = lost.id
+RETURNING j.id, j.state, j.queue;
+
+-- name: JobReapLock
+-- The on-demand reaper waits for its turn instead of skipping.
+SELECT pg_advisory_xact_lock(hashtext('sched_reaper'));
+
+-- name: JobReapLockTry
+-- Only one reaper at a time across all workers; the lock ends with the transaction.
+SELECT pg_try_advisory_xact_lock(hashtext('sched_reaper'));
+
+-- name: JobReleaseMany
+-- Give running jobs back on shutdown without spending an attempt: the claim counted one, so take it back.
+-- A job whose cancel was requested is cancelled instead: a cancel sticks (docs/protocol.md, "Cancel").
+UPDATE sched_jobs j
+SET state = CASE WHEN j.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END::sched_job_state,
+    attempt = CASE WHEN j.cancel_requested_at IS NULL THEN j.attempt - 1 ELSE j.attempt END,
+    worker_id = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE j.worker_id END,
+    started_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE j.started_at END,
+    finished_at = CASE WHEN j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    error = CASE WHEN j.cancel_requested_at IS NULL THEN j.error ELSE 'cancelled on request' END
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.queue, j.state, j.has_dependents;
+
+-- name: JobRetryLockDependencies
+-- Lock the dependencies of jobs about to be retried, so that a dependency finishing concurrently either
+-- commits first (the retry then counts it as done) or waits and then sees the retried job as waiting.
+SELECT d.id FROM sched_jobs d
+WHERE d.id IN (SELECT depends_on FROM sched_job_deps WHERE job_id = ANY(%(ids)s::bigint[]))
+ORDER BY d.id
+FOR SHARE;
+
+-- name: JobRetryMany
+-- Put failed or cancelled jobs back with a fresh attempt budget: queued when every dependency succeeded,
+-- waiting while some are still live. Jobs with a failed or cancelled dependency, or whose dedupe key another
+-- live job now holds, are left alone (the caller reports them). Returns the revived jobs.
+WITH candidates AS (
+    SELECT j.id, j.queue, j.dedupe_key,
+           count(dep.id) FILTER (WHERE dep.state <> 'succeeded')::int AS pending,
+           count(dep.id) FILTER (WHERE dep.state IN ('failed', 'cancelled')) AS dead
+    FROM sched_jobs j
+    LEFT JOIN sched_job_deps d ON d.job_id = j.id
+    LEFT JOIN sched_jobs dep ON dep.id = d.depends_on
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('failed', 'cancelled')
+    GROUP BY j.id
+),
+eligible AS (
+    SELECT c.id, c.pending
+    FROM (SELECT c.*, row_number() OVER (PARTITION BY c.queue, c.dedupe_key ORDER BY c.id) AS nth
+          FROM candidates c) c
+    WHERE c.dead = 0
+      AND (c.dedupe_key IS NULL
+           OR (c.nth = 1 AND NOT EXISTS (
+               SELECT 1 FROM sched_jobs o
+               WHERE o.queue = c.queue AND o.dedupe_key = c.dedupe_key AND o.state IN ('waiting', 'queued', 'running'))))
+)
+UPDATE sched_jobs j
+SET state = CASE WHEN e.pending > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state,
+    pending_deps = e.pending, attempt = 0, run_at = now(), error = NULL, result = NULL, progress = NULL,
+    worker_id = NULL, started_at = NULL, finished_at = NULL, cancel_requested_at = NULL
+FROM eligible e
+WHERE j.id = e.id
+RETURNING j.id, j.state::text, j.queue;
+
+-- name: JobSetCancelledMany
+-- Record running jobs that stopped because cancellation was requested, fenced by lease.
+UPDATE sched_jobs j
+SET state = 'cancelled', finished_at = now(),
+    error = (%(errors)s::text[])[array_position(%(leases)s::bigint[], j.lease)]
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.has_dependents;
+
+-- name: JobSetFailedMany
+-- Record a batch of failures: retry after a jittered exponential backoff (or after the delay the handler
+-- asked for) while attempts remain and the failure is retryable, otherwise fail for good; a job whose cancel
+-- was requested is cancelled instead, never queued again. Per-job values sit at the position of the run's
+-- lease. Backoff (docs/protocol.md, "Retries"): min(cap, base * 2^(attempt-1)) * a factor from [0.5, 1].
+UPDATE sched_jobs j
+SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                 WHEN o.retryable AND j.attempt < j.max_attempts THEN 'queued'
+                 ELSE 'failed' END::sched_job_state,
+    run_at = CASE WHEN o.again
+                  THEN now() + make_interval(secs => coalesce(o.after,
+                                                              least(o.cap, o.base * power(2, j.attempt - 1))
+                                                              * (0.5 + random() * 0.5)))
+                  ELSE j.run_at END,
+    deferred = o.again,
+    finished_at = CASE WHEN o.again THEN NULL ELSE now() END,
+    worker_id = CASE WHEN o.again THEN NULL ELSE j.worker_id END,
+    error = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled on request (the run failed: ' || o.error || ')'
+                 ELSE o.error END
+FROM (SELECT j2.lease, (%(errors)s::text[])[p] AS error,
+             (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap,
+             (%(after)s::float8[])[p] AS after,
+             (%(retryable)s::bool[])[p] AND j2.attempt < j2.max_attempts AND j2.cancel_requested_at IS NULL AS again
+      FROM sched_jobs j2, array_position(%(leases)s::bigint[], j2.lease) AS p
+      WHERE j2.id = ANY(%(ids)s::bigint[]) AND j2.lease = ANY(%(leases)s::bigint[])) AS o
+WHERE j.lease = o.lease AND j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.state, j.queue, j.has_dependents, extract(epoch FROM j.run_at)::float8;
+
+-- name: JobSetLimitsMany
+-- Apply a task's declared max_attempts and timeout to jobs a worker just claimed, fenced by lease. Per-job
+-- values sit at the position of the job's lease.
+UPDATE sched_jobs j
+SET max_attempts = greatest((%(max_attempts)s::int[])[array_position(%(leases)s::bigint[], j.lease)], j.attempt),
+    timeout = make_interval(secs => (%(timeouts)s::float8[])[array_position(%(leases)s::bigint[], j.lease)])
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.lease = ANY(%(leases)s::bigint[]) AND j.state::text = 'running'
+  AND j.worker_id = %(worker_id)s;
+
+-- name: JobSetProgress
+-- A running handler's progress report, fenced by its lease like every other write from a run.
+UPDATE sched_jobs SET progress = %(progress)s::jsonb
+WHERE id = %(id)s AND lease = %(lease)s AND state = 'running' AND worker_id = %(worker_id)s
+RETURNING id;
+
+-- name: JobSetSucceededMany
+-- Record a batch of successes, each fenced by its run's lease (docs/protocol.md, "Leases and fencing"): a
+-- lease is never handed out twice, so "lease = ANY(leases)" matches exactly the runs that still hold their
+-- jobs. %(results)s is one JSON object keyed by lease (or NULL when no job returned anything), far cheaper
+-- to send than a jsonb[] of mostly NULLs. The arrays travel in binary (%(...)b): no per-element quoting.
+-- A success stays a success even if a cancel was requested meanwhile: the work was done.
+UPDATE sched_jobs j
+SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.lease::text, error = NULL
+WHERE j.id = ANY(%(ids)b::bigint[]) AND j.lease = ANY(%(leases)b::bigint[])
+  AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.lease, j.id, j.has_dependents;
+
+-- name: JobSettleDependents
+-- Release or cancel the dependents of jobs this transaction finished. Run in the same transaction as the
+-- transition, after it: "finished_at = now()" (the transaction's start time) picks exactly the rows this
+-- transaction finished, so replaying a batch after an ambiguous commit never decrements twice.
+-- A failed or cancelled job cancels its waiting dependents, transitively; a success releases them.
+WITH RECURSIVE finished AS (
+    SELECT j.id, j.state FROM unnest(%(ids)s::bigint[]) AS t(id) JOIN sched_jobs j ON j.id = t.id
+    WHERE j.has_dependents AND j.finished_at = now()
+),
+doomed (id) AS (
+    SELECT d.job_id FROM sched_job_deps d JOIN finished f ON d.depends_on = f.id WHERE f.state <> 'succeeded'
+    UNION
+    SELECT d.job_id FROM sched_job_deps d JOIN doomed ON d.depends_on = doomed.id
+),
+cancelled AS (
+    UPDATE sched_jobs j
+    SET state = 'cancelled', finished_at = now(), error = 'a job it depends on failed or was cancelled'
+    FROM doomed
+    WHERE j.id = doomed.id AND j.state = 'waiting'
+    RETURNING j.id
+),
+released AS (
+    UPDATE sched_jobs j
+    SET pending_deps = j.pending_deps - r.n,
+        state = CASE WHEN j.pending_deps = r.n THEN 'queued' ELSE 'waiting' END::sched_job_state,
+        run_at = CASE WHEN j.pending_deps = r.n THEN greatest(j.run_at, now()) ELSE j.run_at END
+    FROM (SELECT d.job_id, count(*)::int AS n
+          FROM sched_job_deps d JOIN finished f ON d.depends_on = f.id
+          WHERE f.state = 'succeeded'
+          GROUP BY d.job_id) r
+    WHERE j.id = r.job_id AND j.state = 'waiting' AND j.id NOT IN (SELECT id FROM doomed)
+    RETURNING j.id, j.queue, j.state
+)
+SELECT (SELECT count(*) FROM cancelled) AS cancelled,
+       (SELECT count(*) FROM released WHERE state = 'queued') AS released,
+       (SELECT array_agg(DISTINCT queue::text) FROM released WHERE state = 'queued') AS queues;

@@ -1,0 +1,85 @@
+-- Queries on queue controls: pause, rate limit (token bucket), backlog cap, wake-ups and listings.
+-- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
+-- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
+-- style (%(name)b for a binary parameter).
+
+-- name: QueueAdmitLock
+-- Admission control for an add: lock a capped queue's row, so concurrent adds take turns, and return its cap.
+-- Returns nothing for a queue without a cap, which is the common case and locks nothing. An UPDATE (that
+-- changes nothing) rather than SELECT FOR UPDATE: it makes a new row version, so a producer in a REPEATABLE
+-- READ transaction whose snapshot predates another add's commit fails with a serialization error instead of
+-- counting the backlog on that older snapshot (docs/protocol.md, "Queue controls").
+UPDATE sched_queues SET updated_at = updated_at
+WHERE queue = %(queue)s AND max_backlog IS NOT NULL
+RETURNING max_backlog;
+
+-- name: QueueControlList
+-- Paused and rate-limited queues, for marking them on the dashboard.
+SELECT queue, paused, rate FROM sched_queues WHERE paused OR rate IS NOT NULL ORDER BY queue;
+
+-- name: QueueCountQueued
+-- A capped queue's queued jobs, counted after taking its lock: a statement of its own, so that its snapshot
+-- includes the jobs of the add that held the lock before.
+SELECT count(*) FROM sched_jobs WHERE queue = %(queue)s AND state = 'queued';
+
+-- name: QueueDeleteUnconfigured
+-- Drop a queue's row once it holds no setting, so its claims go back to the no-row path.
+DELETE FROM sched_queues
+WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL;
+
+-- name: QueueList
+-- Every queue that has jobs or settings, with its settings, current bucket level and backlog.
+WITH names AS (
+    SELECT queue FROM sched_queues
+    UNION
+    SELECT DISTINCT queue FROM sched_jobs WHERE state IN ('waiting', 'queued', 'running')
+)
+SELECT n.queue, coalesce(q.paused, false) AS paused, q.rate, q.burst,
+       least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
+           AS tokens,
+       q.max_backlog,
+       (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'queued') AS queued,
+       (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'running') AS running
+FROM names n
+LEFT JOIN sched_queues q ON q.queue = n.queue
+ORDER BY n.queue;
+
+-- name: QueueNotifyMany
+-- One wake-up per queue for a bulk insert (not one per row).
+SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
+FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: QueueRateLimitedBacklog
+-- Whether a rate limit (and not a pause) is all that holds back ready jobs of these queues and tasks, so a
+-- burst worker waits for tokens instead of exiting.
+SELECT EXISTS (
+    SELECT 1 FROM sched_queues q
+    WHERE q.queue = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND NOT q.paused
+      AND EXISTS (SELECT 1 FROM sched_jobs j
+                  WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now()
+                    AND j.task = ANY(%(tasks)s::text[]))
+);
+
+-- name: QueueReadyDepth
+-- Ready jobs of one queue and the age of the oldest, for metrics; served by the claim's partial index.
+SELECT count(*), coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
+FROM sched_jobs
+WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
+
+-- name: QueueSetMaxBacklog
+-- Set (or with NULL remove) a queue's admission limit.
+INSERT INTO sched_queues (queue, max_backlog) VALUES (%(queue)s, %(max_backlog)s)
+ON CONFLICT (queue) DO UPDATE SET max_backlog = EXCLUDED.max_backlog, updated_at = now();
+
+-- name: QueueSetPaused
+-- Pause or resume a queue; claims see it from their next statement on.
+INSERT INTO sched_queues (queue, paused) VALUES (%(queue)s, %(paused)s)
+ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+
+-- name: QueueSetRate
+-- Set (or with a NULL rate, remove) a queue's token bucket; a new bucket starts full.
+INSERT INTO sched_queues (queue, rate, burst, tokens, refilled_at)
+VALUES (%(queue)s, %(rate)s, %(burst)s, %(burst)s, CASE WHEN %(rate)s::float8 IS NOT NULL THEN now() END)
+ON CONFLICT (queue) DO UPDATE
+SET rate = EXCLUDED.rate, burst = EXCLUDED.burst, tokens = EXCLUDED.tokens, refilled_at = EXCLUDED.refilled_at,
+    updated_at = now();
