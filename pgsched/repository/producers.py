@@ -56,7 +56,7 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
 
 
 def _lock_dependencies(conn: Connection, after: Sequence[int]) -> int:
-    """Lock the jobs ``after`` names and return how many have not succeeded yet (DESIGN §9)."""
+    """Lock the jobs ``after`` names and return how many have not succeeded yet (docs/protocol.md, "Dependencies")."""
     wanted = sorted(set(after))
     states = dict(conn.rows(query("JobLockDependencies"), {"ids": wanted}))
     missing = [job_id for job_id in wanted if job_id not in states]
