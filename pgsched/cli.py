@@ -442,6 +442,7 @@ def worker(
         health_host=health_host,
         health_port=health_port,
         log_jobs=level == "DEBUG",
+        max_payload_bytes=settings.max_payload_bytes,
     )
     raise typer.Exit(run_worker(resolve_dsn(settings), config, settings.app))
 

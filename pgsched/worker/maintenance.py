@@ -167,7 +167,7 @@ class Maintenance:
     def __init__(self, link: Link, services: Sequence[Service]) -> None:
         self._link = link
         self.services = list(services)
-        self._next = [0.0] * len(self.services)
+        self._next_at: dict[int, float] = {}  # by id(service)
 
     async def run(self) -> None:
         while True:
@@ -179,9 +179,9 @@ class Maintenance:
         """Run the services that are due; False when the connection was lost meanwhile."""
         async with self._link.attempt("maintenance") as attempt:
             conn = await self._link.get()
-            for i, service in enumerate(self.services):
+            for service in self.services:
                 now = time.monotonic()
-                if now >= self._next[i]:
-                    self._next[i] = now + service.interval()
+                if now >= self._next_at.get(id(service), 0.0):
+                    self._next_at[id(service)] = now + service.interval()
                     await service.run_once(conn)
         return not attempt.connection_lost

@@ -1,9 +1,11 @@
 """Fixtures of the worker tests: the handler module in a temporary folder, the ``executions`` side table,
-worker processes that are always killed at the end of a test, and bulk enqueueing."""
+worker processes that are always killed at the end of a test, bulk enqueueing, and ``async def`` tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -18,6 +20,16 @@ from harness import APP_MODULE, APP_SOURCE, WorkerProcess
 
 from pgsched import db, repository
 from pgsched.models import NewJob
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests (those that drive an in-process worker, see inprocess.py) on a fresh event loop."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
 
 
 @pytest.fixture

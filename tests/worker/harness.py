@@ -154,6 +154,16 @@ def not_json(payload, ctx):
     return {"when": {1, 2}}
 
 
+@task("unstorable")
+def unstorable(payload, ctx):
+    note(ctx)
+    if payload["kind"] == "nul_error":
+        raise ValueError("NUL\\x00here")
+    if payload["kind"] == "nul_result":
+        return {"text": "a\\x00b"}
+    return {"name": b"caf\\xe9".decode(errors="surrogateescape")}
+
+
 @task("echo")
 async def echo(payload, ctx):
     await anote(ctx)
