@@ -1,6 +1,33 @@
 -- Queries of the schema and session machinery: migrations, roles, the clock, session settings.
 -- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
--- its file. Each starts with "-- name: RoleCountSched
+-- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
+-- style (%(name)b for a binary parameter).
+
+-- name: ClockNow
+-- The database's clock: schedule times are computed from it, never from a client's or worker's clock.
+SELECT now();
+
+-- name: MigrationListApplied
+-- Applied migrations, or nothing on an empty database.
+SELECT version, name, checksum FROM sched_migrations ORDER BY version;
+
+-- name: MigrationLock
+-- Serialize concurrent migrates; held until the session's connection closes.
+SELECT pg_advisory_lock(hashtext('sched_migrate'));
+
+-- name: MigrationRecord
+-- Mark one migration applied, in the same transaction as its DDL.
+INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
+
+-- name: MigrationTableExists
+-- Whether any migration was ever applied here.
+SELECT to_regclass('sched_migrations') IS NOT NULL;
+
+-- name: MigrationUnlock
+-- Release the migrate lock.
+SELECT pg_advisory_unlock(hashtext('sched_migrate'));
+
+-- name: RoleCountSched
 -- How many of sched's group roles exist; `sched migrate` keeps their grants current once they all do.
 SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 
