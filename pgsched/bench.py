@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgsched import db, migrate, repository
 from pgsched.errors import DatabaseError, SchedError
-from pgsched.models import NewJob, Outcome
+from pgsched.models import NewJob, Outcome, OutcomeKind
 
 TARGETS = {
     "drain_per_s": (">=", 40_000),
@@ -233,10 +233,20 @@ def _sql_baseline(conn: db.Connection, dsn: str, config: BenchConfig) -> int:
     async def loop() -> float:
         claim = await db.connect_async(dsn)
         worker_id = str(uuid.uuid4())
-        await repository.register_worker(claim, worker_id, "bench", os.getpid(), ["baseline"], ["sched.noop"], 1)
+        await repository.register_worker(
+            claim,
+            worker_id,
+            "bench",
+            os.getpid(),
+            ["baseline"],
+            ["sched.noop"],
+            1,
+            stale_after_s=30.0,
+            timeout_grace_s=10.0,
+        )
         started = time.perf_counter()
         while jobs := await repository.claim_jobs(claim, worker_id, "baseline", ["sched.noop"], config.batch_size):
-            await repository.record_outcomes(claim, worker_id, [Outcome(j.id, j.attempt, "succeeded") for j in jobs])
+            await repository.record_outcomes(claim, worker_id, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs])
         elapsed = time.perf_counter() - started
         await repository.deregister_worker(claim, worker_id)
         await claim.close()
