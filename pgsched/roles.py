@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pgsched.db import Connection
+from pgsched.errors import DatabaseError
 from pgsched.sqlfiles import query, sql_dir
 
 ROLES = ("sched_producer", "sched_worker")
@@ -14,12 +15,35 @@ def installed(conn: Connection) -> bool:
     return bool(row and row[0] == len(ROLES))
 
 
+def check_privileges(conn: Connection) -> None:
+    """Raise one line naming the missing privilege and what to ask an admin for, before anything changes.
+
+    Creating a role needs CREATEROLE, which managed servers rarely give an application's owner; granting to
+    roles that exist needs only ownership of sched's objects and of the database."""
+    existing = {row[0] for row in conn.rows(query("RoleListSched"), {"roles": list(ROLES)})}
+    missing = [role for role in ROLES if role not in existing]
+    row = conn.row(query("RoleCallerPrivileges"))
+    user, can_create, can_grant_database = row if row else ("this role", False, False)
+    if missing and not can_create:
+        creates = "; ".join(f"CREATE ROLE {role} NOLOGIN" for role in missing)
+        raise DatabaseError(
+            f"creating {' and '.join(missing)} needs the CREATEROLE privilege, which {user} lacks; "
+            f"ask an admin to run `{creates};` (or to grant you CREATEROLE), then run `sched migrate --roles` again"
+        )
+    if not can_grant_database:
+        raise DatabaseError(
+            f"granting CONNECT and TEMPORARY on this database to the sched roles needs ownership of the database, "
+            f"which {user} lacks; ask an admin to make {user} its owner, or to run `sched migrate --roles` as one"
+        )
+
+
 def apply_roles(conn: Connection) -> None:
     """Create the group roles if missing and set their grants on this database, in one transaction."""
     script = (sql_dir() / "roles.sql").read_text()
     # The migrate lock: grants must not interleave with a migration creating the tables they name.
     conn.run(query("MigrationLock"))
     try:
+        check_privileges(conn)
         with conn.transaction():
             conn.run(script)
     finally:

@@ -10,16 +10,23 @@
 -- these roles hold on sched's objects are exactly the ones listed here, whatever was granted before.
 -- Every sched_ table must be named below (a test checks this), so a new table gets a deliberate decision.
 
+-- Only a missing role is created: PostgreSQL checks CREATEROLE before it checks whether the role exists, so
+-- an owner without CREATEROLE (a managed server's usual application role) could not even re-create an
+-- existing one; it only grants to the roles an admin made.
 DO $$
 BEGIN
-    CREATE ROLE sched_producer NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sched_producer') THEN
+        CREATE ROLE sched_producer NOLOGIN;
+    END IF;
 -- unique_violation: another database's `sched migrate --roles` created it at the same moment.
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
 DO $$
 BEGIN
-    CREATE ROLE sched_worker NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sched_worker') THEN
+        CREATE ROLE sched_worker NOLOGIN;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 

@@ -27,9 +27,23 @@ SELECT to_regclass('sched_migrations') IS NOT NULL;
 -- Release the migrate lock.
 SELECT pg_advisory_unlock(hashtext('sched_migrate'));
 
+-- name: RoleCallerPrivileges
+-- What granting to sched's roles needs of the caller: CREATEROLE (only while a role is missing), and the
+-- right to pass on CONNECT and TEMPORARY on this database (its owner holds it).
+SELECT current_user,
+       r.rolsuper OR r.rolcreaterole,
+       has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION')
+           AND has_database_privilege(current_database(), 'TEMPORARY WITH GRANT OPTION')
+FROM pg_roles r
+WHERE r.rolname = current_user;
+
 -- name: RoleCountSched
 -- How many of sched's group roles exist; `sched migrate` keeps their grants current once they all do.
 SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
+
+-- name: RoleListSched
+-- Which of sched's group roles exist.
+SELECT rolname FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]) ORDER BY rolname;
 
 -- name: SessionCommitWithoutFlushWait
 -- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability,

