@@ -246,7 +246,8 @@ def _sql_baseline(conn: db.Connection, dsn: str, config: BenchConfig) -> int:
         )
         started = time.perf_counter()
         while jobs := await repository.claim_jobs(claim, worker_id, "baseline", ["sched.noop"], config.batch_size):
-            await repository.record_outcomes(claim, worker_id, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs])
+            done = [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
+            await repository.record_outcomes(claim, worker_id, done)
         elapsed = time.perf_counter() - started
         await repository.deregister_worker(claim, worker_id)
         await claim.close()
