@@ -778,6 +778,31 @@ def demo(
     print_demo_summary(run_demo(dsn, duration_s, watch), console)
 
 
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option("--host", help="Address to serve on; off loopback a token is required.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 8765,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Hide and refuse cancel, retry, pause and resume.")
+    ] = False,
+    token: Annotated[
+        Optional[str],
+        typer.Option("--token", envvar="SCHED_UI_TOKEN", show_envvar=True, help="Access token browsers must present."),
+    ] = None,
+) -> None:
+    """Serve the web dashboard: queues (live), jobs, workers, schedules, failures (needs pgsched[web])."""
+    from pgsched.settings import resolve_dsn
+    from pgsched.web import check_binding, serve
+
+    check_binding(host, token)
+    settings = _settings()
+    sys.stderr.write(f"sched ui on http://{host}:{port}/{' (read-only)' if read_only else ''}\n")
+    dsn = resolve_dsn(settings)
+    serve(dsn, host=host, port=port, read_only=read_only, token=token, stale_after_s=settings.stale_after)
+
+
 def _app_for(argv: list[str]) -> typer.Typer:
     """The app holding only the command that ``argv`` names: building every command's parameters costs a
     one-shot ``sched add`` more than its own work. The whole app serves ``--help``, completion and mistakes."""

@@ -1,10 +1,12 @@
 """Every query sched runs at runtime goes through this package: one function per operation, each naming its
 query in ``sql/queries/`` (no SQL is built here), split by what it operates on. Callers use
 ``repository.name(...)``; the modules are producers, runs (the worker's side), jobs, workers, queues,
-schedules and reads. No loops over time and no sleeps: deciding when to call is the caller's job."""
+schedules, reads and browse (the web dashboard's job pages). No loops over time and no sleeps: deciding when
+to call is the caller's job."""
 
 from __future__ import annotations
 
+from pgsched.repository.browse import BROWSE_STATES, JobPage, browse_jobs, failure_groups
 from pgsched.repository.jobs import (
     CancelResult,
     CleanupCounts,
@@ -50,14 +52,17 @@ WAKEUP_CHANNEL = "sched_wakeup"
 CANCEL_CHANNEL = "sched_cancel"
 
 __all__ = [
+    "BROWSE_STATES",
     "CANCEL_CHANNEL",
     "WAKEUP_CHANNEL",
     "CancelResult",
     "CleanupCounts",
+    "JobPage",
     "ReapResult",
     "RecordResult",
     "RetryResult",
     "apply_task_limits",
+    "browse_jobs",
     "cancel_job",
     "cancel_requested",
     "claim_jobs",
@@ -70,6 +75,7 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "explain_facts",
+    "failure_groups",
     "get_job",
     "heartbeat_worker",
     "list_queues",

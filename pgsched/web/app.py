@@ -1,0 +1,222 @@
+"""The dashboard's pages and actions: queues (live), a queue's jobs, one job, workers, schedules and recent
+failures, rendered on the server; cancel, retry, pause and resume behind a confirmation page and a POST."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pgsched import repository
+from pgsched.dashboard import compact
+from pgsched.durations import format_duration
+from pgsched.errors import DatabaseUnavailable, NotFound, SchedError, WrongState
+from pgsched.models import check_key, check_queue, check_task
+from pgsched.web.database import Cost, CountedConnection, Database
+from pgsched.web.guard import Guard
+
+HERE = Path(__file__).resolve().parent
+PAGE_SIZE = 50
+T = TypeVar("T")
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(max(seconds, 0.0))
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def create_app(
+    dsn: str, *, read_only: bool = False, token: str | None = None, stale_after_s: float = 30.0, refresh_s: float = 2.0
+) -> Starlette:
+    """The dashboard as an ASGI application reading ``dsn``."""
+    database = Database(dsn)
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    templates.filters.update(age=_age, when=_when, pretty=_pretty, compact=compact, duration=format_duration)
+
+    def render(request: Request, name: str, cost: Cost | None = None, status: int = 200, **context: Any) -> Response:
+        html = templates.get_template(name).render(
+            request=request,
+            csrf=getattr(request.state, "csrf", ""),
+            read_only=read_only,
+            cost=cost,
+            refresh_ms=int(refresh_s * 1000),
+            **context,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    async def read(call: Callable[[CountedConnection], T]) -> tuple[T, Cost]:
+        def work() -> tuple[T, Cost]:
+            with database.session() as (conn, cost):
+                value = call(conn)
+            return value, cost
+
+        return await run_in_threadpool(work)
+
+    async def queues(request: Request) -> Response:
+        snap, cost = await run_in_threadpool(database.snapshot)
+        partial = request.query_params.get("partial") == "1"
+        template = "queues_live.html" if partial else "queues.html"
+        return render(request, template, cost, snap=snap, stale_after_s=stale_after_s)
+
+    async def jobs(request: Request) -> Response:
+        queue = _checked(check_queue, request.path_params["queue"])
+        params = request.query_params
+        state = params.get("state") or "all"
+        task = _checked(check_task, params["task"]) if params.get("task") else None
+        key = _checked(check_key, params["key"]) if params.get("key") else None
+        cursor = params.get("after") or None
+        page, cost = await read(
+            lambda conn: repository.browse_jobs(
+                conn, queue, state=state, task=task, key=key, cursor=cursor, limit=PAGE_SIZE
+            )
+        )
+        filters = {"state": state, "task": task or "", "key": key or ""}
+        kept = {k: v for k, v in filters.items() if v}
+        first_url = f"/queues/{queue}?" + urlencode(kept)
+        next_url = f"/queues/{queue}?" + urlencode({**kept, "after": page.next_cursor}) if page.next_cursor else None
+        return render(
+            request,
+            "jobs.html",
+            cost,
+            queue=queue,
+            page=page,
+            filters=filters,
+            states=repository.BROWSE_STATES,
+            next_url=next_url,
+            first_url=first_url,
+            first_page=cursor is None,
+        )
+
+    def _job(conn: CountedConnection, job_id: int) -> dict[str, Any]:
+        from pgsched.why import describe_job
+
+        job = describe_job(conn, job_id, stale_after_s)
+        job["dependencies"] = repository.dependency_states(conn, job_id) if job["depends_on"] else []
+        return job
+
+    async def job(request: Request) -> Response:
+        job_id = _job_id(request)
+        found, cost = await read(lambda conn: _job(conn, job_id))
+        return render(request, "job.html", cost, job=found, done=request.query_params.get("done"))
+
+    async def workers(request: Request) -> Response:
+        found, cost = await read(repository.list_workers)
+        return render(request, "workers.html", cost, workers=found, stale_after_s=stale_after_s)
+
+    async def schedules(request: Request) -> Response:
+        found, cost = await read(repository.list_schedules)
+        return render(request, "schedules.html", cost, schedules=found)
+
+    async def failures(request: Request) -> Response:
+        groups, cost = await read(lambda conn: repository.failure_groups(conn))
+        return render(request, "failures.html", cost, groups=groups)
+
+    # --- actions: a GET shows what will happen and asks; the POST (with the session's token) does it ------
+
+    def _refuse_if_read_only() -> None:
+        if read_only:
+            raise HTTPException(403, "this dashboard is read-only (--read-only)")
+
+    async def confirm_job(request: Request) -> Response:
+        _refuse_if_read_only()
+        job_id, verb = _job_id(request), request.path_params["verb"]
+        found, cost = await read(lambda conn: repository.get_job(conn, job_id))
+        return render(request, "confirm.html", cost, verb=verb, job=found, action=f"/jobs/{job_id}/{verb}")
+
+    async def act_on_job(request: Request) -> Response:
+        _refuse_if_read_only()
+        job_id, verb = _job_id(request), request.path_params["verb"]
+
+        def act(conn: CountedConnection) -> str:
+            if verb == "cancel":
+                result = repository.cancel_job(conn, job_id)
+                if result.state == "running":
+                    return "cancellation requested; its worker will stop it"
+                extra = f" with {result.dependents_cancelled} dependent job(s)" if result.dependents_cancelled else ""
+                return f"cancelled{extra}"
+            outcome = repository.retry_job(conn, job_id)
+            return "retried: queued" if outcome.queued else "retried: waiting on its dependencies"
+
+        done, _cost = await read(act)
+        return RedirectResponse(f"/jobs/{job_id}?" + urlencode({"done": done}), status_code=303)
+
+    async def confirm_queue(request: Request) -> Response:
+        _refuse_if_read_only()
+        queue, verb = _queue_action(request)
+        return render(request, "confirm.html", None, verb=verb, queue=queue, action=f"/queues/{queue}/{verb}")
+
+    async def act_on_queue(request: Request) -> Response:
+        _refuse_if_read_only()
+        queue, verb = _queue_action(request)
+        paused = verb == "pause"
+        await read(lambda conn: repository.set_queue_paused(conn, queue, paused))
+        return RedirectResponse("/", status_code=303)
+
+    async def failed(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return render(request, "error.html", status=exc.status_code, message=exc.detail)
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, WrongState) else 400
+        if isinstance(exc, DatabaseUnavailable):
+            status = 503
+        return render(request, "error.html", status=status, message=exc.message)  # type: ignore[attr-defined]
+
+    routes = [
+        Route("/", queues),
+        Route("/queues/{queue}", jobs),
+        Route("/queues/{queue}/{verb:str}", confirm_queue, methods=["GET"]),
+        Route("/queues/{queue}/{verb:str}", act_on_queue, methods=["POST"]),
+        Route("/jobs/{id:int}", job),
+        Route("/jobs/{id:int}/{verb:str}", confirm_job, methods=["GET"]),
+        Route("/jobs/{id:int}/{verb:str}", act_on_job, methods=["POST"]),
+        Route("/workers", workers),
+        Route("/schedules", schedules),
+        Route("/failures", failures),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, token=token, secret=secrets.token_bytes(32))],
+        exception_handlers={SchedError: failed, HTTPException: failed},
+    )
+    app.state.database = database
+    return app
+
+
+def _job_id(request: Request) -> int:
+    verb = request.path_params.get("verb")
+    if verb is not None and verb not in ("cancel", "retry"):
+        raise HTTPException(404, f"no action {verb!r} on jobs: cancel or retry")
+    return int(request.path_params["id"])
+
+
+def _queue_action(request: Request) -> tuple[str, str]:
+    verb = request.path_params["verb"]
+    if verb not in ("pause", "resume"):
+        raise HTTPException(404, f"no action {verb!r} on queues: pause or resume")
+    return _checked(check_queue, request.path_params["queue"]), verb
+
+
+def _checked(check: Callable[[str], Any], value: str) -> str:
+    check(value)
+    return value
