@@ -157,7 +157,7 @@ class Worker:
         self, fetcher: asyncio.Task, runners: list[asyncio.Task], background: list[asyncio.Task]
     ) -> bool:
         """Stop claiming, let running jobs finish for up to --shutdown-timeout (a second signal skips the wait),
-        release the rest without spending an attempt, flush, deregister (docs/protocol.md, shutdown)."""
+        release the rest without spending an attempt, flush, deregister (docs/protocol.md, "Shutdown")."""
         self.stop.draining = True
         self.due.wake.set()
         self.executor.slot_freed.set()
@@ -207,8 +207,9 @@ class Worker:
         reasons.extend(f"its {name} failed" for name in self.failed_tasks)
         abandoned = self.executor.abandoned_threads
         threads = self.executor.threads
-        if threads is not None and abandoned >= threads.spares:
-            reasons.append(f"{abandoned} timed-out sync handler(s) hold every spare thread")
+        if threads is not None and abandoned > threads.spares:
+            # Past its spares, the pool lends slots' threads to abandoned handlers: sync jobs wait for a thread.
+            reasons.append(f"{abandoned} abandoned sync handler(s), more than the {threads.spares} spare threads")
         if self.stop.draining:
             reasons.append("shutting down")
         body = {

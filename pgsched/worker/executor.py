@@ -4,7 +4,7 @@ end to the outcome rules (outcomes.py).
 
 Runs are keyed by the lease of their claim, not by job id: the same worker can hold two runs of one job
 (an old run it was reaped from, still going, and a new claim of the same job), and each must end on its own
-(docs/protocol.md, fencing)."""
+(docs/protocol.md, "Leases and fencing")."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ class CancelPoll:
 
 class Reaper:
     """Requeues or fails the jobs of dead workers and overdue runs (one reaper at a time across all workers;
-    each worker judged by the contract it registered, docs/protocol.md "Reaper")."""
+    each worker judged by the contract it registered, docs/protocol.md, "Reaper")."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config

@@ -31,6 +31,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 # Errors that say the database is busy, not that an outcome is bad: serialization failures and deadlocks (40),
 # insufficient resources (53), a lock not available (55) and a statement cancelled by a timeout (57).
 _TRANSIENT_SQLSTATE_CLASSES = ("40", "53", "55", "57")
+_SUCCEEDED = OutcomeKind.SUCCEEDED
 
 
 class StopReason(StrEnum):
@@ -41,7 +42,7 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunEnd:
     """How one run ended, as the executor saw it: the handler's result or exception, whether a cancel was
     requested meanwhile, and whether the worker stopped waiting for it (timeout or shutdown)."""
@@ -59,27 +60,29 @@ class UnstorableResult(Exception):
 
 
 def outcome_of(end: RunEnd, max_result_bytes: int) -> Outcome:
-    """The outcome to store for a run that ended so (docs/protocol.md, cancel and timeouts). In this order:
-    a cancel request wins (the job ends cancelled, whatever the handler did after it); a run stopped at
+    """The outcome to store for a run that ended so (docs/protocol.md, "Outcomes", "Cancel" and "Timeouts").
+    In this order: a cancel request wins (the job ends cancelled, whatever the handler did after it); a run stopped at
     shutdown is released without spending an attempt; a run past its timeout failed "timed out"; then the
     handler's own verdict: its exception, or its result if that can be stored."""
     job = end.job
     if end.cancel_requested:
         return _outcome(job, OutcomeKind.CANCELLED, error="cancelled on request")
-    if end.stopped is StopReason.SHUTDOWN:
-        return released(job)
-    if end.stopped is StopReason.TIMEOUT:
-        return _failed(end, f"timed out after {job.timeout_s:g}s")
+    stopped = end.stopped
+    if stopped is not None:  # one test on the path every job takes; enum members are slower to look up
+        if stopped is StopReason.SHUTDOWN:
+            return released(job)
+        if stopped is StopReason.TIMEOUT:
+            return _failed(end, f"timed out after {job.timeout_s:g}s")
     if end.error is not None:
         return _handler_failure(end, end.error)
     if end.result is None:
-        return _outcome(job, OutcomeKind.SUCCEEDED)
+        return Outcome(job.id, job.lease, _SUCCEEDED)
     try:
         text = encode_result(end.result, max_result_bytes)
     except UnstorableResult as exc:
         # A handler that returns something unstorable would do so again: no retry.
         return _outcome(job, OutcomeKind.FAILED, error=storable_text(str(exc)), retryable=False)
-    return _outcome(job, OutcomeKind.SUCCEEDED, result=text)
+    return Outcome(job.id, job.lease, _SUCCEEDED, text)
 
 
 def released(job: ClaimedJob) -> Outcome:
@@ -171,11 +174,12 @@ def _handler_failure(end: RunEnd, exc: BaseException) -> Outcome:
 def log_outcome(end: RunEnd, outcome: Outcome, *, debug: bool) -> None:
     """The log line of a run's end: failures and cancellations always, successes with -v."""
     job = end.job
-    log = logger.bind(job_id=job.id)
-    if outcome.kind is OutcomeKind.SUCCEEDED:
+    if outcome.kind is _SUCCEEDED:
         if debug:
-            log.debug("job {} {} succeeded", job.id, job.task)
-    elif outcome.kind is OutcomeKind.CANCELLED:
+            logger.bind(job_id=job.id).debug("job {} {} succeeded", job.id, job.task)
+        return
+    log = logger.bind(job_id=job.id)
+    if outcome.kind is OutcomeKind.CANCELLED:
         log.info("job {} {} cancelled on request", job.id, job.task)
     elif outcome.kind is OutcomeKind.FAILED:
         if end.stopped is StopReason.TIMEOUT or end.error is None:

@@ -17,6 +17,29 @@ from pgsched.worker import Registry
 from pgsched.worker.maintenance import CancelPoll
 
 
+async def test_a_cancel_notify_stops_the_run_of_its_job(dsn, conn) -> None:
+    registry = Registry()
+    started = asyncio.Event()
+
+    @registry.task("waits")
+    async def waits(payload, ctx):
+        started.set()
+        await asyncio.sleep(30)
+
+    [job_id] = (e.id for e in repository.enqueue_many(conn, [NewJob(task="waits")]))
+    async with in_process_worker(dsn, registry, listen=True) as worker:
+        listening = await worker.worker.listen_link.get()
+        await listening.listen([repository.CANCEL_CHANNEL])
+        await worker.claim(1)
+        run = worker.start_next()
+        await started.wait()
+        repository.cancel_job(conn, job_id)
+        await worker.worker.listener.receive_once(listening, timeout=5)
+        await asyncio.wait_for(run, 5)
+        assert await worker.flush()
+    assert query(dsn, "SELECT state::text, error FROM sched_jobs") == [("cancelled", "cancelled on request")]
+
+
 async def test_a_handler_that_raises_after_its_cancel_was_requested_ends_cancelled(dsn, conn) -> None:
     registry = Registry()
     started = threading.Event()

@@ -1,6 +1,6 @@
 """A worker that dies without a word (SIGKILL) loses its jobs to the reaper: another worker, or `sched reap`,
 requeues them once its heartbeat is stale, and they finish on the next attempt. A job that kills its worker
-every time spends its attempts and fails instead of looping forever (DESIGN §5)."""
+every time spends its attempts and fails instead of looping forever (docs/protocol.md, "Reaper")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Graceful shutdown (DESIGN §6): SIGTERM stops claiming, lets running jobs finish, releases what is left without
-spending an attempt, deregisters and exits 0; a second signal skips the wait."""
+"""Graceful shutdown (docs/protocol.md, "Shutdown"): SIGTERM stops claiming, lets running jobs finish, releases
+what is left without spending an attempt, deregisters and exits 0; a second signal skips the wait."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Job timeouts (DESIGN §8): an async handler is cancelled, a sync one is abandoned; either way the attempt
-fails with "timed out", is retried after the backoff, and a late sync result or progress is fenced off."""
+"""Job timeouts (docs/protocol.md, "Timeouts"): an async handler is cancelled, a sync one is abandoned; either way
+the attempt fails with "timed out", is retried after the backoff, and a late sync result or progress is fenced off."""
 
 from __future__ import annotations
 

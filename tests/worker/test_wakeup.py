@@ -1,4 +1,4 @@
-"""Wake-ups (DESIGN §7): an idle worker hears the enqueue's NOTIFY and starts the job long before its next poll;
+"""Wake-ups: an idle worker hears the enqueue's NOTIFY and starts the job long before its next poll;
 with --no-listen it has no listening connection and finds jobs by polling."""
 
 from __future__ import annotations
