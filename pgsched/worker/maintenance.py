@@ -1,6 +1,7 @@
 """The worker's maintenance services, run one after another on the control connection: heartbeat, cancel
 poll, reaper, due-job promotion, schedule ticks and metrics. Each has ``interval`` and ``run_once(conn)``;
-``Maintenance`` runs each when it is due, and one failure delays the round, never the next one."""
+``Maintenance`` runs each when it is due, and one failure delays the round, never the next one. One loop runs
+them all, not one each: they share the control connection, on which two transactions must never interleave."""
 
 from __future__ import annotations
 

@@ -5,10 +5,11 @@ timeout, the job ending cancelled."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 
-from harness import query
+from harness import query, wait_for
 from inprocess import in_process_worker, until
 
 from pgsched import repository
@@ -98,3 +99,21 @@ async def test_a_cancel_request_does_not_switch_off_a_sync_jobs_timeout(dsn, con
             ("cancelled", 1, "cancelled on request")
         ]
         await until(lambda: executor.abandoned_threads == 0, message="the abandoned handler to return")
+
+
+def test_a_worker_abandons_a_cancelled_sync_job_at_its_timeout(dsn, sched, start_worker, add_jobs) -> None:
+    [job_id] = add_jobs("plain_sync", payload='{"seconds": 8}', timeout_s=1.5)
+    worker = start_worker("--concurrency", "1", "--poll-interval", "0.2s")
+    wait_for(lambda: query(dsn, "SELECT 1 FROM executions WHERE phase = 'start'"), 20, "the job to start")
+    started = time.monotonic()
+    assert sched("cancel", str(job_id)).returncode == 0
+    # The handler ignores the request and sleeps on; at its timeout the worker stops waiting for it.
+    wait_for(lambda: query(dsn, "SELECT state::text FROM sched_jobs") == [("cancelled",)], 10, "the cancel")
+    assert time.monotonic() - started < 5
+    assert query(dsn, "SELECT attempt, error FROM sched_jobs") == [(1, "cancelled on request")]
+    assert query(dsn, "SELECT phase FROM executions") == [("start",)]
+    # The slot is free again at once, though the abandoned handler still sleeps.
+    [after] = add_jobs("count")
+    wait_for(lambda: query(dsn, "SELECT 1 FROM executions WHERE job_id = %s", (after,)), 5, "the next job")
+    worker.send(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0, worker.log()[-3000:]

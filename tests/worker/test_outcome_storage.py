@@ -5,8 +5,11 @@ batch and replaced by a plain failure."""
 
 from __future__ import annotations
 
+import psycopg
 from harness import query, states
 from inprocess import in_process_worker
+from loguru import logger
+from psycopg.conninfo import conninfo_to_dict
 
 from pgsched import repository
 from pgsched.models import NewJob, Outcome, OutcomeKind
@@ -137,3 +140,37 @@ def test_a_worker_stores_what_it_can_of_unstorable_outcomes_and_exits_cleanly(ds
     assert "lone surrogate" in errors[bad[0]]
     assert errors[bad[1]].startswith("ValueError: NUL\\x00here")
     assert "NUL character" in errors[bad[2]]
+
+
+async def test_outcomes_wait_out_a_locked_table_instead_of_failing(dsn, conn) -> None:
+    # A lock or statement timeout says the database is busy, not that an outcome is bad: the batch stays
+    # buffered and is written once the table is free, never split into failures.
+    registry = Registry()
+    registry.task("t")(lambda payload, ctx: {"done": True})
+    repository.enqueue_many(conn, [NewJob(task="t") for _ in range(4)])
+    name = conninfo_to_dict(dsn)["dbname"]
+    query(dsn, f"ALTER DATABASE \"{name}\" SET lock_timeout = '100ms'")
+    async with in_process_worker(dsn, registry) as worker:
+        for _ in await worker.claim(4):
+            await worker.run_next()
+        messages: list[str] = []
+        logger.enable("pgsched")
+        sink = logger.add(lambda message: messages.append(message.record["message"]), format="{message}")
+        try:
+            with psycopg.connect(dsn) as blocker:
+                blocker.execute("SET lock_timeout = 0")
+                blocker.execute("LOCK TABLE sched_jobs IN ACCESS EXCLUSIVE MODE")
+                assert not await worker.flush()
+                assert len(worker.worker.outcomes) == 4
+                blocker.rollback()
+        finally:
+            logger.remove(sink)
+            logger.disable("pgsched")
+        # One try of the whole batch, not a search for a bad outcome.
+        assert messages == [
+            "writing 4 outcome(s) failed: database error: canceling statement due to lock timeout; will retry"
+        ]
+        assert await worker.flush()
+    assert query(dsn, "SELECT DISTINCT state::text, error, result FROM sched_jobs") == [
+        ("succeeded", None, {"done": True})
+    ]
