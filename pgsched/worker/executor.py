@@ -47,8 +47,9 @@ class Run:
 
 class SyncThreads:
     """The threads of sync handlers: one per slot, plus a spare for each handler abandoned at its timeout or
-    at shutdown (a thread cannot be killed), up to one spare per slot. An abandoned handler so never takes a
-    slot's thread; beyond the spares, new sync jobs wait for a thread, and their timeout starts only then."""
+    at shutdown (a thread cannot be killed), up to one spare per slot. So an abandoned handler never takes a
+    slot's thread; past the spares, new sync jobs wait for a thread, and their timeout starts only when they
+    get one (docs/protocol.md, "Timeouts")."""
 
     def __init__(self, concurrency: int) -> None:
         self.spares = concurrency
