@@ -443,6 +443,7 @@ def worker(
         health_port=health_port,
         log_jobs=level == "DEBUG",
         max_payload_bytes=settings.max_payload_bytes,
+        commit=settings.worker_commit,
     )
     raise typer.Exit(run_worker(resolve_dsn(settings), config, settings.app))
 

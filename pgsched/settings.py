@@ -1,7 +1,7 @@
 """Configuration from SCHED_* environment variables and ``.env``; CLI flags override it."""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     poll_interval: Seconds = 1.0
     # How long past its timeout a running job may go before the reaper takes it back (DESIGN §8).
     timeout_grace: Seconds = 10.0
+    # How durable a worker's claims and outcomes are when its commit returns (PostgreSQL's synchronous_commit
+    # for those sessions): "off" returns before the WAL flush and before any standby has it; "on" (or
+    # "remote_write") waits, so a failover cannot roll a finished job back and run it again (README, Deploying).
+    worker_commit: Literal["off", "local", "remote_write", "on"] = "off"
 
 
 def load_settings(**overrides: Any) -> Settings:

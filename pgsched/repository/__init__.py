@@ -35,8 +35,8 @@ from pgsched.repository.runs import (
     reap_stale,
     record_outcomes,
     running_for_worker,
+    set_commit_durability,
     set_progress,
-    skip_commit_flush_wait,
 )
 from pgsched.repository.schedules import (
     delete_schedule,
@@ -91,11 +91,11 @@ __all__ = [
     "retry_jobs",
     "retry_matching",
     "running_for_worker",
+    "set_commit_durability",
     "set_progress",
     "set_queue_max_backlog",
     "set_queue_paused",
     "set_queue_rate",
-    "skip_commit_flush_wait",
     "tick_schedules",
     "upsert_code_schedules",
     "upsert_schedule",

@@ -11,9 +11,9 @@ from pgsched.models import ClaimedJob, JobState, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
 
-async def skip_commit_flush_wait(conn: AsyncConnection) -> None:
-    """Let this session's commits return before the WAL flush (for replayable worker writes only)."""
-    await conn.rows(query("SessionCommitWithoutFlushWait"))
+async def set_commit_durability(conn: AsyncConnection, level: str) -> None:
+    """Set this session's synchronous_commit: off, local, remote_write or on (see SCHED_WORKER_COMMIT)."""
+    await conn.rows(query("SessionSetSynchronousCommit"), {"level": level})
 
 
 async def claim_jobs(

@@ -29,6 +29,8 @@ class WorkerConfig:
     # The largest result a handler may return, in bytes of JSON: the same limit as a payload's
     # (SCHED_MAX_PAYLOAD_BYTES), so whatever a job stores, a client can read back.
     max_payload_bytes: int = 1024 * 1024
+    # synchronous_commit of the claim and outcome connections (SCHED_WORKER_COMMIT; README, Deploying).
+    commit: str = "off"
 
     @property
     def heartbeat_interval(self) -> float:

@@ -57,13 +57,14 @@ class Worker:
         self.id = str(uuid.uuid4())
         self.metrics = metrics
         self.stop = Stop()
-        # Claims and outcomes commit without waiting for the WAL to reach disk. Losing the last of them in a
-        # server crash can only roll a job back to an earlier state of its life (queued, or running under a
-        # worker that the reaper then replaces), which the protocol already handles: at worst a job runs once
-        # more, never is it lost. Enqueues stay durable. On this class of disk the flush wait, not the
-        # statements, would otherwise bound the drain rate.
-        self.claim_link = Link(dsn, "claim", self.stop, flush_wait=False)
-        self.outcome_link = Link(dsn, "outcomes", self.stop, flush_wait=False)
+        # Claims and outcomes commit with config.commit (SCHED_WORKER_COMMIT), by default without waiting for
+        # the WAL to reach disk or a standby. Losing the last of them in a server crash or a failover can only
+        # roll a job back to an earlier state of its life (queued, or running under a worker that the reaper
+        # then replaces), which the protocol already handles: at worst a job runs once more, never is it lost.
+        # Enqueues stay durable. On this class of disk the flush wait, not the statements, would otherwise
+        # bound the drain rate; "on" or "remote_write" trade that rate for no re-run after a failover.
+        self.claim_link = Link(dsn, "claim", self.stop, commit=config.commit)
+        self.outcome_link = Link(dsn, "outcomes", self.stop, commit=config.commit)
         self.control_link = Link(dsn, "control", self.stop)
         self.listen_link = Link(dsn, "listen", self.stop)
         self.due = DueTimes(config.queues)

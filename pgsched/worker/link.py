@@ -18,11 +18,12 @@ from pgsched.worker.stopping import Stop
 class Link:
     """One database connection of the worker, reconnected with jittered exponential backoff when lost."""
 
-    def __init__(self, dsn: str, role: str, stop: Stop, *, flush_wait: bool = True) -> None:
+    def __init__(self, dsn: str, role: str, stop: Stop, *, commit: str | None = None) -> None:
         self._dsn = dsn
         self.role = role
         self._stop = stop
-        self._flush_wait = flush_wait
+        # synchronous_commit for this connection's sessions; None keeps the server's (see engine.py).
+        self._commit = commit
         self.conn: AsyncConnection | None = None
 
     @property
@@ -39,8 +40,8 @@ class Link:
         while True:
             try:
                 self.conn = await connect_async(self._dsn, application_name=f"sched-worker-{self.role}")
-                if not self._flush_wait:
-                    await repository.skip_commit_flush_wait(self.conn)
+                if self._commit is not None:
+                    await repository.set_commit_durability(self.conn, self._commit)
                 if failures:
                     logger.info("database connection ({}) restored after {} attempt(s)", self.role, failures)
                 return self.conn

@@ -46,9 +46,13 @@ SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 SELECT rolname FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]) ORDER BY rolname;
 
 -- name: SessionCommitWithoutFlushWait
--- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability,
--- and for a worker's claims and outcomes, which the protocol can replay.
+-- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability.
 SET synchronous_commit = off;
+
+-- name: SessionSetSynchronousCommit
+-- How durable this session's commits are when they return (a worker's SCHED_WORKER_COMMIT): off, local,
+-- remote_write or on. set_config, not SET, because SET takes no parameters.
+SELECT set_config('synchronous_commit', %(level)s, false);
 
 -- name: TableExists
 -- Whether a relation exists, so readers can tolerate a schema that an older sched created.

@@ -168,13 +168,13 @@ class PrivateServer:
         self._pg_ctl("start")
         return self
 
-    def standby(self, name: str = "standby") -> PrivateServer:
-        """A new server streaming from this one (``pg_basebackup``), started, with the same settings; it
-        connects as ``application_name=name``, the name ``synchronous_standby_names`` can list."""
+    def standby(self, name: str = "standby", settings: Mapping[str, str] | None = None) -> PrivateServer:
+        """A new server streaming from this one (``pg_basebackup``), started, with the same settings but for
+        ``settings``; it connects as ``application_name=name``, the name ``synchronous_standby_names`` lists."""
         replica = PrivateServer(
             self.listen,
             self.trusted_networks[1:],
-            settings=self.extra_settings,
+            settings={**self.extra_settings, **(settings or {})},
             hba=self.extra_hba,
             binaries=self.binaries,
             run_as=self.run_as,
@@ -186,6 +186,7 @@ class PrivateServer:
         )  # fmt: skip
         replica.port = free_port()
         settings = {
+            **replica.extra_settings,
             "port": str(replica.port),
             "unix_socket_directories": f"'{replica.folder}'",
             "primary_conninfo": f"'host=127.0.0.1 port={self.port} user=postgres application_name={name}'",
