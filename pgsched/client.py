@@ -49,13 +49,13 @@ class Client:
         """``durable=False`` (own connection only) commits without waiting for the WAL flush: one producer adds
         jobs several times faster, and an operating-system crash may lose the last moment of added jobs
         (never half a job: PostgreSQL stays consistent). Jobs are never lost by a worker crash either way."""
-        from pgsched.quicksettings import quick_settings
+        from pgsched.settings import load_settings
 
         if dsn is not None and conn is not None:
             raise InvalidInput("give dsn or conn, not both")
         if conn is not None and not durable:
             raise InvalidInput("durable=False applies to the client's own connection, not to one you pass in")
-        settings = quick_settings()
+        settings = load_settings()
         self.max_payload_bytes: int = settings.max_payload_bytes
         self.default_max_attempts: int = settings.max_attempts
         self.default_timeout_s: float = settings.job_timeout
@@ -66,7 +66,7 @@ class Client:
             self._conn: Connection = wrap(conn)
         else:
             from pgsched.db import connect
-            from pgsched.quicksettings import resolve_dsn
+            from pgsched.settings import resolve_dsn
 
             self._conn = connect(dsn if dsn is not None else resolve_dsn(settings), application_name="sched-client")
             if not durable:

@@ -178,3 +178,24 @@ def run_demo(dsn: str, duration_s: float, watch: Callable[[float], None] | None)
     finally:
         code = stop_worker(worker)
     return {"ids": ids, "worker_exit": code, "worker_log": log_path, "tasks": summary(dsn)}
+
+
+def run_watched(dsn: str, duration_s: float, interval_s: float) -> dict[str, Any]:
+    """``run_demo`` under the live dashboard when stdout is a terminal (else it just waits), then summarize."""
+    from rich.console import Console
+
+    from pgsched import db
+
+    console = Console()
+
+    def watch(seconds: float) -> None:
+        if not console.is_terminal:
+            sys.stderr.write(f"running the demo worker for {seconds:g}s (no terminal: no live dashboard)\n")
+            time.sleep(seconds)
+            return
+        from pgsched.dashboard import watch as live
+
+        refreshes = max(1, round(seconds / interval_s))
+        live(lambda: db.connect(dsn), interval_s, console=console, refreshes=refreshes)
+
+    return run_demo(dsn, duration_s, watch)

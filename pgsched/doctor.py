@@ -33,7 +33,6 @@ class Thresholds:
     """The limits the checks judge against."""
 
     max_lag_s: float = 60.0
-    stale_after_s: float = 30.0
     max_transaction_age_s: float = 300.0
     # Vacuum is behind when dead tuples outnumber live ones and there are enough of them to matter.
     max_dead_ratio: float = 0.5
@@ -93,7 +92,7 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
         skipped = "needs the sched tables"
         checks += [Check(name, SKIP, skipped) for name in ("workers", "lag", "vacuum", "autovacuum")]
     else:
-        ready = conn.rows(query("DoctorReadyQueues"), {"stale_after": timedelta(seconds=limits.stale_after_s)})
+        ready = conn.rows(query("DoctorReadyQueues"))
         paused = (
             {row[0] for row in conn.rows(query("DoctorPausedQueues"))} if _table_exists(conn, "sched_queues") else set()
         )
@@ -101,10 +100,9 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
             {"queue": q, "ready": n, "oldest_age_s": age, "live_workers": w, "paused": q in paused}
             for q, n, age, w in ready
         ]
-        stale = {"stale_after": timedelta(seconds=limits.stale_after_s)}
         unhandled = [
             {"queue": q, "task": t, "ready": n}
-            for q, t, n in conn.rows(query("DoctorUnhandledTasks"), stale)
+            for q, t, n in conn.rows(query("DoctorUnhandledTasks"))
             if q not in paused
         ]
         checks.append(check_workers(queues, unhandled))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pgsched.durations import MAX_DELAY_S, parse_duration
-from pgsched.errors import InvalidInput
+from pgsched.errors import InvalidInput, NotFound
 from pgsched.models import (
     NewJob,
     check_key,
@@ -116,6 +116,38 @@ def build_job(
         key=check_key(defaults.key),
         after=after_ids,
     )
+
+
+def with_timing(defaults: JobDefaults, delay: str | None, at: str | None) -> JobDefaults:
+    """``defaults`` with the ``--delay`` or ``--at`` given on the command line, for every ``--jsonl`` line."""
+    if delay is not None and at is not None:
+        raise InvalidInput("use --delay or --at, not both")
+    return replace(
+        defaults,
+        delay_s=parse_delay(delay) if delay is not None else None,
+        run_at=parse_at(at) if at is not None else None,
+    )
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of ``path`` (``-`` for stdin), as UTF-8 text."""
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path!r}: {exc.strerror}") from None
+    with stream:
+        try:
+            return stream.readlines()
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path!r} is not UTF-8 text") from None
+
+
+def existing_job_id(job_id: int) -> int:
+    """``job_id`` if it could name a job; an id outside the column's range names none (NotFound, as for any
+    unknown id)."""
+    if not 0 < job_id < 2**63:
+        raise NotFound(f"job {job_id} not found")
+    return job_id
 
 
 def parse_delay(text: str) -> float:

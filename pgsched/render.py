@@ -1,10 +1,12 @@
-"""Rich rendering of what people read: the status summary and a job's detail."""
+"""What people read (Rich tables of the status summary, a job's detail, schedules, queues, doctor, bench, demo)
+and the JSON shapes the CLI prints for jobs and schedules."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -37,6 +39,36 @@ _SHORT_STATE_HEADINGS = (
 def iso(value: datetime | None) -> str | None:
     """An ISO 8601 timestamp, or None."""
     return value.isoformat() if value is not None else None
+
+
+_JOB_JSON_FIELDS = (
+    "id queue task state attempt max_attempts priority run_at created_at started_at finished_at payload result "
+    "error progress depends_on why"
+).split()
+
+
+def job_json(job: dict[str, Any]) -> dict[str, Any]:
+    """One job as ``sched status ID --json`` prints it."""
+    shaped = {name: job.get(name) for name in _JOB_JSON_FIELDS}
+    for name in ("run_at", "created_at", "started_at", "finished_at"):
+        shaped[name] = iso(shaped[name])
+    shaped["depends_on"] = list(shaped["depends_on"] or [])
+    return shaped
+
+
+def schedule_json(schedule: dict[str, Any]) -> dict[str, Any]:
+    """One schedule as ``sched schedule list --json`` prints it."""
+    return {**schedule, **{k: iso(schedule[k]) for k in ("next_run_at", "last_tick", "created_at")}}
+
+
+Item = TypeVar("Item")
+
+
+def progress(items: Sequence[Item], description: str) -> Iterable[Item]:
+    """``items``, with a transient progress bar on stderr while the caller goes through them."""
+    from rich.progress import track
+
+    return track(items, description=description, transient=True)
 
 
 def queue_table(queues: list[dict[str, Any]]) -> Table:

@@ -1,59 +1,126 @@
-"""Configuration from SCHED_* environment variables and ``.env``; CLI flags override it."""
+"""Configuration from SCHED_* environment variables and ``.env``; CLI flags override it.
 
+``Settings`` declares every setting once, with its default and its bounds. When the environment gives no setting
+but SCHED_DATABASE_URL (and there is no ``.env`` and no override), every other setting is its default and there
+is nothing to parse or validate: ``load_settings`` then skips pydantic-settings, whose import (its sources,
+dotenv, BaseSettings) is a tenth of the start-up time of ``sched add``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BeforeValidator, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from pgsched.durations import parse_duration
+from typing import Any, Literal
 
 
-def _seconds(value: Any) -> Any:
-    return parse_duration(value) if isinstance(value, str) else value
+class Secret:
+    """A string that does not show itself in reprs (the counterpart of pydantic's SecretStr)."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """The string itself."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+def _seconds(default: float) -> Any:
+    # A duration: a number of seconds or a string such as 30s or 7d, more than zero.
+    return field(default=default, metadata={"seconds": True, "gt": 0})
 
 
-class Settings(BaseSettings):
+@dataclass(frozen=True)
+class Settings:
     """Every setting sched reads; each field is ``SCHED_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="SCHED_", env_file=".env", extra="ignore")
-
-    database_url: SecretStr | None = None
+    database_url: Secret | None = None
     data_dir: Path | None = None
     app: str | None = None
-    max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
-    max_attempts: int = Field(default=3, ge=1, le=1000)
-    job_timeout: Seconds = 300.0
-    retention: Seconds = 7 * 86400.0
-    stale_after: Seconds = 30.0
-    poll_interval: Seconds = 1.0
-    # How long past its timeout a running job may go before the reaper takes it back (DESIGN §8).
-    timeout_grace: Seconds = 10.0
+    max_payload_bytes: int = field(default=1024 * 1024, metadata={"gt": 0})
+    # The defaults of a job; a test keeps them equal to the columns' defaults in sql/.
+    max_attempts: int = field(default=3, metadata={"ge": 1, "le": 1000})
+    job_timeout: float = _seconds(300.0)
+    retention: float = _seconds(7 * 86400.0)
+    stale_after: float = _seconds(30.0)
+    poll_interval: float = _seconds(1.0)
+    # How long past its timeout a running job may go before the reaper takes it back (docs/protocol.md).
+    timeout_grace: float = _seconds(10.0)
     # How durable a worker's claims and outcomes are when its commit returns (PostgreSQL's synchronous_commit
     # for those sessions): "off" returns before the WAL flush and before any standby has it; "on" (or
     # "remote_write") waits, so a failover cannot roll a finished job back and run it again (README, Deploying).
     worker_commit: Literal["off", "local", "remote_write", "on"] = "off"
 
 
+_NAMES = frozenset(f"SCHED_{f.name.upper()}" for f in fields(Settings))
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment and ``.env``, then apply the non-None overrides given by CLI flags."""
+    given = {name.upper(): value for name, value in os.environ.items() if name.upper() in _NAMES}
+    url = given.get("SCHED_DATABASE_URL")
+    if url and len(given) == 1 and all(v is None for v in overrides.values()) and not Path(".env").exists():
+        return Settings(database_url=Secret(url))
+    return _from_environment({k: v for k, v in overrides.items() if v is not None})
+
+
+def _from_environment(overrides: dict[str, Any]) -> Settings:
     from pydantic import ValidationError
 
     from pgsched.errors import InvalidInput
 
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        read = _environment_model()(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "setting"
-        raise InvalidInput(f"invalid setting SCHED_{field.upper()}: {first['msg']}") from None
+        name = ".".join(str(p) for p in first["loc"]) or "setting"
+        raise InvalidInput(f"invalid setting SCHED_{name.upper()}: {first['msg']}") from None
+    values = {f.name: getattr(read, f.name) for f in fields(Settings)}
+    if values["database_url"] is not None:
+        values["database_url"] = Secret(values["database_url"].get_secret_value())
+    return Settings(**values)
+
+
+@cache
+def _environment_model() -> type:
+    """A pydantic-settings model of ``Settings``: the same fields, defaults and bounds, read from the environment."""
+    from typing import Annotated, get_type_hints
+
+    from pydantic import BeforeValidator, Field, SecretStr, create_model
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from pgsched.durations import parse_duration
+
+    def seconds(value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    class Environment(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="SCHED_", env_file=".env", extra="ignore")
+
+    hints = get_type_hints(Settings)
+    declared: dict[str, Any] = {}
+    for f in fields(Settings):
+        bounds = {k: v for k, v in f.metadata.items() if k != "seconds"}
+        kind: Any = SecretStr | None if f.name == "database_url" else hints[f.name]
+        if f.metadata.get("seconds"):
+            kind = Annotated[float, BeforeValidator(seconds)]
+        declared[f.name] = (kind, Field(default=f.default, **bounds))
+    return create_model("Environment", __base__=Environment, **declared)
 
 
 def resolve_dsn(settings: Settings) -> str:
     """The DSN to use: SCHED_DATABASE_URL, or the embedded server's when it is unset."""
-    from pgsched.quicksettings import resolve_dsn as resolve
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    from pgsched.embedded import ensure_server
 
-    return resolve(settings)
+    return ensure_server(settings.data_dir)

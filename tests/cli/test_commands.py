@@ -87,7 +87,7 @@ def test_reap_json(sched, conn: db.Connection) -> None:
         "UPDATE sched_jobs SET state = 'running', attempt = 1, worker_id = %s, started_at = now() WHERE id = %s",
         (str(uuid.uuid4()), job_id),
     )
-    done = sched("reap", "--json", "--stale-after", "1m")
+    done = sched("reap", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"requeued": [job_id], "failed": [], "workers_removed": 0}
     plain = sched("reap")

@@ -63,7 +63,9 @@ def worker(dsn: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]
     started: list[subprocess.Popen] = []
 
     def start(*args: str, app: str = "workflow_app") -> subprocess.Popen:
-        env = {**os.environ, "SCHED_DATABASE_URL": dsn, "PYTHONPATH": str(tmp_path)}
+        # The test app's folder first; a PYTHONPATH already set (a source checkout under test) stays after it.
+        path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "SCHED_DATABASE_URL": dsn, "PYTHONPATH": path}
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgsched", "worker", "--app", app, *args],
             stdout=subprocess.DEVNULL,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from pgsched.quicksettings import QuickSettings, Secret, quick_settings, resolve_dsn
-from pgsched.settings import Settings
+from pgsched import settings as settings_module
+from pgsched.settings import Secret, Settings, load_settings, resolve_dsn
 
 URL = "postgresql://root:Sup3rS3cret@127.0.0.1:5432/x"
 
@@ -24,40 +23,61 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     return monkeypatch
 
 
-def test_quick_defaults_equal_the_declared_settings(clean_env: pytest.MonkeyPatch) -> None:
-    declared = Settings()
-    for f in fields(QuickSettings):
-        if f.name != "database_url":
-            assert getattr(declared, f.name) == f.default, f"QuickSettings.{f.name} drifted from Settings"
-            assert f.name in Settings.model_fields
+@pytest.fixture
+def validated(clean_env: pytest.MonkeyPatch) -> list[dict]:
+    """The calls that went through pydantic-settings."""
+    calls: list[dict] = []
+    read = settings_module._from_environment
+
+    def spy(overrides: dict) -> Settings:
+        calls.append(overrides)
+        return read(overrides)
+
+    clean_env.setattr(settings_module, "_from_environment", spy)
+    return calls
 
 
-def test_only_a_database_url_takes_the_quick_path(clean_env: pytest.MonkeyPatch) -> None:
+def test_quick_defaults_equal_the_declared_settings(validated: list[dict]) -> None:
+    # The quick path returns the declared defaults; pydantic-settings, given nothing, must read the same.
+    assert settings_module._from_environment({}) == Settings()
+
+
+def test_only_a_database_url_takes_the_quick_path(clean_env: pytest.MonkeyPatch, validated: list[dict]) -> None:
     clean_env.setenv("SCHED_DATABASE_URL", URL)
-    settings = quick_settings()
-    assert isinstance(settings, QuickSettings)
+    settings = load_settings()
+    assert validated == []
     assert resolve_dsn(settings) == URL
     assert "Sup3rS3cret" not in repr(settings)
 
 
 @pytest.mark.parametrize("name", ["SCHED_MAX_ATTEMPTS", "sched_max_attempts", "SCHED_JOB_TIMEOUT"])
-def test_any_setting_add_reads_goes_through_pydantic(clean_env: pytest.MonkeyPatch, name: str) -> None:
+def test_any_setting_add_reads_goes_through_pydantic(
+    clean_env: pytest.MonkeyPatch, validated: list[dict], name: str
+) -> None:
     clean_env.setenv("SCHED_DATABASE_URL", URL)
     clean_env.setenv(name, "7")
-    settings = quick_settings()
-    assert isinstance(settings, Settings)
+    settings = load_settings()
+    assert len(validated) == 1
     assert getattr(settings, name.lower().removeprefix("sched_")) == 7
 
 
-def test_a_dotenv_file_goes_through_pydantic(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_dotenv_file_goes_through_pydantic(tmp_path: Path, validated: list[dict]) -> None:
     (tmp_path / ".env").write_text(f"SCHED_DATABASE_URL={URL}\nSCHED_MAX_ATTEMPTS=9\n")
-    settings = quick_settings()
-    assert isinstance(settings, Settings)
+    settings = load_settings()
+    assert len(validated) == 1
     assert settings.max_attempts == 9
+    assert resolve_dsn(settings) == URL
 
 
-def test_no_database_url_goes_through_pydantic(clean_env: pytest.MonkeyPatch) -> None:
-    assert isinstance(quick_settings(), Settings)
+def test_no_database_url_goes_through_pydantic(validated: list[dict]) -> None:
+    load_settings()
+    assert len(validated) == 1
+
+
+def test_an_override_goes_through_pydantic(clean_env: pytest.MonkeyPatch, validated: list[dict]) -> None:
+    clean_env.setenv("SCHED_DATABASE_URL", URL)
+    assert load_settings(stale_after="5s").stale_after == 5.0
+    assert len(validated) == 1
 
 
 def test_secret_hides_its_value() -> None:

@@ -48,12 +48,12 @@ def test_sched_reap_requeues_a_killed_workers_jobs(dsn, sched, start_worker, add
     doomed.wait(timeout=10)
 
     # Before the heartbeat is stale the reaper leaves the jobs alone.
-    early = sched("reap", "--stale-after", "30s", "--json")
+    early = sched("reap", "--json")
     assert early.returncode == 0, early.stderr
     assert json.loads(early.stdout) == {"requeued": [], "failed": [], "workers_removed": 0}
 
     def reaped() -> bool:
-        result = sched("reap", "--stale-after", "2s", "--json")
+        result = sched("reap", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)["requeued"] == ids
 
@@ -80,7 +80,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(dsn, sc
             worker = start_worker("--concurrency", "1", "--stale-after", "2s")
             assert worker.wait(timeout=20) == -signal.SIGKILL, worker.log()[-2000:]
             deaths += 1
-        reaped = sched("reap", "--stale-after", "2s")
+        reaped = sched("reap")
         assert reaped.returncode == 0, reaped.stderr
         time.sleep(0.5)
     assert deaths == 2

@@ -1,0 +1,148 @@
+"""Operator actions that are more than one repository call: deleting finished jobs in batches, setting a queue's
+limits in one transaction, and reaping from outside a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pgsched import migrate, repository, roles
+from pgsched.db import Connection, connect_async
+from pgsched.durations import parse_duration, parse_rate
+from pgsched.errors import InvalidInput
+from pgsched.models import check_queue
+from pgsched.settings import Settings, resolve_dsn
+
+
+@dataclass
+class Migrated:
+    """What ``migrate`` did: the migrations applied, and whether the group roles were granted afresh."""
+
+    applied: list[migrate.Migration]
+    granted: bool
+
+
+def apply_migrations(conn: Connection, *, grant_roles: bool = False) -> Migrated:
+    """Apply pending migrations; grant the group roles when asked, or when they exist and tables were added
+    (tables that new migrations add get their grants without being asked)."""
+    done = migrate.apply(conn)
+    granted = grant_roles or (bool(done) and roles.installed(conn))
+    if granted:
+        roles.apply_roles(conn)
+    return Migrated(done, granted)
+
+
+@dataclass
+class CleanupReport:
+    """What a cleanup deleted (or, dry, would delete), by state, and how fast."""
+
+    dry_run: bool
+    deleted: int
+    would_delete: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    seconds: float
+    rows_per_s: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as plain data for ``--json``."""
+        return asdict(self)
+
+
+def older_than(text: str | None) -> float | None:
+    """Parse ``--older-than`` (None keeps SCHED_RETENTION); a cleanup of everything finished is refused here,
+    naming the option, rather than by the retention setting it overrides."""
+    if text is None:
+        return None
+    seconds = parse_duration(text, what="--older-than")
+    if seconds <= 0:
+        raise InvalidInput(f"invalid --older-than {text!r}: must be more than 0")
+    return seconds
+
+
+def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: bool = False) -> CleanupReport:
+    """Delete jobs that finished more than ``older_than_s`` ago, ``batch_size`` rows per transaction, so that a
+    large cleanup never holds locks or a long transaction (or, with ``dry_run``, only count them)."""
+    started = time.perf_counter()
+    if dry_run:
+        counts = repository.count_finished(conn, older_than_s)
+    else:
+        counts = repository.CleanupCounts()
+        while True:
+            batch = repository.delete_finished_batch(conn, older_than_s, batch_size)
+            counts.succeeded += batch.succeeded
+            counts.failed += batch.failed
+            counts.cancelled += batch.cancelled
+            if batch.total < batch_size:
+                break
+    elapsed = time.perf_counter() - started
+    return CleanupReport(
+        dry_run=dry_run,
+        deleted=0 if dry_run else counts.total,
+        would_delete=counts.total if dry_run else 0,
+        succeeded=counts.succeeded,
+        failed=counts.failed,
+        cancelled=counts.cancelled,
+        seconds=round(elapsed, 3),
+        rows_per_s=round(counts.total / elapsed) if elapsed > 0 and not dry_run else None,
+    )
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """A change to a queue's limits: a rate (jobs per second; None removes it) with its burst, a backlog cap."""
+
+    set_rate: bool = False
+    rate: float | None = None
+    burst: int | None = None
+    set_max_backlog: bool = False
+    max_backlog: int | None = None
+
+    @classmethod
+    def parse(
+        cls, rate: str | None = None, burst: int | None = None, max_backlog: int | None = None, clear: bool = False
+    ) -> QueueLimits:
+        """The change that ``sched queue limit`` options ask for (``--rate 100/s``, ``30/m`` or ``none``)."""
+        if clear and (rate is not None or burst is not None or max_backlog is not None):
+            raise InvalidInput("--clear cannot be combined with --rate, --burst or --max-backlog")
+        if clear:
+            return cls(set_rate=True, set_max_backlog=True)
+        if rate is None and burst is None and max_backlog is None:
+            raise InvalidInput("give --rate, --max-backlog or --clear")
+        no_rate = rate is None or rate.strip().lower() == "none"
+        if burst is not None and no_rate:
+            raise InvalidInput("--burst needs --rate")
+        return cls(
+            set_rate=rate is not None,
+            rate=None if rate is None or no_rate else parse_rate(rate),
+            burst=burst,
+            set_max_backlog=max_backlog is not None,
+            max_backlog=max_backlog,
+        )
+
+
+def set_queue_limits(conn: Connection, queue: str, limits: QueueLimits) -> None:
+    """Apply ``limits`` to ``queue`` in one transaction."""
+    check_queue(queue)
+    with conn.transaction():
+        if limits.set_rate:
+            repository.set_queue_rate(conn, queue, limits.rate, limits.burst)
+        if limits.set_max_backlog:
+            repository.set_queue_max_backlog(conn, queue, limits.max_backlog)
+
+
+def reap(settings: Settings) -> repository.ReapResult:
+    """Requeue the jobs of dead workers and overdue runs now, as a worker's reaper does, waiting for locks; each
+    worker is judged by the stale-after and grace it registered (docs/protocol.md)."""
+
+    async def run() -> repository.ReapResult:
+        conn = await connect_async(resolve_dsn(settings), application_name="sched-reap")
+        try:
+            return await repository.reap_stale(conn, wait=True)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

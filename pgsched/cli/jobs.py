@@ -1,0 +1,169 @@
+"""``sched add``, ``status``, ``cancel`` and ``retry``: the commands about jobs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from pgsched import jobspec
+from pgsched.cli import core
+from pgsched.cli.options import Interval, JsonOutput, Payload, QueueName, QueueOption, group, print_json, usage
+from pgsched.durations import parse_duration
+from pgsched.models import check_queue
+from pgsched.settings import load_settings
+
+commands = group()
+
+JobId = Annotated[int, typer.Argument(metavar="ID", help="The job to cancel.")]
+
+
+@commands.command()
+def add(
+    task: Annotated[Optional[str], typer.Argument(help="Task name, e.g. send_report or sched.noop.")] = None,
+    payload: Payload = None,
+    queue: QueueName = "default",
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first (-1000..1000).")] = 0,
+    delay: Annotated[Optional[str], typer.Option("--delay", help="Run after this long, e.g. 30s, 5m, 1h30m.")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Run at this ISO 8601 time.")] = None,
+    max_attempts: Annotated[
+        Optional[int], typer.Option("--max-attempts", help="Attempts before the job fails [3].")
+    ] = None,
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Per-attempt time limit [5m].")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="Dedupe key: one live job per queue and key.")] = None,
+    after: Annotated[
+        Optional[list[int]], typer.Option("--after", help="Run only after job ID succeeds (repeatable).")
+    ] = None,
+    jsonl: Annotated[
+        Optional[str], typer.Option("--jsonl", help="Add one job per JSON line of FILE (- for stdin).")
+    ] = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Add a job (or many with --jsonl) and print each new job's id."""
+    settings = load_settings()
+    defaults = jobspec.JobDefaults(
+        task=task,
+        payload_json=jobspec.read_payload_argument(payload, settings.max_payload_bytes),
+        queue=queue,
+        priority=priority,
+        max_attempts=settings.max_attempts if max_attempts is None else max_attempts,
+        timeout_s=settings.job_timeout if timeout is None else parse_duration(timeout, what="timeout"),
+        key=key,
+    )
+    if jsonl is None:
+        jobs = [jobspec.build_job(defaults, after=after or (), delay=delay, at=at)]
+    else:
+        if after:
+            raise usage("--after cannot be combined with --jsonl")
+        lines = jobspec.read_lines(jsonl)
+        if sys.stderr.isatty() and len(lines) > 1000:
+            lines = core.render.progress(lines, "validating")
+        jobs = list(
+            jobspec.jobs_from_jsonl(lines, jobspec.with_timing(defaults, delay, at), settings.max_payload_bytes)
+        )
+    with core.connect(settings) as conn:
+        results = core.repository.enqueue_many(conn, jobs) if jsonl else [core.repository.enqueue(conn, jobs[0])]
+    for result in results:
+        if as_json:
+            print_json({"id": result.id, "deduplicated": result.deduplicated})
+        else:
+            sys.stdout.write(f"{result.id}\n")
+
+
+@commands.command()
+def status(
+    job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="Show one job in detail.")] = None,
+    queue: QueueOption = None,
+    as_json: JsonOutput = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Live dashboard, redrawn until Ctrl-C.")] = False,
+    interval: Interval = "1s",
+) -> None:
+    """Show per-queue counts and workers, or one job's detail."""
+    if queue is not None:
+        check_queue(queue)
+    settings = load_settings()
+    if watch:
+        if job_id is not None or as_json:
+            raise usage("--watch shows every queue live; it cannot be combined with ID or --json")
+        core.dashboard.watch(lambda: core.connect(settings), _refresh_interval(interval), queue)
+        return
+    with core.connect(settings) as conn:
+        if job_id is not None:
+            job = core.why.describe_job(conn, jobspec.existing_job_id(job_id), settings.stale_after)
+        else:
+            queues = core.repository.count_by_queue(conn, queue)
+            workers = core.repository.list_workers(conn)
+    if job_id is None and as_json:
+        print_json({"queues": queues, "workers": workers})
+    elif job_id is None:
+        core.render.print_summary(queues, workers)
+    elif as_json:
+        print_json(core.render.job_json(job))
+    else:
+        core.render.print_job(job)
+
+
+def _refresh_interval(text: str) -> float:
+    seconds = parse_duration(text, what="interval")
+    if not 0.1 <= seconds <= 3600:
+        raise usage(f"invalid interval {text!r}: use 100ms to 1h")
+    return seconds
+
+
+@commands.command()
+def cancel(job_id: JobId, as_json: JsonOutput = False) -> None:
+    """Cancel a waiting or queued job (and its dependents), or ask the worker running it to stop it."""
+    with core.connect(load_settings()) as conn:
+        result = core.repository.cancel_job(conn, jobspec.existing_job_id(job_id))
+    running = result.state == "running"
+    if as_json:
+        print_json(
+            {
+                "id": result.id,
+                "state": result.state,
+                "cancel_requested": running,
+                "dependents_cancelled": result.dependents_cancelled,
+            }
+        )
+    elif running:
+        sys.stdout.write(f"{job_id}: cancellation requested; its worker will stop it\n")
+    else:
+        extra = f" and {result.dependents_cancelled} dependent job(s)" if result.dependents_cancelled else ""
+        sys.stdout.write(f"{job_id}: cancelled{extra}\n")
+
+
+@commands.command()
+def retry(
+    job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="The failed or cancelled job to retry.")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job (of --queue).")] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled", help="Retry every cancelled job (of --queue).")] = False,
+    queue: QueueOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Put failed or cancelled jobs back in the queue with a fresh attempt budget.
+
+    A job whose dependencies have not all succeeded goes back to waiting; one whose dependency failed or was
+    cancelled is refused (retry that dependency first, or in the same call)."""
+    if job_id is not None and (failed or cancelled or queue is not None):
+        raise usage("give an ID, or --failed/--cancelled [--queue Q], not both")
+    if job_id is None and not (failed or cancelled):
+        raise usage("give an ID, or --failed and/or --cancelled")
+    if queue is not None:
+        check_queue(queue)
+    with core.connect(load_settings()) as conn:
+        if job_id is not None:
+            result = core.repository.retry_job(conn, jobspec.existing_job_id(job_id))
+        else:
+            states = [s for s, wanted in (("failed", failed), ("cancelled", cancelled)) if wanted]
+            result = core.repository.retry_matching(conn, states, queue)
+    if as_json:
+        print_json({"queued": result.queued, "waiting": result.waiting, "refused": result.refused})
+        return
+    for revived in [*result.queued, *result.waiting]:
+        sys.stdout.write(f"{revived}\n")
+    if job_id is None:
+        sys.stderr.write(
+            f"retried {len(result.queued) + len(result.waiting)} job(s): {len(result.queued)} queued, "
+            f"{len(result.waiting)} waiting on dependencies, {len(result.refused)} refused\n"
+        )
