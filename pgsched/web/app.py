@@ -47,7 +47,7 @@ def _pretty(value: Any) -> str:
 
 
 def create_app(
-    dsn: str, *, read_only: bool = False, token: str | None = None, stale_after_s: float = 30.0, refresh_s: float = 2.0
+    dsn: str, *, read_only: bool = False, token: str | None = None, stale_after_s: float = 30.0, refresh_s: float = 5.0
 ) -> Starlette:
     """The dashboard as an ASGI application reading ``dsn``."""
     database = Database(dsn)
@@ -109,10 +109,14 @@ def create_app(
         )
 
     def _job(conn: CountedConnection, job_id: int) -> dict[str, Any]:
-        from pgsched.why import describe_job
+        from pgsched.why import explain
 
-        job = describe_job(conn, job_id, stale_after_s)
+        # What `sched status ID` reads, except that the dependencies' states are read for any job that has some
+        # (the page lists them), and once.
+        job = repository.get_job(conn, job_id)
         job["dependencies"] = repository.dependency_states(conn, job_id) if job["depends_on"] else []
+        facts = repository.explain_facts(conn, job, stale_after_s) if job["state"] == "queued" else {}
+        job["why"] = explain(job, job["dependencies"], facts)
         return job
 
     async def job(request: Request) -> Response:

@@ -14,14 +14,20 @@
 -- Final failures of the last %(window)s grouped by queue, task and the error's first line, most frequent first,
 -- among at most the latest %(walk)s finished jobs: a walk of the finished-jobs index, newest first.
 SELECT queue, task, error, count(*) AS jobs, max(id) AS latest_id,
-       extract(epoch FROM now() - max(finished_at))::float8 AS last_age_s
+       extract(epoch FROM now() - max(finished_at))::float8 AS last_age_s,
+       extract(epoch FROM now() - min(walked_since))::float8 AS walked_back_s
 FROM (
-    SELECT queue::text AS queue, task::text AS task, state, id, finished_at,
-           left(split_part(coalesce(error, ''), E'\n', 1), 300) AS error
-    FROM sched_jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - %(window)s::interval
-    ORDER BY finished_at DESC
-    LIMIT %(walk)s
+    -- walked_since: how far back the walk reached, less than the window when the budget ran out. The window
+    -- function sits above the walk's LIMIT, so it sees only the rows walked.
+    SELECT latest.*, min(finished_at) OVER () AS walked_since
+    FROM (
+        SELECT queue::text AS queue, task::text AS task, state, id, finished_at,
+               left(split_part(coalesce(error, ''), E'\n', 1), 300) AS error
+        FROM sched_jobs
+        WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - %(window)s::interval
+        ORDER BY finished_at DESC
+        LIMIT %(walk)s
+    ) latest
 ) walked
 WHERE state = 'failed'
 GROUP BY queue, task, error
