@@ -206,3 +206,15 @@ def test_pages_keep_out_of_frames_and_other_sites_scripts(client: TestClient) ->
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
     assert client.get("/static/live.js").status_code == 200
+
+
+def test_what_jobs_carry_is_escaped(client: TestClient, conn: db.Connection) -> None:
+    job_id = conn.row(
+        "INSERT INTO sched_jobs (queue, task, state, attempt, started_at, finished_at, payload, error) "
+        "VALUES ('web', 'mail.send', 'failed', 1, now(), now(), '{\"html\": \"<img src=x onerror=alert(1)>\"}', "
+        "'<script>alert(1)</script>') RETURNING id"
+    )[0]  # type: ignore[index]
+    for path in (f"/jobs/{job_id}", "/queues/web?state=failed", "/failures", "/"):
+        page = client.get(path).text
+        assert "<script>alert(1)</script>" not in page and "<img src=x" not in page, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
