@@ -60,19 +60,35 @@ class Client:
         self.default_max_attempts: int = settings.max_attempts
         self.default_timeout_s: float = settings.job_timeout
         self._owned = conn is None
+        self._durable = durable
         if conn is not None:
             from pgsched.db import wrap
 
             self._conn: Connection = wrap(conn)
         else:
-            from pgsched.db import connect
             from pgsched.settings import resolve_dsn
 
-            self._conn = connect(dsn if dsn is not None else resolve_dsn(settings), application_name="sched-client")
-            if not durable:
-                from pgsched.sqlfiles import query
+            self._dsn = dsn if dsn is not None else resolve_dsn(settings)
+            self._conn = self._connect()
 
-                self._conn.run(query("SessionCommitWithoutFlushWait"))
+    def _connect(self) -> Connection:
+        from pgsched.db import connect
+
+        conn = connect(self._dsn, application_name="sched-client")
+        if not self._durable:
+            from pgsched.sqlfiles import query
+
+            conn.run(query("SessionCommitWithoutFlushWait"))
+        return conn
+
+    def _reconnect_if_lost(self) -> None:
+        # The client's own connection, once lost (a server restart, a failover), is opened again on the next
+        # call, so a long-lived producer with a multi-host URL finds the new primary by itself. The call that
+        # met the loss raised DatabaseUnavailable: whether its commit happened is unknown (a key makes the
+        # repeat safe). A caller's connection is the caller's to replace.
+        if self._owned and self._conn.lost:
+            self._conn.close()
+            self._conn = self._connect()
 
     def enqueue(
         self,
@@ -151,6 +167,7 @@ class Client:
         ``progress``, times...), without ``why``; ``NotFound`` if there is no such job."""
         from pgsched import repository
 
+        self._reconnect_if_lost()
         return repository.get_job(self._conn, _job_id(job_id))
 
     def cancel(self, job_id: int) -> str:
@@ -229,6 +246,7 @@ class Client:
         return encode_payload(plain, self.max_payload_bytes)
 
     def _join_transaction(self) -> None:
+        self._reconnect_if_lost()
         # A non-autocommit connection opens its transaction with its first statement. Open it now, so that
         # sched's block becomes a savepoint inside the caller's transaction instead of one that commits.
         if not self._owned:

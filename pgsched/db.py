@@ -151,6 +151,11 @@ class Connection:
         with translated(), self.raw.transaction():
             yield self
 
+    @property
+    def lost(self) -> bool:
+        """Whether the connection was lost (its server went away or failed over), not closed on purpose."""
+        return self.raw.broken
+
     def close(self) -> None:
         self.raw.close()
 

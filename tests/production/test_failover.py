@@ -11,6 +11,7 @@ tests/chaos/results/failover-<commit>.json."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,9 @@ import pytest
 from harness import free_port, health, wait_for
 from private_server import PrivateServer, create_database
 from scenario import enqueue, query, scalar
+
+from pgsched import Client
+from pgsched.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.slow
 
@@ -133,12 +137,14 @@ def start_worker(tmp_path: Path, runs_dsn: str) -> Iterator[Callable[..., subpro
 
 
 @pytest.mark.parametrize("commit", ["off", "on"])
-def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs_dsn: str, report) -> None:
+def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs_dsn: str, sched_at, report) -> None:
     primary, standby = pair
     create_database(primary)
     url = f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/sched"
     url += "?target_session_attrs=read-write"
     enqueue(primary.dsn("sched"), "failover.record", JOBS, f'{{"seconds": {HANDLER_SECONDS}}}')
+    producer = Client(url)
+    producer.enqueue("failover.record", queue="later")
     ports = [free_port(), free_port()]
     workers = [start_worker(url, commit, port) for port in ports]
     wait_for(lambda: all(status(port) == 200 for port in ports), 30, "both workers to be healthy")
@@ -166,8 +172,19 @@ def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs
     drained = time.monotonic() - promoted
     wait_for(lambda: all(status(port) == 200 for port in ports), 30, "/healthz to answer 200 again")
     assert all(worker.poll() is None for worker in workers), "a worker exited"
+    # A producer's own connection died with the old primary: the call that meets the loss says so, the
+    # next one goes to the new primary; the commands find it by themselves.
+    with contextlib.suppress(DatabaseUnavailable):
+        producer.enqueue("failover.record", queue="later")
+    producer.enqueue("failover.record", queue="later", key="after-failover")
+    producer.close()
+    assert sched_at(url, "add", "failover.record", "--queue", "later").returncode == 0
+    shown = sched_at(url, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    later = [q for q in json.loads(shown.stdout)["queues"] if q["queue"] == "later"]
+    assert later and 3 <= later[0]["queued"] <= 4
 
-    states = dict(query(new, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1"))
+    states = dict(query(new, "SELECT state::text, count(*) FROM sched_jobs WHERE queue = 'default' GROUP BY 1"))
     assert states == {"succeeded": JOBS}
     runs = dict(query(runs_dsn, "SELECT job_id, count(*) FROM failover_runs GROUP BY job_id"))
     assert len(runs) == JOBS, "a job succeeded that no handler ran"
