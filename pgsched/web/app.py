@@ -66,12 +66,10 @@ def create_app(
         return HTMLResponse(html, status_code=status)
 
     async def read(call: Callable[[CountedConnection], T]) -> tuple[T, Cost]:
-        def work() -> tuple[T, Cost]:
-            with database.session() as (conn, cost):
-                value = call(conn)
-            return value, cost
+        return await run_in_threadpool(lambda: database.run(call, again_if_broken=True))
 
-        return await run_in_threadpool(work)
+    async def act(call: Callable[[CountedConnection], T]) -> T:
+        return (await run_in_threadpool(lambda: database.run(call, again_if_broken=False)))[0]
 
     async def queues(request: Request) -> Response:
         snap, cost = await run_in_threadpool(database.snapshot)
@@ -152,7 +150,7 @@ def create_app(
         _refuse_if_read_only()
         job_id, verb = _job_id(request), request.path_params["verb"]
 
-        def act(conn: CountedConnection) -> str:
+        def perform(conn: CountedConnection) -> str:
             if verb == "cancel":
                 result = repository.cancel_job(conn, job_id)
                 if result.state == "running":
@@ -162,7 +160,7 @@ def create_app(
             outcome = repository.retry_job(conn, job_id)
             return "retried: queued" if outcome.queued else "retried: waiting on its dependencies"
 
-        done, _cost = await read(act)
+        done = await act(perform)
         return RedirectResponse(f"/jobs/{job_id}?" + urlencode({"done": done}), status_code=303)
 
     async def confirm_queue(request: Request) -> Response:
@@ -174,7 +172,7 @@ def create_app(
         _refuse_if_read_only()
         queue, verb = _queue_action(request)
         paused = verb == "pause"
-        await read(lambda conn: repository.set_queue_paused(conn, queue, paused))
+        await act(lambda conn: repository.set_queue_paused(conn, queue, paused))
         return RedirectResponse("/", status_code=303)
 
     async def failed(request: Request, exc: Exception) -> Response:

@@ -88,16 +88,32 @@ class Database:
             finally:
                 cost.queries, cost.ms = conn.queries, conn.seconds * 1000
 
+    def run(self, call: Callable[[CountedConnection], T], *, again_if_broken: bool) -> tuple[T, Cost]:
+        """``call`` on the connection, and what it cost. A read (``again_if_broken``) whose connection turns out
+        to be broken, as every connection is after a server restart, runs once more on a new one; an action
+        does not, since it may have committed before the link broke."""
+        try:
+            with self.session() as (conn, cost):
+                return call(conn), cost
+        except DatabaseUnavailable:
+            if not again_if_broken:
+                raise
+        with self.session() as (conn, cost):
+            return call(conn), cost
+
     def snapshot(self) -> tuple[Snapshot, Cost]:
         """The queue figures of ``sched status --watch``, read at most once per ``snapshot_every_s`` however
         many people watch: every viewer within that interval shares one read."""
-        with self.session() as (conn, cost):
+
+        def read(conn: CountedConnection) -> Snapshot:
             if self._snapshot is None or time.monotonic() - self._snapshot_at >= self.snapshot_every_s:
                 if self._reader is None:
                     self._reader = Reader(conn)
                 self._snapshot = self._reader.snapshot()
                 self._snapshot_at = time.monotonic()
-        return self._snapshot, cost
+            return self._snapshot
+
+        return self.run(read, again_if_broken=True)
 
     def close(self) -> None:
         """Close the connection (the next page opens a new one)."""

@@ -218,3 +218,16 @@ def test_what_jobs_carry_is_escaped(client: TestClient, conn: db.Connection) -> 
         page = client.get(path).text
         assert "<script>alert(1)</script>" not in page and "<img src=x" not in page, path
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
+
+
+def test_pages_survive_a_broken_connection(client: TestClient, conn: db.Connection, seeded) -> None:
+    assert client.get("/workers").status_code == 200
+    assert client.get("/").status_code == 200
+    # What a server restart does to the dashboard's connection.
+    ended = conn.rows(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'sched-ui' AND datname = current_database()"
+    )
+    assert ended == [(True,)]
+    assert client.get("/workers").status_code == 200  # read again on a new connection
+    assert client.get("/?partial=1").status_code == 200
