@@ -104,6 +104,7 @@ def create_app(
             next_url=next_url,
             first_url=first_url,
             first_page=cursor is None,
+            walk_reason=_walk_reason(state, task, key),
         )
 
     def _job(conn: CountedConnection, job_id: int) -> dict[str, Any]:
@@ -210,6 +211,19 @@ def _job_id(request: Request) -> int:
     if verb is not None and verb not in ("cancel", "retry"):
         raise HTTPException(404, f"no action {verb!r} on jobs: cancel or retry")
     return int(request.path_params["id"])
+
+
+def _walk_reason(state: str, task: str | None, key: str | None) -> str:
+    """Why a page of this filter may examine many jobs to find a few (sql/queries/browse.sql)."""
+    if task is not None:
+        return "no index holds jobs by task, so the task filter is checked job by job"
+    if key is not None:
+        return "the key index holds live jobs only, so finished jobs are checked job by job"
+    if state in ("succeeded", "failed", "cancelled"):
+        return "finished jobs of every queue and final state share one index, ordered by when they finished"
+    if state == "waiting":
+        return "no index holds waiting jobs, so the page walks the jobs that have dependencies"
+    return "this listing walks the jobs of every queue by id"
 
 
 def _queue_action(request: Request) -> tuple[str, str]:

@@ -231,3 +231,19 @@ def test_pages_survive_a_broken_connection(client: TestClient, conn: db.Connecti
     assert ended == [(True,)]
     assert client.get("/workers").status_code == 200  # read again on a new connection
     assert client.get("/?partial=1").status_code == 200
+
+
+def test_a_page_that_ran_out_of_its_walk_says_why(client: TestClient, conn: db.Connection) -> None:
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, state, attempt, started_at, finished_at) "
+        "SELECT 'busy', 'mail.send', 'succeeded', 1, now(), now() FROM generate_series(1, 5100)"
+    )
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, state, attempt, started_at, finished_at) "
+        "VALUES ('quiet', 'mail.send', 'succeeded', 1, now(), now() - interval '1 day')"
+    )
+    page = client.get("/queues/quiet?state=succeeded").text
+    assert "This page examined 5,000 jobs in index order and 0 matched" in page
+    assert "finished jobs of every queue and final state share one index" in page
+    following = re.search(r'id="next" href="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    assert len(re.findall(r'<a href="/jobs/\d+">', client.get(html.unescape(following)).text)) == 1
