@@ -33,7 +33,7 @@ def check_privileges(conn: Connection) -> None:
     if not can_grant_database:
         raise DatabaseError(
             f"granting CONNECT and TEMPORARY on this database to the sched roles needs ownership of the database, "
-            f"which {user} lacks; ask an admin to make {user} its owner, or to run `sched migrate --roles` as one"
+            f"which {user} lacks; ask an admin to make {user} its owner, or to run `sched migrate --roles` as its owner"
         )
 
 

@@ -82,3 +82,24 @@ def test_owner_grants_to_roles_an_admin_created(owner_url, sched_at) -> None:
     assert existing_roles(admin_dsn) == {*ROLES}
     with psycopg.connect(admin_dsn, autocommit=True) as c:
         assert c.execute("SELECT state::text FROM sched_jobs").fetchall() == [("succeeded",)]
+
+
+def test_an_owner_of_the_schema_only_is_told_to_own_the_database(make_server, sched_at) -> None:
+    server = make_server().launch()
+    with psycopg.connect(server.dsn(), autocommit=True) as admin:
+        admin.execute("CREATE ROLE schema_owner LOGIN")
+        for role in ROLES:
+            admin.execute(f"CREATE ROLE {role} NOLOGIN")
+        admin.execute("CREATE DATABASE app")
+    with psycopg.connect(server.dsn("app"), autocommit=True) as admin:
+        admin.execute("ALTER SCHEMA public OWNER TO schema_owner")
+    url = f"postgresql://schema_owner@127.0.0.1:{server.port}/app"
+    failed = sched_at(url, "migrate")
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1] == (
+        "Error: granting CONNECT and TEMPORARY on this database to the sched roles needs ownership of the"
+        " database, which schema_owner lacks; ask an admin to make schema_owner its owner, or to run"
+        " `sched migrate --roles` as its owner"
+    )
+    # The migrations themselves went in: the schema's owner can run sched, only the grants wait for an admin.
+    assert sched_at(url, "migrate", "--check").returncode == 0
