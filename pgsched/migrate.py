@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pgsched.db import Connection
 from pgsched.errors import DatabaseError
-from pgsched.sqlfiles import query, sql_dir
+from pgsched.sqlfiles import query, schema, sql_dir
 
 _FILE_NAME = re.compile(r"(\d{4})_(\w+)\.sql")
 
@@ -42,6 +42,16 @@ def available(folder: Path | None = None) -> list[Migration]:
     return found
 
 
+def use_schema(conn: Connection) -> None:
+    """Inside a transaction: create the installation's schema if missing, and resolve unqualified names there
+    until the transaction ends (migrations and the roles script name objects without a schema)."""
+    name = schema()
+    exists = conn.row(query("SchemaExists"), {"schema": name})
+    if not (exists and exists[0]):
+        conn.run(query("SchemaCreate"))
+    conn.run(query("SchemaUse"), {"schema": name})
+
+
 def applied(conn: Connection) -> dict[int, str]:
     """Applied versions and their checksums; empty on a database sched never touched."""
     exists = conn.row(query("MigrationTableExists"))
@@ -64,6 +74,7 @@ def apply(conn: Connection, folder: Path | None = None) -> list[Migration]:
         todo = pending(conn, folder)
         for migration in todo:
             with conn.transaction():
+                use_schema(conn)
                 conn.run(migration.sql)
                 conn.run(
                     query("MigrationRecord"),

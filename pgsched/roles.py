@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pgsched.db import Connection
 from pgsched.errors import DatabaseError
+from pgsched.migrate import use_schema
 from pgsched.sqlfiles import query, sql_dir
 
 ROLES = ("sched_producer", "sched_worker")
@@ -45,6 +46,7 @@ def apply_roles(conn: Connection) -> None:
     try:
         check_privileges(conn)
         with conn.transaction():
+            use_schema(conn)
             conn.run(script)
     finally:
         conn.run(query("MigrationUnlock"))

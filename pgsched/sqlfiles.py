@@ -1,13 +1,29 @@
-"""Locate the shipped ``sql/`` folder and parse the query files of ``sql/queries/`` into named queries, once."""
+"""Locate the shipped ``sql/`` folder, parse the query files of ``sql/queries/`` into named queries once, and
+qualify them with the installation's schema (``SCHED_SCHEMA``, default ``public``), so that no query depends on
+the caller's ``search_path`` and two schemas in one database are two independent installations."""
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+SCHEMA_ENV = "SCHED_SCHEMA"
+DEFAULT_SCHEMA = "public"
+# A schema name that needs no quoting anywhere: in identifiers, in regclass literals, in channel names.
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+# The objects of an installation that queries name, as identifiers or inside regclass literals. The staging
+# table sched_jobs_incoming is temporary (pg_temp) and is not one of them.
+_OBJECTS = re.compile(
+    r"\b(sched_(?:jobs|job_deps|workers|queues|schedules|migrations|job_state|job_lease_seq|jobs_id_seq))\b"
+)
+_SCHEMA_TOKEN = re.compile(r"\bsched_schema\b")
+# Names shared by every session of a database: notification channels and advisory-lock keys.
+_SHARED_NAMES = re.compile(r"'(sched_(?:wakeup|cancel|reaper|migrate))'")
 
 
 @cache
@@ -39,6 +55,44 @@ def queries() -> dict[str, str]:
     return named
 
 
+def schema() -> str:
+    """The schema of this process's sched installation: ``SCHED_SCHEMA``, or ``public``."""
+    return _checked_schema(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
+
+
+@cache
+def _checked_schema(name: str) -> str:
+    # Checked once per name: every query looks the schema up.
+    if not SCHEMA_NAME.fullmatch(name):
+        from pgsched.errors import InvalidInput
+
+        raise InvalidInput(
+            f"invalid schema name {name!r} ({SCHEMA_ENV}): use 1-48 lowercase letters, digits or _, "
+            "not starting with a digit"
+        )
+    return name
+
+
+def shared_name(name: str, schema_name: str | None = None) -> str:
+    """A channel or lock name of the installation in ``schema_name``: the bare name in ``public`` (as before
+    schemas existed), suffixed with the schema elsewhere, so installations never hear or block each other."""
+    schema_name = schema_name or schema()
+    return name if schema_name == DEFAULT_SCHEMA else f"{name}.{schema_name}"
+
+
+def qualify(text: str, schema_name: str) -> str:
+    """``text`` with every sched object named in ``schema_name`` and every shared name made its own;
+    ``sched_schema`` stands for the schema itself."""
+    text = _OBJECTS.sub(rf"{schema_name}.\1", text)
+    text = _SCHEMA_TOKEN.sub(schema_name, text)
+    return _SHARED_NAMES.sub(lambda m: f"'{shared_name(m.group(1), schema_name)}'", text)
+
+
+@cache
+def _qualified(schema_name: str) -> dict[str, str]:
+    return {name: qualify(text, schema_name) for name, text in queries().items()}
+
+
 def query(name: str) -> str:
-    """The text of one named query."""
-    return queries()[name]
+    """The text of one named query, for this process's schema."""
+    return _qualified(schema())[name]

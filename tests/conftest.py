@@ -91,11 +91,18 @@ def _drop_database(server_dsn: str, name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _in_schema(dsn: str) -> str:
+    """With SCHED_SCHEMA set (the suite run against an installation in its own schema), ``dsn`` resolves
+    unqualified names there, so the tests' own SQL finds the tables; sched itself never relies on it."""
+    schema = os.environ.get("SCHED_SCHEMA")
+    return make_conninfo(dsn, options=f"-c search_path={schema}") if schema else dsn
+
+
 @pytest.fixture
 def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A DSN to a fresh, migrated database that is dropped after the test."""
     name = _fresh_database(server_dsn, template_db)
-    yield make_conninfo(server_dsn, dbname=name)
+    yield _in_schema(make_conninfo(server_dsn, dbname=name))
     _drop_database(server_dsn, name)
 
 

@@ -46,15 +46,21 @@ from pgsched.repository.schedules import (
     upsert_schedule,
 )
 from pgsched.repository.workers import deregister_worker, heartbeat_worker, list_workers, register_worker
+from pgsched.sqlfiles import shared_name
 
-# The NOTIFY channels: new work per queue, and cancellation requests per job.
-WAKEUP_CHANNEL = "sched_wakeup"
-CANCEL_CHANNEL = "sched_cancel"
+
+def wakeup_channel() -> str:
+    """The NOTIFY channel of new work (its payload names the queue) of this process's installation."""
+    return shared_name("sched_wakeup")
+
+
+def cancel_channel() -> str:
+    """The NOTIFY channel of cancellation requests (its payload is the job id) of this process's installation."""
+    return shared_name("sched_cancel")
+
 
 __all__ = [
     "BROWSE_STATES",
-    "CANCEL_CHANNEL",
-    "WAKEUP_CHANNEL",
     "CancelResult",
     "CleanupCounts",
     "JobPage",
@@ -63,6 +69,7 @@ __all__ = [
     "RetryResult",
     "apply_task_limits",
     "browse_jobs",
+    "cancel_channel",
     "cancel_job",
     "cancel_requested",
     "claim_jobs",
@@ -99,4 +106,5 @@ __all__ = [
     "tick_schedules",
     "upsert_code_schedules",
     "upsert_schedule",
+    "wakeup_channel",
 ]

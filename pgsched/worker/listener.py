@@ -28,7 +28,7 @@ class Listener:
         while True:
             async with self._link.attempt("listening for wake-ups", "; polling meanwhile") as attempt:
                 conn = await self._link.get()
-                await conn.listen([repository.WAKEUP_CHANNEL, repository.CANCEL_CHANNEL])
+                await conn.listen([repository.wakeup_channel(), repository.cancel_channel()])
                 # Anything enqueued while we were not listening is found by this poll.
                 self._due.wake.set()
                 while True:
@@ -41,7 +41,7 @@ class Listener:
     async def receive_once(self, conn: AsyncConnection, timeout: float = 5.0) -> None:
         """Handle the notifications that arrive within ``timeout`` seconds."""
         for channel, payload in await conn.notifications(timeout=timeout):
-            if channel == repository.CANCEL_CHANNEL:
+            if channel == repository.cancel_channel():
                 if payload.isdigit():
                     self._cancel_job(int(payload))
                 continue

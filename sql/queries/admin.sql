@@ -45,6 +45,20 @@ SELECT count(*) FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]);
 -- Which of sched's group roles exist.
 SELECT rolname FROM pg_roles WHERE rolname = ANY(%(roles)s::text[]) ORDER BY rolname;
 
+-- name: SchemaCreate
+-- Create the installation's schema; only when it is missing, so an owner without CREATE on the database can
+-- migrate into a schema an admin made. The loader writes the (checked) schema name for sched_schema.
+CREATE SCHEMA sched_schema;
+
+-- name: SchemaExists
+-- Whether the installation's schema exists.
+SELECT to_regnamespace(%(schema)s) IS NOT NULL;
+
+-- name: SchemaUse
+-- Resolve the unqualified names of a migration or of the roles script in the installation's schema, for the
+-- rest of this transaction only.
+SELECT set_config('search_path', %(schema)s, true);
+
 -- name: SessionCommitWithoutFlushWait
 -- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability.
 SET synchronous_commit = off;

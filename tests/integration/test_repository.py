@@ -13,6 +13,7 @@ import pytest
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome
+from pgsched.sqlfiles import query
 
 T = TypeVar("T")
 
@@ -299,7 +300,7 @@ def test_only_one_reaper_runs_at_a_time(dsn: str, conn: db.Connection) -> None:
         other = await db.connect_async(dsn)
         try:
             async with other.transaction():
-                await other.rows("SELECT pg_advisory_xact_lock(hashtext('sched_reaper'))")
+                await other.rows(query("JobReapLock"))
                 return await repository.reap_stale(c)
         finally:
             await other.close()

@@ -122,7 +122,7 @@ def test_enqueue_notifies_the_queue(dsn: str, conn: db.Connection) -> None:
     async def body() -> list[tuple[str, str]]:
         listener = await db.connect_async(dsn)
         try:
-            await listener.listen([repository.WAKEUP_CHANNEL])
+            await listener.listen([repository.wakeup_channel()])
             repository.enqueue(conn, NewJob(task="t", queue="mail"))
             repository.enqueue_many(conn, [NewJob(task="t", queue="bulk")] * 3)
             found: list[tuple[str, str]] = []

@@ -79,11 +79,11 @@ def test_cancelling_a_running_job_asks_its_worker_by_notify_and_by_poll(dsn: str
     worker = str(uuid.uuid4())
     (claimed,) = start(dsn, worker)
     with psycopg.connect(dsn, autocommit=True) as listener:
-        listener.execute("LISTEN sched_cancel")
+        listener.execute(f'LISTEN "{repository.cancel_channel()}"')
         result = repository.cancel_job(conn, job_id)
         notes = [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
     assert result.state == "running"
-    assert notes == [("sched_cancel", str(job_id))]
+    assert notes == [(repository.cancel_channel(), str(job_id))]
     assert state(conn, job_id) == "running"
     assert run_async(dsn, lambda c: repository.cancel_requested(c, worker)) == {claimed.lease}
 
@@ -106,7 +106,7 @@ def test_retrying_a_failed_job_gives_a_fresh_budget_and_wakes_workers(dsn: str, 
     fail_all(dsn)
     assert state(conn, job_id) == "failed"
     with psycopg.connect(dsn, autocommit=True) as listener:
-        listener.execute("LISTEN sched_wakeup")
+        listener.execute(f'LISTEN "{repository.wakeup_channel()}"')
         result = repository.retry_job(conn, job_id)
         notes = [n.payload.split()[0] for n in listener.notifies(timeout=2, stop_after=1)]
     assert result.queued == [job_id] and notes == ["default"]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from pgsched import repository
 from pgsched.errors import InvalidInput, NotFound, WrongState
 
 
@@ -34,7 +35,7 @@ def test_a_rolled_back_transaction_leaves_no_job_and_sends_no_wakeup(dsn: str) -
     from pgsched import Client
 
     with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as app:
-        listener.execute("LISTEN sched_wakeup")
+        listener.execute(f'LISTEN "{repository.wakeup_channel()}"')
         client = Client(conn=app)
         with pytest.raises(RuntimeError), app.transaction():
             app.execute("CREATE TEMP TABLE orders (id int)")

@@ -30,7 +30,7 @@ async def test_a_cancel_notify_stops_the_run_of_its_job(dsn, conn) -> None:
     [job_id] = (e.id for e in repository.enqueue_many(conn, [NewJob(task="waits")]))
     async with in_process_worker(dsn, registry, listen=True) as worker:
         listening = await worker.worker.listen_link.get()
-        await listening.listen([repository.CANCEL_CHANNEL])
+        await listening.listen([repository.cancel_channel()])
         await worker.claim(1)
         run = worker.start_next()
         await started.wait()

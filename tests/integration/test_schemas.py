@@ -1,0 +1,130 @@
+"""An installation in a schema of its own (SCHED_SCHEMA): every query names sched's objects through that schema,
+never through the caller's search_path, and two schemas in one database are two independent installations:
+their jobs, workers, wake-ups, cancel requests and reaper locks never meet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pgsched import db, repository, sqlfiles
+from pgsched.models import NewJob, Outcome, OutcomeKind
+
+BARE_OBJECT = re.compile(
+    r"(?<![.\w])sched_(?:jobs|job_deps|workers|queues|schedules|migrations|job_state|job_lease_seq|jobs_id_seq)\b"
+)
+
+
+def test_every_query_names_sched_objects_only_through_the_schema() -> None:
+    for name, text in sqlfiles.queries().items():
+        qualified = sqlfiles.qualify(text, "tenant_b")
+        assert not BARE_OBJECT.search(qualified), name
+        for shared in ("sched_wakeup", "sched_cancel", "sched_reaper", "sched_migrate"):
+            assert f"'{shared}'" not in qualified, name
+    assert sqlfiles.qualify("SELECT 1 FROM sched_jobs_incoming", "tenant_b") == "SELECT 1 FROM sched_jobs_incoming"
+
+
+def sched(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SCHED_DATABASE_URL": dsn, "SCHED_SCHEMA": schema}
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tempfile.gettempdir(),
+    )
+
+
+def counts(dsn: str, schema: str) -> dict[str, int]:
+    result = sched(dsn, schema, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    (queue,) = json.loads(result.stdout)["queues"]
+    return {state: queue[state] for state in ("queued", "succeeded", "cancelled")}
+
+
+def test_two_schemas_in_one_database_are_independent_installations(empty_dsn: str) -> None:
+    for schema in ("public", "tenant_b"):
+        assert sched(empty_dsn, schema, "migrate").returncode == 0
+    assert sched(empty_dsn, "public", "add", "sched.noop").stdout.strip() == "1"
+    assert sched(empty_dsn, "public", "add", "sched.noop").stdout.strip() == "2"
+    with psycopg.connect(empty_dsn, autocommit=True) as listener:
+        listener.execute('LISTEN "sched_wakeup"')
+        listener.execute('LISTEN "sched_wakeup.tenant_b"')
+        assert sched(empty_dsn, "tenant_b", "add", "sched.noop").stdout.strip() == "1"
+        heard = {note.channel for note in listener.notifies(timeout=2, stop_after=1)}
+    assert heard == {"sched_wakeup.tenant_b"}
+
+    # Job 1 of one installation is not job 1 of the other.
+    assert sched(empty_dsn, "tenant_b", "cancel", "1").returncode == 0
+    assert counts(empty_dsn, "public") == {"queued": 2, "succeeded": 0, "cancelled": 0}
+    assert sched(empty_dsn, "tenant_b", "add", "sched.noop").stdout.strip() == "2"
+    drained = sched(empty_dsn, "tenant_b", "worker", "--burst")
+    assert drained.returncode == 0, drained.stderr
+    assert counts(empty_dsn, "tenant_b") == {"queued": 0, "succeeded": 1, "cancelled": 1}
+    assert counts(empty_dsn, "public") == {"queued": 2, "succeeded": 0, "cancelled": 0}
+    with psycopg.connect(empty_dsn) as conn:
+        tables = conn.execute(
+            "SELECT table_schema, count(*) FROM information_schema.tables WHERE table_name LIKE 'sched\\_%%' "
+            "GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert tables == [("public", 6), ("tenant_b", 6)]
+
+
+def test_no_query_depends_on_the_callers_search_path(dsn: str) -> None:
+    # A caller whose search_path finds nothing of sched's (its own schema first, public left out).
+    schema = sqlfiles.schema()
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA app")
+    elsewhere = make_conninfo(dsn, options="-c search_path=app")
+    with db.connect(elsewhere) as conn:
+        assert conn.row("SELECT to_regclass('sched_jobs')") == (None,)
+        job_id = repository.enqueue(conn, NewJob(task="t", key="k")).id
+        (dupe,) = repository.enqueue_many(conn, [NewJob(task="t", key="k")])
+        assert dupe == (job_id, True)
+
+        async def cycle() -> tuple[int, ...]:
+            worker = str(uuid.uuid4())
+            runs = await db.connect_async(elsewhere)
+            try:
+                await repository.register_worker(
+                    runs, worker, "h", 1, ["default"], ["t"], 1, stale_after_s=30, timeout_grace_s=10
+                )
+                (claimed,) = await repository.claim_jobs(runs, worker, "default", ["t"], 10)
+                await repository.record_outcomes(runs, worker, [Outcome(job_id, claimed.lease, OutcomeKind.SUCCEEDED)])
+                await repository.reap_stale(runs)
+                return (claimed.id,)
+            finally:
+                await runs.close()
+
+        assert asyncio.run(cycle()) == (job_id,)
+        assert repository.get_job(conn, job_id)["state"] == "succeeded"
+        assert [q["succeeded"] for q in repository.count_by_queue(conn)] == [1]
+    assert schema == sqlfiles.schema()
+
+
+def test_an_invalid_schema_name_is_refused_before_anything_is_written(empty_dsn: str) -> None:
+    result = sched(empty_dsn, "Tenant-B", "migrate")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error: invalid schema name 'Tenant-B' (SCHED_SCHEMA): use 1-48 lowercase letters, digits or _, "
+        "not starting with a digit"
+    )
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname ILIKE 'tenant%%'").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("name", ["public", "tenant_b"])
+def test_shared_names_are_the_bare_names_in_public_only(name: str) -> None:
+    expected = "sched_wakeup" if name == "public" else f"sched_wakeup.{name}"
+    assert sqlfiles.shared_name("sched_wakeup", name) == expected
