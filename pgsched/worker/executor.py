@@ -18,7 +18,7 @@ from typing import Any
 
 from loguru import logger
 
-from pgsched.models import ClaimedJob
+from pgsched.models import ClaimedJob, OutcomeKind
 from pgsched.worker.config import WorkerConfig
 from pgsched.worker.context import JobContext
 from pgsched.worker.fetcher import ClaimAhead
@@ -105,6 +105,7 @@ class Executor:
         self._ahead = ahead
         self._metrics = metrics
         self._debug = config.log_jobs
+        self._max_result_bytes = config.max_payload_bytes
         self.ready: collections.deque[ClaimedJob] = collections.deque()
         self.running: dict[int, Run] = {}  # by lease
         self.in_flight = 0
@@ -220,8 +221,9 @@ class Executor:
                 self._ahead.finished += 1
             self.slot_freed.set()
         end = RunEnd(job, spec, run.cancel_requested, run.stopped, result, error)
-        outcome = outcome_of(end, self._config.max_payload_bytes)
-        log_outcome(end, outcome, debug=self._debug)
+        outcome = outcome_of(end, self._max_result_bytes)
+        if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:  # a quiet success logs nothing: skip the call
+            log_outcome(end, outcome, debug=self._debug)
         if self._metrics is not None:
             self._metrics.finished(job, time.monotonic() - began)
         self._outcomes.add(outcome)

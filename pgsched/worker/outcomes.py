@@ -236,7 +236,9 @@ class OutcomeBuffer:
         self._pending: list[Outcome] = []
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._settled: set[int] = set()  # ids of outcomes of the current flush that need no second try
+        # Ids of the outcomes a flush that splits its batch has settled (written, or given up), so a connection
+        # lost halfway hands back only the rest.
+        self._settled: set[int] = set()
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -313,7 +315,14 @@ class OutcomeBuffer:
                 return batch
             if len(batch) > 1:
                 middle = len(batch) // 2
-                return await self._write(conn, batch[:middle]) + await self._write(conn, batch[middle:])
+                again: list[Outcome] = []
+                for part in (batch[:middle], batch[middle:]):
+                    unwritten = await self._write(conn, part)
+                    # Written for good: a lost connection later in this flush must not hand these back.
+                    kept = {id(o) for o in unwritten}
+                    self._settled.update(id(o) for o in part if id(o) not in kept)
+                    again += unwritten
+                return again
             return await self._write_failure_instead(conn, batch[0], exc)
         self._written(batch, result, time.perf_counter() - started)
         return []
@@ -353,7 +362,6 @@ class OutcomeBuffer:
         return []
 
     def _written(self, batch: list[Outcome], result: repository.RecordResult, seconds: float) -> None:
-        self._settled.update(id(o) for o in batch)
         if result.fenced:
             logger.warning(
                 "{} late outcome(s) fenced off (jobs {}): another run owns them now",
