@@ -97,6 +97,8 @@ class PrivateServer:
         self.folder: Path | None = None
         self.restarts = 0
         self.user: pwd.struct_passwd | None = None
+        # Made by standby(); stop() stops them too, so a test that fails half-way leaves no server behind.
+        self.standbys: list[PrivateServer] = []
 
     @property
     def data(self) -> Path:
@@ -179,6 +181,7 @@ class PrivateServer:
             binaries=self.binaries,
             run_as=self.run_as,
         )
+        self.standbys.append(replica)
         replica._make_folder()
         replica._run(
             "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-D", str(replica.data),
@@ -237,7 +240,9 @@ class PrivateServer:
         return ""
 
     def stop(self) -> None:
-        """Stop the server (if it runs) and remove its files."""
+        """Stop the server (if it runs) and its standbys, and remove their files."""
+        for replica in self.standbys:
+            replica.stop()
         if self.folder is None:
             return
         if (self.data / "postmaster.pid").exists():

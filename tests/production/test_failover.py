@@ -136,7 +136,8 @@ def start_worker(tmp_path: Path, runs_dsn: str) -> Iterator[Callable[..., subpro
         print(f"--- worker {i} log ---\n" + (tmp_path / f"worker-{i}.log").read_text(errors="replace")[-4000:])
 
 
-@pytest.mark.parametrize("commit", ["off", "on"])
+# The levels compared; SCHED_FAILOVER_COMMITS=remote_write,local measures the others.
+@pytest.mark.parametrize("commit", os.environ.get("SCHED_FAILOVER_COMMITS", "off,on").split(","))
 def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs_dsn: str, sched_at, report) -> None:
     primary, standby = pair
     create_database(primary)
