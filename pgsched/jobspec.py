@@ -1,16 +1,18 @@
-"""Turn what a producer typed (options, a payload argument, ``--jsonl`` lines) into validated NewJobs."""
+"""The one way a job is built: from ``sched add`` options, from ``--jsonl`` lines and from ``Client.enqueue`` /
+``enqueue_many`` arguments alike. One set of fields, one message per rule, and the defaults of settings."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pgsched.durations import MAX_DELAY_S, parse_duration
+from pgsched.durations import MAX_DELAY_S, to_seconds
 from pgsched.errors import InvalidInput, NotFound
 from pgsched.models import (
     NewJob,
@@ -24,11 +26,35 @@ from pgsched.models import (
     json_error_message,
     parse_payload,
 )
+from pgsched.settings import Settings
+
+# What a job may say about itself, wherever it comes from.
+FIELDS = frozenset("task payload queue priority delay run_at max_attempts timeout key after".split())
+# Job ids are bigints: a number outside that range names no job.
+MAX_JOB_ID = 2**63 - 1
+_DECLARED = Settings()
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a source names the fields that its messages mention (an option on the command line, an argument in
+    Python), so that each rule has one message that speaks the caller's words."""
+
+    delay: str = "delay"
+    run_at: str = "run_at"
+    after: str = "after"
+    missing_task: str = "missing task"
+
+
+API = Wording()
+JSONL = Wording(missing_task="missing task (give it in the line or as TASK)")
+COMMAND_LINE = Wording(delay="--delay", run_at="--at", after="--after", missing_task="missing TASK (or --jsonl FILE)")
 
 
 @dataclass(frozen=True)
 class JobDefaults:
-    """Values a job takes from the command line (or settings) when it does not say otherwise."""
+    """What a job takes for a field it does not give: the settings' attempts, timeout and payload limit and, for
+    ``--jsonl`` lines, the command line's options."""
 
     task: str | None = None
     payload_json: str = "{}"
@@ -36,9 +62,141 @@ class JobDefaults:
     priority: int = 0
     delay_s: float | None = None
     run_at: datetime | None = None
-    max_attempts: int = 3
-    timeout_s: float = 300.0
+    max_attempts: int = _DECLARED.max_attempts
+    timeout_s: float = _DECLARED.job_timeout
     key: str | None = None
+    after: tuple[int, ...] = ()
+    max_payload_bytes: int = _DECLARED.max_payload_bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobDefaults:
+        """The defaults that ``settings`` (SCHED_MAX_ATTEMPTS, SCHED_JOB_TIMEOUT, SCHED_MAX_PAYLOAD_BYTES) give."""
+        return cls(
+            max_attempts=settings.max_attempts,
+            timeout_s=settings.job_timeout,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+
+
+def merge(defaults: JobDefaults, spec: Mapping[str, Any], wording: Wording = API) -> JobDefaults:
+    """``defaults`` with the fields ``spec`` gives (a field given as None is not given), each parsed and checked."""
+    if not FIELDS.issuperset(spec):
+        raise InvalidInput(f"unknown field {sorted(set(spec) - FIELDS)[0]!r}")
+    given = {name: value for name, value in spec.items() if value is not None}
+    changes: dict[str, Any] = {}
+    if "task" in given:
+        changes["task"] = check_task(given["task"])
+    if "payload" in given:
+        changes["payload_json"] = payload_json(given["payload"], defaults.max_payload_bytes)
+    if "queue" in given:
+        changes["queue"] = check_queue(given["queue"])
+    if "priority" in given:
+        changes["priority"] = check_priority(given["priority"])
+    if "delay" in given or "run_at" in given:
+        if "delay" in given and "run_at" in given:
+            raise InvalidInput(f"use {wording.delay} or {wording.run_at}, not both")
+        changes["delay_s"] = delay_seconds(given["delay"]) if "delay" in given else None
+        changes["run_at"] = run_time(given["run_at"], wording) if "run_at" in given else None
+    if "max_attempts" in given:
+        changes["max_attempts"] = check_max_attempts(given["max_attempts"])
+    if "timeout" in given:
+        changes["timeout_s"] = check_timeout(to_seconds(given["timeout"], "timeout"))
+    if "key" in given:
+        changes["key"] = check_key(given["key"])
+    if "after" in given:
+        changes["after"] = job_ids(given["after"], wording)
+    return replace(defaults, **changes) if changes else defaults
+
+
+def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording = API) -> NewJob:
+    """A validated NewJob from the fields ``spec`` gives and ``defaults`` for the rest."""
+    job = merge(defaults, spec, wording)
+    if job.task is None:
+        raise InvalidInput(wording.missing_task)
+    return NewJob(
+        task=check_task(job.task),
+        payload_json=job.payload_json,
+        queue=check_queue(job.queue),
+        priority=check_priority(job.priority),
+        delay_s=job.delay_s,
+        run_at=job.run_at,
+        max_attempts=check_max_attempts(job.max_attempts),
+        timeout_s=check_timeout(job.timeout_s),
+        key=check_key(job.key),
+        after=list(job.after),
+    )
+
+
+def payload_json(payload: Any, max_bytes: int) -> str:
+    """A payload (a JSON object: a dict or another mapping) as compact JSON text, at most ``max_bytes`` long."""
+    plain = dict(payload) if isinstance(payload, Mapping) and not isinstance(payload, dict) else payload
+    return encode_payload(plain, max_bytes)
+
+
+def delay_seconds(value: Any) -> float:
+    """A delay (seconds, a timedelta or a duration string) from 0 to a year."""
+    seconds = to_seconds(value, "delay")
+    shown = repr(value) if isinstance(value, (str, timedelta)) else value
+    if not math.isfinite(seconds):
+        raise InvalidInput(f"invalid delay {shown}")
+    if seconds < 0:
+        raise InvalidInput(f"invalid delay {shown}: must not be negative")
+    if seconds > MAX_DELAY_S:
+        raise InvalidInput(f"invalid delay {shown}: at most a year")
+    return seconds
+
+
+def run_time(value: Any, wording: Wording = API) -> datetime:
+    """A time to run at: a timezone-aware datetime, or ISO 8601 text (without a zone, local time); at most as
+    far ahead as the longest delay."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidInput(f"{wording.run_at} must be a timezone-aware datetime")
+        moment, shown = value, value.isoformat()
+    elif isinstance(value, str):
+        moment, shown = parse_at(value), repr(value)
+    else:
+        raise InvalidInput(f"invalid time {value!r}: use ISO 8601, e.g. 2026-01-31T09:00:00+00:00")
+    try:
+        ahead = (moment - datetime.now(moment.tzinfo)).total_seconds()
+    except OverflowError:
+        ahead = math.inf
+    if ahead > MAX_DELAY_S:
+        raise InvalidInput(f"invalid time {shown}: at most a year ahead")
+    return moment
+
+
+def parse_at(text: str) -> datetime:
+    """Parse ``--at``: ISO 8601; a time without a zone is local time."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+        return moment.astimezone() if moment.tzinfo is None else moment
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"invalid time {text!r}: use ISO 8601, e.g. 2026-01-31T09:00:00+00:00") from None
+
+
+def job_ids(value: Any, wording: Wording = API) -> tuple[int, ...]:
+    """The ids of jobs to run after: positive integers; one outside the range of ids names no job."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{wording.after} must hold job ids, not {value!r}")
+    ids = tuple(value)
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise InvalidInput(f"{wording.after} must hold job ids, not {list(ids)!r}")
+    for job_id in ids:
+        if not 0 < job_id <= MAX_JOB_ID:
+            raise InvalidInput(f"{wording.after} {job_id}: no such job")
+    return ids
+
+
+def existing_job_id(job_id: int) -> int:
+    """``job_id`` if it could name a job; an id outside the column's range names none (NotFound, as for any
+    unknown id)."""
+    if not 0 < job_id <= MAX_JOB_ID:
+        raise NotFound(f"job {job_id} not found")
+    return job_id
+
+
+# --- the command line ------------------------------------------------------------------------------------
 
 
 def read_payload_argument(value: str | None, max_bytes: int) -> str:
@@ -83,52 +241,6 @@ def _clip(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-def parse_at(text: str) -> datetime:
-    """Parse ``--at``: ISO 8601; a time without a zone is local time."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidInput(f"invalid time {text!r}: use ISO 8601, e.g. 2026-01-31T09:00:00+00:00") from None
-    return moment.astimezone() if moment.tzinfo is None else moment
-
-
-def build_job(
-    defaults: JobDefaults, *, after: Iterable[int] = (), delay: str | None = None, at: str | None = None
-) -> NewJob:
-    """Validate the options of one ``add`` into a NewJob."""
-    if delay is not None and at is not None:
-        raise InvalidInput("use --delay or --at, not both")
-    if defaults.task is None:
-        raise InvalidInput("missing TASK (or --jsonl FILE)")
-    after_ids = list(after)
-    for job_id in after_ids:
-        if not 0 < job_id < 2**63:
-            raise InvalidInput(f"--after {job_id}: no such job")
-    return NewJob(
-        task=check_task(defaults.task),
-        payload_json=defaults.payload_json,
-        queue=check_queue(defaults.queue),
-        priority=check_priority(defaults.priority),
-        delay_s=parse_delay(delay) if delay is not None else defaults.delay_s,
-        run_at=parse_at(at) if at is not None else defaults.run_at,
-        max_attempts=check_max_attempts(defaults.max_attempts),
-        timeout_s=check_timeout(defaults.timeout_s),
-        key=check_key(defaults.key),
-        after=after_ids,
-    )
-
-
-def with_timing(defaults: JobDefaults, delay: str | None, at: str | None) -> JobDefaults:
-    """``defaults`` with the ``--delay`` or ``--at`` given on the command line, for every ``--jsonl`` line."""
-    if delay is not None and at is not None:
-        raise InvalidInput("use --delay or --at, not both")
-    return replace(
-        defaults,
-        delay_s=parse_delay(delay) if delay is not None else None,
-        run_at=parse_at(at) if at is not None else None,
-    )
-
-
 def read_lines(path: str) -> list[str]:
     """The lines of ``path`` (``-`` for stdin), as UTF-8 text."""
     try:
@@ -142,25 +254,7 @@ def read_lines(path: str) -> list[str]:
             raise InvalidInput(f"{path!r} is not UTF-8 text") from None
 
 
-def existing_job_id(job_id: int) -> int:
-    """``job_id`` if it could name a job; an id outside the column's range names none (NotFound, as for any
-    unknown id)."""
-    if not 0 < job_id < 2**63:
-        raise NotFound(f"job {job_id} not found")
-    return job_id
-
-
-def parse_delay(text: str) -> float:
-    seconds = parse_duration(text, what="delay")
-    if seconds > MAX_DELAY_S:
-        raise InvalidInput(f"invalid delay {text!r}: at most a year")
-    return seconds
-
-
-_LINE_FIELDS = {"payload", "task", "queue", "priority", "key", "delay", "run_at", "max_attempts", "timeout"}
-
-
-def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults, max_bytes: int) -> Iterator[NewJob]:
+def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults) -> Iterator[NewJob]:
     """Validate ``--jsonl`` lines one by one; the first bad line raises InvalidInput naming its number."""
     # Command-line options apply to every line, so a bad one is no line's fault: check them once, up front.
     check_queue(defaults.queue)
@@ -172,12 +266,12 @@ def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults, max_bytes: int)
         if not line.strip():
             continue
         try:
-            yield _job_from_line(line, defaults, max_bytes)
+            yield build_job(_record(line), defaults, JSONL)
         except InvalidInput as exc:
             raise InvalidInput(f"line {number}: {exc.message}") from None
 
 
-def _job_from_line(line: str, defaults: JobDefaults, max_bytes: int) -> NewJob:
+def _record(line: str) -> dict[str, Any]:
     try:
         # Without its line break, an error at the end of the line points at the line, not at the next one.
         record = json.loads(line.rstrip("\r\n"))
@@ -189,36 +283,6 @@ def _job_from_line(line: str, defaults: JobDefaults, max_bytes: int) -> NewJob:
         raise InvalidInput("not valid JSON: a number has too many digits") from None
     if not isinstance(record, dict):
         raise InvalidInput("each line must be a JSON object")
-    unknown = sorted(set(record) - _LINE_FIELDS)
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r}")
-    payload_json = encode_payload(record["payload"], max_bytes) if "payload" in record else defaults.payload_json
-    delay = _field(record, "delay", (str, int, float))
-    run_at = _field(record, "run_at", str)
-    if delay is not None and run_at is not None:
-        raise InvalidInput("use delay or run_at, not both")
-    timeout = _field(record, "timeout", (str, int, float))
-    return NewJob(
-        task=check_task(_field(record, "task", str, defaults.task)),
-        payload_json=payload_json,
-        queue=check_queue(_field(record, "queue", str, defaults.queue)),
-        priority=check_priority(_field(record, "priority", int, defaults.priority)),
-        delay_s=parse_delay(str(delay)) if delay is not None else (None if run_at else defaults.delay_s),
-        run_at=parse_at(run_at) if run_at is not None else (None if delay is not None else defaults.run_at),
-        max_attempts=check_max_attempts(_field(record, "max_attempts", int, defaults.max_attempts)),
-        timeout_s=check_timeout(parse_duration(str(timeout), what="timeout"))
-        if timeout is not None
-        else defaults.timeout_s,
-        key=check_key(_field(record, "key", str, defaults.key)),
-    )
-
-
-def _field(record: dict[str, Any], name: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
-    value = record.get(name, default)
-    if value is None:
-        if name == "task":
-            raise InvalidInput("missing task (give it in the line or as TASK)")
-        return None
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise InvalidInput(f"invalid {name} {value!r}")
-    return value
+    if "task" in record and record["task"] is None:
+        raise InvalidInput(JSONL.missing_task)
+    return record

@@ -34,12 +34,12 @@ def explain(job: dict[str, Any], deps: list[tuple[int, str]], facts: dict[str, A
     if state == "queued":
         return _explain_queued(job, facts)
     if state == "failed":
-        error = job.get("error") or "no error recorded"
+        error = _summary(job.get("error")) or "no error recorded"
         if job["attempt"] >= job["max_attempts"]:
             return f"attempts exhausted ({job['attempt']} of {job['max_attempts']}); last error: {error}"
         return f"failed on attempt {job['attempt']} of {job['max_attempts']} without retry; error: {error}"
     if state == "cancelled":
-        return job.get("error") or "cancelled"
+        return _summary(job.get("error")) or "cancelled"
     if state == "running":
         return f"running attempt {job['attempt']} of {job['max_attempts']}"
     return None
@@ -47,7 +47,7 @@ def explain(job: dict[str, Any], deps: list[tuple[int, str]], facts: dict[str, A
 
 def _explain_queued(job: dict[str, Any], facts: dict[str, Any]) -> str:
     now: datetime = facts["now"]
-    retrying = f" (retrying after: {job['error']})" if job.get("error") and job["attempt"] > 0 else ""
+    retrying = f" (retrying after: {_summary(job['error'])})" if job.get("error") and job["attempt"] > 0 else ""
     if job["run_at"] > now:
         wait = format_duration((job["run_at"] - now).total_seconds())
         return f"scheduled for later: runs at {job['run_at'].isoformat()} (in {wait}){retrying}"
@@ -68,6 +68,14 @@ def _explain_queued(job: dict[str, Any], facts: dict[str, Any]) -> str:
         who = "the only serving worker is" if workers == 1 else f"all {workers} serving workers are"
         return f"{who} busy ({facts['busy_slots']}/{facts['slots']} slots), {jobs_ahead}{retrying}"
     return f"ready; {jobs_ahead}{retrying}"
+
+
+def _summary(error: str | None, limit: int = 200) -> str | None:
+    """An error's first line, clipped: the line says why; the job's error field keeps the whole traceback."""
+    if not error:
+        return None
+    first = error.strip().splitlines()[0] if error.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def _rate(per_second: float) -> str:

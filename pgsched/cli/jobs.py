@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated, Optional
 
 import typer
@@ -42,28 +44,31 @@ def add(
 ) -> None:
     """Add a job (or many with --jsonl) and print each new job's id."""
     settings = load_settings()
-    defaults = jobspec.JobDefaults(
-        task=task,
-        payload_json=jobspec.read_payload_argument(payload, settings.max_payload_bytes),
-        queue=queue,
-        priority=priority,
-        max_attempts=settings.max_attempts if max_attempts is None else max_attempts,
-        timeout_s=settings.job_timeout if timeout is None else parse_duration(timeout, what="timeout"),
-        key=key,
-    )
+    defaults = jobspec.JobDefaults.from_settings(settings)
+    options = {
+        "task": task,
+        "queue": queue,
+        "priority": priority,
+        "delay": delay,
+        "run_at": at,
+        "max_attempts": max_attempts,
+        "timeout": timeout,
+        "key": key,
+    }
+    defaults = replace(defaults, payload_json=jobspec.read_payload_argument(payload, settings.max_payload_bytes))
     if jsonl is None:
-        jobs = [jobspec.build_job(defaults, after=after or (), delay=delay, at=at)]
+        jobs = [jobspec.build_job({**options, "after": after}, defaults, jobspec.COMMAND_LINE)]
     else:
         if after:
             raise usage("--after cannot be combined with --jsonl")
-        lines = jobspec.read_lines(jsonl)
+        # The options are every line's defaults.
+        for_lines = jobspec.merge(defaults, options, jobspec.COMMAND_LINE)
+        lines: Iterable[str] = jobspec.read_lines(jsonl)
         if sys.stderr.isatty() and len(lines) > 1000:
             lines = core.render.progress(lines, "validating")
-        jobs = list(
-            jobspec.jobs_from_jsonl(lines, jobspec.with_timing(defaults, delay, at), settings.max_payload_bytes)
-        )
+        jobs = list(jobspec.jobs_from_jsonl(lines, for_lines))
     with core.connect(settings) as conn:
-        results = core.repository.enqueue_many(conn, jobs) if jsonl else [core.repository.enqueue(conn, jobs[0])]
+        results = core.client.enqueue_jobs(conn, jobs)
     for result in results:
         if as_json:
             print_json({"id": result.id, "deduplicated": result.deduplicated})

@@ -20,7 +20,7 @@ from pgsched.repository.jobs import (
     retry_jobs,
     retry_matching,
 )
-from pgsched.repository.producers import enqueue, enqueue_many
+from pgsched.repository.producers import commit_without_flush_wait, enqueue, enqueue_many
 from pgsched.repository.queues import list_queues, set_queue_max_backlog, set_queue_paused, set_queue_rate
 from pgsched.repository.reads import count_by_queue, explain_facts
 from pgsched.repository.runs import (
@@ -73,6 +73,7 @@ __all__ = [
     "cancel_job",
     "cancel_requested",
     "claim_jobs",
+    "commit_without_flush_wait",
     "count_by_queue",
     "count_finished",
     "delete_finished_batch",

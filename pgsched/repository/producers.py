@@ -15,6 +15,11 @@ from pgsched.repository.queues import _admit
 from pgsched.sqlfiles import query
 
 
+def commit_without_flush_wait(conn: Connection) -> None:
+    """Let this producer session's commits return before the WAL flush (``Client(durable=False)``)."""
+    conn.run(query("SessionCommitWithoutFlushWait"))
+
+
 def enqueue(conn: Connection, job: NewJob) -> Enqueued:
     """Insert one job (or find the live job with its key), refusing missing or failed dependencies and
     respecting the queue's backlog cap."""

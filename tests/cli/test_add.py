@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pgsched import db, repository
@@ -39,8 +40,10 @@ def test_add_with_a_live_key_returns_the_same_id(sched) -> None:
 
 
 def test_add_at_a_time(sched, conn: db.Connection) -> None:
-    done = sched("add", "t", "--at", "2031-02-03T04:05:06+00:00")
-    assert repository.get_job(conn, int(done.stdout))["run_at"].isoformat() == "2031-02-03T04:05:06+00:00"
+    # Within a year from now: a job may be put off that far, by --delay or by --at.
+    at = (datetime.now(UTC) + timedelta(days=90)).replace(microsecond=0).isoformat()
+    done = sched("add", "t", "--at", at)
+    assert repository.get_job(conn, int(done.stdout))["run_at"].isoformat() == at
 
 
 def test_payload_from_file_and_stdin(sched, conn: db.Connection, tmp_path: Path) -> None:

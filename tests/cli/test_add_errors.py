@@ -125,6 +125,13 @@ CASES = {
         None,
         "use --delay or --at, not both",
     ),
+    "at-over-a-year": (["t", "--at", "9999-12-31"], None, None, "invalid time '9999-12-31': at most a year ahead"),
+    "jsonl-at-over-a-year": (
+        ["t", "--jsonl", "ok.jsonl", "--at", "9999-12-31"],
+        None,
+        None,
+        "invalid time '9999-12-31': at most a year ahead",
+    ),
     "bad-at": (
         ["t", "--at", "tomorrow"],
         None,

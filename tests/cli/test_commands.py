@@ -204,3 +204,41 @@ def test_root_help_and_version() -> None:
         done = subprocess.run([sys.executable, "-m", "pgsched", *args], capture_output=True, text=True, timeout=60)
         assert (done.returncode, done.stderr) == (0, ""), args
         assert done.stdout.strip()
+
+
+@pytest.mark.parametrize("command", ["status", "cancel", "retry"])
+def test_an_id_beyond_any_job_is_not_found(sched, command: str) -> None:
+    done = sched(command, "99999999999999999999")
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", "Error: job 99999999999999999999 not found\n")
+
+
+def test_cleanup_of_everything_blames_the_option(sched, conn: db.Connection) -> None:
+    conn.run("INSERT INTO sched_jobs (task, state, finished_at) VALUES ('t', 'succeeded', now())")
+    done = sched("cleanup", "--older-than", "0s")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2,
+        "",
+        "Error: invalid --older-than '0s': must be more than 0\n",
+    )
+    assert conn.row("SELECT count(*) FROM sched_jobs") == (1,)
+
+
+def test_why_names_the_error_in_one_line_and_the_error_keeps_the_traceback(sched, conn: db.Connection) -> None:
+    error = (
+        'ValueError: boom\nTraceback (most recent call last):\n  File "app.py", line 3, in handler\nValueError: boom'
+    )
+    (job_id,) = conn.row(
+        "INSERT INTO sched_jobs (task, state, attempt, max_attempts, error, finished_at) "
+        "VALUES ('t', 'failed', 1, 1, %s, now()) RETURNING id",
+        (error,),
+    )  # type: ignore[misc]
+    job = json.loads(sched("status", str(job_id), "--json").stdout)
+    assert job["why"] == "attempts exhausted (1 of 1); last error: ValueError: boom"
+    assert job["error"] == error
+    shown = sched("status", str(job_id))
+    assert shown.returncode == 0 and shown.stdout.count("Traceback") == 1
+
+
+def test_reap_takes_no_threshold(sched) -> None:
+    done = sched("reap", "--stale-after", "1s")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", "Error: No such option: --stale-after\n")

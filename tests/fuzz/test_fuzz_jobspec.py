@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pgsched.errors import InvalidInput
-from pgsched.jobspec import JobDefaults, build_job, jobs_from_jsonl, read_payload_argument
+from pgsched.jobspec import COMMAND_LINE, JobDefaults, build_job, jobs_from_jsonl, read_payload_argument
 from pgsched.models import (
     NewJob,
     check_key,
@@ -96,7 +96,7 @@ def test_build_job_yields_a_storable_job_or_one_line_refusal(
         task=task, queue=queue, priority=priority, max_attempts=max_attempts, timeout_s=timeout_s, key=key
     )
     try:
-        job = build_job(defaults, after=after, delay=delay, at=at)
+        job = build_job({"after": after, "delay": delay, "run_at": at}, defaults, COMMAND_LINE)
     except InvalidInput as exc:
         assert_one_line(exc)
         return
@@ -219,7 +219,7 @@ def test_one_bad_line_anywhere_is_named(records: list[dict], data: st.DataObject
     bad = data.draw(bad_records, label="bad line")
     lines.insert(position, bad + "\n")
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl(lines, JobDefaults(), MAX_BYTES))
+        list(jobs_from_jsonl(lines, JobDefaults(max_payload_bytes=MAX_BYTES)))
     assert_one_line(info.value)
     assert info.value.message.startswith(f"line {position + 1}: ")
 
@@ -228,7 +228,7 @@ def test_one_bad_line_anywhere_is_named(records: list[dict], data: st.DataObject
 @given(st.lists(valid_records, max_size=30), st.lists(st.sampled_from(["", " ", "\t"]), max_size=3))
 def test_valid_lines_all_become_storable_jobs(records: list[dict], blanks: list[str]) -> None:
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records] + [b + "\n" for b in blanks]
-    jobs = list(jobs_from_jsonl(lines, JobDefaults(queue="q1"), MAX_BYTES))
+    jobs = list(jobs_from_jsonl(lines, JobDefaults(queue="q1", max_payload_bytes=MAX_BYTES)))
     assert len(jobs) == len(records)
     for record, job in zip(records, jobs, strict=True):
         assert_storable(job)
@@ -244,7 +244,7 @@ def test_valid_lines_all_become_storable_jobs(records: list[dict], blanks: list[
 )
 def test_arbitrary_lines_give_jobs_or_a_numbered_refusal(lines: list[str]) -> None:
     try:
-        jobs = list(jobs_from_jsonl(lines, JobDefaults(task="fallback"), MAX_BYTES))
+        jobs = list(jobs_from_jsonl(lines, JobDefaults(task="fallback", max_payload_bytes=MAX_BYTES)))
     except InvalidInput as exc:
         assert_one_line(exc)
         number = int(re.match(r"line (\d+): ", exc.message).group(1))

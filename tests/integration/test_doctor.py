@@ -179,3 +179,15 @@ def test_ready_task_without_a_handler_suggests_app(dsn: str) -> None:
     assert check.status == "fail"
     assert "no live worker handles task send_email on mail (1 ready)" in check.detail
     assert "--app MODULE" in (check.fix or "") and "send_email" in (check.fix or "")
+
+
+def test_a_table_mostly_dead_is_a_warning_that_says_why_and_what_to_do(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        raw.execute("ALTER TABLE sched_jobs SET (autovacuum_enabled = false)")
+        raw.execute("INSERT INTO sched_jobs (task) SELECT 'sched.noop' FROM generate_series(1, 300)")
+        raw.execute("DELETE FROM sched_jobs WHERE id > 100")
+        raw.execute("SELECT pg_stat_force_next_flush()")
+    check = _by_name(dsn)["vacuum"]
+    assert check.status == "warn", check.detail
+    assert "(67% dead)" in check.detail and "claims read past them" in check.detail
+    assert "VACUUM" in (check.fix or "")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pgsched.errors import InvalidInput
-from pgsched.jobspec import JobDefaults, build_job, jobs_from_jsonl, parse_at, read_payload_argument
+from pgsched.jobspec import COMMAND_LINE, JobDefaults, build_job, jobs_from_jsonl, parse_at, read_payload_argument
 
 
 def test_payload_defaults_to_empty_object() -> None:
@@ -80,14 +80,14 @@ def test_parse_at_rejects_garbage() -> None:
 
 
 def test_build_job_validates_everything() -> None:
-    job = build_job(JobDefaults(task="t", queue="q", priority=5, key="k"), after=[3, 1], delay="1m30s")
+    job = build_job({"after": [3, 1], "delay": "1m30s"}, JobDefaults(task="t", queue="q", priority=5, key="k"))
     assert (job.task, job.queue, job.priority, job.key, job.delay_s, job.after) == ("t", "q", 5, "k", 90.0, [3, 1])
 
 
 @pytest.mark.parametrize(
     ("defaults", "kwargs", "message"),
     [
-        (JobDefaults(task="t"), {"delay": "1s", "at": "2030-01-01T00:00:00"}, "use --delay or --at, not both"),
+        (JobDefaults(task="t"), {"delay": "1s", "run_at": "2030-01-01T00:00:00"}, "use --delay or --at, not both"),
         (JobDefaults(), {}, "missing TASK (or --jsonl FILE)"),
         (JobDefaults(task="t"), {"after": [0]}, "--after 0: no such job"),
         (JobDefaults(task="t"), {"delay": "400d"}, "invalid delay '400d': at most a year"),
@@ -96,20 +96,23 @@ def test_build_job_validates_everything() -> None:
 )
 def test_build_job_errors(defaults: JobDefaults, kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        build_job(defaults, **kwargs)
+        build_job(kwargs, defaults, COMMAND_LINE)
     assert info.value.message == message
 
 
 def test_jsonl_lines_override_defaults_and_skip_blank_lines() -> None:
-    defaults = JobDefaults(task="base", queue="q0", priority=1, payload_json='{"d":1}', timeout_s=60, delay_s=5)
+    defaults = JobDefaults(
+        task="base", queue="q0", priority=1, payload_json='{"d":1}', timeout_s=60, delay_s=5, max_payload_bytes=1000
+    )
+    soon = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
     lines = [
         '{"payload": {"n": 1}}\n',
         "\n",
         '{"task": "other", "queue": "q1", "priority": -3, "key": "k", "max_attempts": 7, "timeout": "2m"}\n',
-        '{"run_at": "2030-01-01T00:00:00+00:00"}\n',
+        json.dumps({"run_at": soon.isoformat()}) + "\n",
         '{"delay": 30}\n',
     ]
-    jobs = list(jobs_from_jsonl(lines, defaults, 1000))
+    jobs = list(jobs_from_jsonl(lines, defaults))
     assert len(jobs) == 4
     first, second, third, fourth = jobs
     assert (first.task, first.queue, first.payload_json, first.delay_s, first.timeout_s) == (
@@ -121,7 +124,7 @@ def test_jsonl_lines_override_defaults_and_skip_blank_lines() -> None:
     )
     assert (second.task, second.queue, second.priority, second.key) == ("other", "q1", -3, "k")
     assert (second.max_attempts, second.timeout_s, second.payload_json) == (7, 120.0, '{"d":1}')
-    assert third.run_at == datetime(2030, 1, 1, tzinfo=UTC) and third.delay_s is None
+    assert third.run_at == soon and third.delay_s is None
     assert fourth.delay_s == 30.0 and fourth.run_at is None
 
 
@@ -134,9 +137,9 @@ def test_jsonl_lines_override_defaults_and_skip_blank_lines() -> None:
         ('{"payload": [1]}', "payload must be a JSON object, not an array"),
         ('{"payload": {"a": "\\u0000"}}', "payload must not contain NUL characters (\\u0000)"),
         ('{"queue": "bad queue"}', "invalid queue name 'bad queue': use 1-64 letters, digits or _ . : -"),
-        ('{"priority": "high"}', "invalid priority 'high'"),
+        ('{"priority": "high"}', "invalid priority 'high': must be an integer from -1000 to 1000"),
         ('{"priority": 5000}', "invalid priority 5000: must be an integer from -1000 to 1000"),
-        ('{"max_attempts": true}', "invalid max_attempts True"),
+        ('{"max_attempts": true}', "invalid max attempts True: must be an integer from 1 to 1000"),
         ('{"delay": "soon"}', "invalid delay 'soon': use e.g. 30s, 5m, 2h, 7d, 1h30m or plain seconds"),
         ('{"delay": 1, "run_at": "2030-01-01T00:00:00"}', "use delay or run_at, not both"),
         ('{"run_at": "later"}', "invalid time 'later': use ISO 8601, e.g. 2026-01-31T09:00:00+00:00"),
@@ -148,37 +151,37 @@ def test_jsonl_lines_override_defaults_and_skip_blank_lines() -> None:
 def test_jsonl_errors_name_the_line(bad_line: str, message: str) -> None:
     lines = ['{"payload": {}}', "", bad_line, '{"payload": {}}']
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl(lines, JobDefaults(task="t"), 1000))
+        list(jobs_from_jsonl(lines, JobDefaults(task="t", max_payload_bytes=1000)))
     assert info.value.message == f"line 3: {message}"
 
 
 def test_jsonl_needs_a_task_somewhere() -> None:
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl(['{"payload": {}}'], JobDefaults(), 1000))
+        list(jobs_from_jsonl(['{"payload": {}}'], JobDefaults(max_payload_bytes=1000)))
     assert info.value.message == "line 1: missing task (give it in the line or as TASK)"
 
 
 def test_jsonl_oversize_payload() -> None:
     line = json.dumps({"payload": {"a": "x" * 100}})
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl([line], JobDefaults(task="t"), 50))
+        list(jobs_from_jsonl([line], JobDefaults(task="t", max_payload_bytes=50)))
     assert info.value.message == "line 1: payload is 108 bytes, over the limit of 50 (SCHED_MAX_PAYLOAD_BYTES)"
 
 
 def test_jsonl_delay_is_relative_seconds() -> None:
-    (job,) = jobs_from_jsonl(['{"delay": "1h"}'], JobDefaults(task="t"), 100)
+    (job,) = jobs_from_jsonl(['{"delay": "1h"}'], JobDefaults(task="t", max_payload_bytes=100))
     assert timedelta(seconds=job.delay_s) == timedelta(hours=1)
 
 
 def test_jsonl_error_at_the_end_of_a_line_names_that_line() -> None:
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl(['{"payload": {}}\n', '{"payload": {"n": 2}\n'], JobDefaults(task="t"), 1000))
+        list(jobs_from_jsonl(['{"payload": {}}\n', '{"payload": {"n": 2}\n'], JobDefaults(task="t")))
     assert info.value.message == "line 2: not valid JSON: Expecting ',' delimiter at column 21"
 
 
 def test_jsonl_checks_command_line_defaults_even_without_lines() -> None:
     with pytest.raises(InvalidInput) as info:
-        list(jobs_from_jsonl([], JobDefaults(task="t", timeout_s=0), 1000))
+        list(jobs_from_jsonl([], JobDefaults(task="t", timeout_s=0)))
     assert info.value.message == "invalid timeout 0: must be more than 0 and at most 7d"
 
 
