@@ -8,6 +8,7 @@ dotenv, BaseSettings) is a tenth of the start-up time of ``sched add``."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -59,6 +60,8 @@ class Settings:
     # for those sessions): "off" returns before the WAL flush and before any standby has it; "on" (or
     # "remote_write") waits, so a failover cannot roll a finished job back and run it again (README, Deploying).
     worker_commit: Literal["off", "local", "remote_write", "on"] = "off"
+    # The schema that holds this installation (docs/design.md; README, A schema of its own).
+    schema: str = "public"
 
 
 _NAMES = frozenset(f"SCHED_{f.name.upper()}" for f in fields(Settings))
@@ -70,7 +73,12 @@ def load_settings(**overrides: Any) -> Settings:
     url = given.get("SCHED_DATABASE_URL")
     if url and len(given) == 1 and all(v is None for v in overrides.values()) and not Path(".env").exists():
         return Settings(database_url=Secret(url))
-    return _from_environment({k: v for k, v in overrides.items() if v is not None})
+    settings = _from_environment({k: v for k, v in overrides.items() if v is not None})
+    if settings.schema != "public":
+        from pgsched.sqlfiles import use_schema
+
+        use_schema(settings.schema)
+    return settings
 
 
 def _from_environment(overrides: dict[str, Any]) -> Settings:
@@ -114,7 +122,10 @@ def _environment_model() -> type:
         if f.metadata.get("seconds"):
             kind = Annotated[float, BeforeValidator(seconds)]
         declared[f.name] = (kind, Field(default=f.default, **bounds))
-    return create_model("Environment", __base__=Environment, **declared)
+    with warnings.catch_warnings():
+        # "schema" is also the name of a deprecated BaseModel method; the field shadows it on purpose.
+        warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+        return create_model("Environment", __base__=Environment, **declared)
 
 
 def resolve_dsn(settings: Settings) -> str:

@@ -55,9 +55,18 @@ def queries() -> dict[str, str]:
     return named
 
 
+_chosen: dict[str, str] = {}
+
+
+def use_schema(name: str) -> None:
+    """Make ``name`` this process's schema (settings call this once they are read, ``.env`` included)."""
+    _chosen["schema"] = _checked_schema(name)
+
+
 def schema() -> str:
-    """The schema of this process's sched installation: ``SCHED_SCHEMA``, or ``public``."""
-    return _checked_schema(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
+    """The schema of this process's sched installation: as the settings chose, else ``SCHED_SCHEMA``, else
+    ``public``."""
+    return _chosen.get("schema") or _checked_schema(os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
 
 
 @cache

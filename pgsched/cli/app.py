@@ -35,9 +35,18 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
     ] = False,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            "--schema", help="Schema of the sched installation [SCHED_SCHEMA, or public].", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."""
     _debug["on"] = debug
+    if schema is not None:
+        # Through the environment, so that the settings and any worker process started from here see it too.
+        os.environ["SCHED_SCHEMA"] = schema
 
 
 def build(groups: Iterable[typer.Typer] = GROUPS) -> typer.Typer:

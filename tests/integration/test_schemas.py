@@ -128,3 +128,28 @@ def test_an_invalid_schema_name_is_refused_before_anything_is_written(empty_dsn:
 def test_shared_names_are_the_bare_names_in_public_only(name: str) -> None:
     expected = "sched_wakeup" if name == "public" else f"sched_wakeup.{name}"
     assert sqlfiles.shared_name("sched_wakeup", name) == expected
+
+
+def test_the_schema_comes_from_the_option_the_environment_or_a_dot_env_file(empty_dsn: str, tmp_path) -> None:
+    assert sched(empty_dsn, "tenant_b", "migrate").returncode == 0
+    assert sched(empty_dsn, "tenant_b", "add", "sched.noop").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "SCHED_SCHEMA"}
+    base = [sys.executable, "-m", "pgsched"]
+    by_option = subprocess.run(
+        [*base, "--schema", "tenant_b", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env={**env, "SCHED_DATABASE_URL": empty_dsn},
+        cwd=tempfile.gettempdir(),
+    )
+    (tmp_path / ".env").write_text("SCHED_SCHEMA=tenant_b\n")
+    by_dotenv = subprocess.run(
+        [*base, "status", "--json"],
+        capture_output=True,
+        text=True,
+        env={**env, "SCHED_DATABASE_URL": empty_dsn},
+        cwd=tmp_path,
+    )
+    for result in (by_option, by_dotenv):
+        assert result.returncode == 0, result.stderr
+        assert [q["queued"] for q in json.loads(result.stdout)["queues"]] == [1]
