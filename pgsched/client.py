@@ -91,6 +91,7 @@ class Client:
         timeout: float | timedelta | str | None = None,
         key: str | None = None,
         after: Sequence[int] = (),
+        group: str | None = None,
     ) -> Enqueued:
         """Add one job and return its id (``.id``); with ``key``, a live job of the same queue and key is
         returned instead, marked ``.deduplicated``. Unset options take their defaults: queue ``default``,
@@ -106,6 +107,7 @@ class Client:
             "timeout": timeout,
             "key": key,
             "after": after,
+            "group": group,
         }
         job = build_job(spec, self.defaults, API)
         self._join_transaction()

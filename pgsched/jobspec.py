@@ -16,6 +16,7 @@ from pgsched.durations import MAX_DELAY_S, to_seconds
 from pgsched.errors import InvalidInput, NotFound
 from pgsched.models import (
     NewJob,
+    check_group,
     check_key,
     check_max_attempts,
     check_priority,
@@ -29,7 +30,7 @@ from pgsched.models import (
 from pgsched.settings import Settings
 
 # What a job may say about itself, wherever it comes from.
-FIELDS = frozenset("task payload queue priority delay run_at max_attempts timeout key after".split())
+FIELDS = frozenset("task payload queue priority delay run_at max_attempts timeout key after group".split())
 # Job ids are bigints: a number outside that range names no job.
 MAX_JOB_ID = 2**63 - 1
 _DECLARED = Settings()
@@ -66,6 +67,7 @@ class JobDefaults:
     timeout_s: float = _DECLARED.job_timeout
     key: str | None = None
     after: tuple[int, ...] = ()
+    group: str | None = None
     max_payload_bytes: int = _DECLARED.max_payload_bytes
 
     @classmethod
@@ -103,6 +105,8 @@ def merge(defaults: JobDefaults, spec: Mapping[str, Any], wording: Wording = API
         changes["timeout_s"] = check_timeout(to_seconds(given["timeout"], "timeout"))
     if "key" in given:
         changes["key"] = check_key(given["key"])
+    if "group" in given:
+        changes["group"] = check_group(given["group"])
     if "after" in given:
         changes["after"] = job_ids(given["after"], wording)
     return replace(defaults, **changes) if changes else defaults
@@ -124,6 +128,7 @@ def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording =
         timeout_s=check_timeout(job.timeout_s),
         key=check_key(job.key),
         after=list(job.after),
+        group=check_group(job.group),
     )
 
 
@@ -262,6 +267,7 @@ def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults) -> Iterator[New
     check_max_attempts(defaults.max_attempts)
     check_timeout(defaults.timeout_s)
     check_key(defaults.key)
+    check_group(defaults.group)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -43,6 +43,7 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_ATTEMPTS_RANGE = (1, 1000)
 MAX_TIMEOUT_S = 7 * 86400.0
 MAX_KEY_LENGTH = 255
+MAX_GROUP_LENGTH = 255
 # Compact JSON; one encoder for every payload rather than one built per call (json.dumps with options).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # A \u0000 escape in JSON text, but not an escaped backslash followed by the letters "u0000".
@@ -106,6 +107,20 @@ def check_key(key: Any) -> str | None:
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or "\x00" in key or not _is_unicode(key):
         raise InvalidInput(f"invalid key: must be 1-{MAX_KEY_LENGTH} characters")
     return key
+
+
+def check_group(group: Any) -> str | None:
+    """Return ``group`` if it is a valid group name (or None): the same rule as a key."""
+    if group is None:
+        return None
+    if (
+        not isinstance(group, str)
+        or not 1 <= len(group) <= MAX_GROUP_LENGTH
+        or "\x00" in group
+        or not _is_unicode(group)
+    ):
+        raise InvalidInput(f"invalid group: must be 1-{MAX_GROUP_LENGTH} characters")
+    return group
 
 
 def _is_unicode(text: str) -> bool:
@@ -189,6 +204,7 @@ class NewJob:
     timeout_s: float = 300.0
     key: str | None = None
     after: list[int] = field(default_factory=list)
+    group: str | None = None
 
     def with_payload(self, payload_json: str) -> NewJob:
         """The same job with another payload (positional: a bulk insert makes one per job)."""
@@ -203,6 +219,7 @@ class NewJob:
             self.timeout_s,
             self.key,
             self.after,
+            self.group,
         )
 
 

@@ -42,7 +42,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 _JOB_JSON_FIELDS = (
-    "id queue task state attempt max_attempts priority run_at created_at started_at finished_at payload result "
+    "id queue task group state attempt max_attempts priority run_at created_at started_at finished_at payload result "
     "error progress depends_on why"
 ).split()
 
@@ -129,6 +129,8 @@ def print_job(job: dict[str, Any], console: Console | None = None) -> None:
     state = job["state"]
     for name in ("id", "queue", "task"):
         table.add_row(name, str(job[name]))
+    if job.get("group") is not None:
+        table.add_row("group", str(job["group"]))
     table.add_row("state", f"[{STATE_STYLES.get(state, '')}]{state}[/]")
     table.add_row("attempt", f"{job['attempt']} of {job['max_attempts']}")
     table.add_row("priority", str(job["priority"]))

@@ -34,6 +34,9 @@ def add(
     ] = None,
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="Per-attempt time limit [5m].")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Dedupe key: one live job per queue and key.")] = None,
+    job_group: Annotated[
+        Optional[str], typer.Option("--group", help="Group the queue's per-group limits count the job in.")
+    ] = None,
     after: Annotated[
         Optional[list[int]], typer.Option("--after", help="Run only after job ID succeeds (repeatable).")
     ] = None,
@@ -54,6 +57,7 @@ def add(
         "max_attempts": max_attempts,
         "timeout": timeout,
         "key": key,
+        "group": job_group,
     }
     defaults = replace(defaults, payload_json=jobspec.read_payload_argument(payload, settings.max_payload_bytes))
     if jsonl is None:

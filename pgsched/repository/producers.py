@@ -33,12 +33,13 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
         "key": job.key,
+        "group": job.group,
         "pending_deps": 0,
         "admitted": False,
     }
     if not job.after:
         # The common add: one statement, no transaction of its own; leaner still for a job due now with no key.
-        now = job.key is None and job.run_at is None and not job.delay_s
+        now = job.key is None and job.group is None and job.run_at is None and not job.delay_s
         row = conn.row(query("JobInsertNow" if now else "JobInsert"), params)
         if row is not None:
             return Enqueued(row[0])
@@ -73,7 +74,7 @@ def _lock_dependencies(conn: Connection, after: Sequence[int]) -> int:
     return sum(1 for job_id in wanted if states[job_id] != "succeeded")
 
 
-_COPY_TYPES = ["bigint", "text", "text", "jsonb", "integer", "timestamptz", "integer", "interval", "boolean"]
+_COPY_TYPES = ["bigint", "text", "text", "jsonb", "integer", "timestamptz", "integer", "interval", "boolean", "text"]
 
 
 def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -121,13 +122,15 @@ def _copy_row(new_id: int, job: NewJob, now: datetime) -> tuple:
         job.max_attempts,
         timedelta(seconds=job.timeout_s),
         run_at > now,
+        job.group,
     )
 
 
 def _uses_table_defaults(job: NewJob) -> bool:
     # Mirrors the column defaults in sql/0001_jobs.sql.
     return (
-        job.priority == 0
+        job.group is None
+        and job.priority == 0
         and job.run_at is None
         and not job.delay_s
         and job.max_attempts == 3

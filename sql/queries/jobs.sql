@@ -93,11 +93,12 @@ RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM
 
 -- name: JobCopyIn
 -- Bulk insert without dedupe keys, straight into the table.
-COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred)
+COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name)
 FROM STDIN (FORMAT BINARY);
 
 -- name: JobCopyInPlain
--- Bulk insert of jobs that all use the table's defaults for priority, run_at, max_attempts and timeout:
+-- Bulk insert of jobs that all use the table's defaults for priority, run_at, max_attempts and timeout, and
+-- carry no group:
 -- fewer columns to encode and send per row, which is most of a bulk insert's cost.
 COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
 
@@ -196,7 +197,8 @@ SELECT j.id, j.queue, j.task, j.state::text AS state, j.attempt, j.max_attempts,
        j.started_at, j.finished_at, j.payload, j.result, j.error, j.progress,
        coalesce((SELECT array_agg(d.depends_on ORDER BY d.depends_on)
                  FROM sched_job_deps d WHERE d.job_id = j.id), '{}') AS depends_on,
-       extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps
+       extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps,
+       j.group_name AS "group"
 FROM sched_jobs j
 WHERE j.id = %(id)s;
 
@@ -224,14 +226,15 @@ SELECT array_agg(nextval('sched_jobs_id_seq'::regclass)), now() FROM generate_se
 
 -- name: JobIncomingCopyIn
 -- Bulk load the staging table.
-COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
+COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred,
+                          group_name, dedupe_key)
 FROM STDIN (FORMAT BINARY);
 
 -- name: JobIncomingCreate
 -- A transaction-local staging table for bulk inserts that carry dedupe keys.
 CREATE TEMP TABLE sched_jobs_incoming (
     id bigint, queue text, task text, payload jsonb, priority integer, run_at timestamptz,
-    max_attempts integer, timeout interval, deferred boolean, dedupe_key text
+    max_attempts integer, timeout interval, deferred boolean, group_name text, dedupe_key text
 ) ON COMMIT DROP;
 
 -- name: JobIncomingDrop
@@ -244,9 +247,10 @@ DROP TABLE sched_jobs_incoming;
 -- so the common add is this one statement.
 WITH ins AS (
     INSERT INTO sched_jobs (queue, task, payload, priority, run_at, deferred, max_attempts, timeout, dedupe_key,
-                            pending_deps, state)
+                            group_name, pending_deps, state)
     SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, t.run_at, t.run_at > now(),
-           %(max_attempts)s::int, make_interval(secs => %(timeout_s)s::float8), %(key)s::text, %(pending_deps)s::int,
+           %(max_attempts)s::int, make_interval(secs => %(timeout_s)s::float8), %(key)s::text, %(group)s::text,
+           %(pending_deps)s::int,
            CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state
     FROM (SELECT coalesce(%(run_at)s::timestamptz,
                           now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))) AS run_at) t
@@ -262,15 +266,16 @@ FROM ins;
 -- name: JobInsertFromIncoming
 -- Move the given staged jobs into the table in file order; a duplicate key (live, or earlier in the batch) is
 -- skipped.
-INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key)
-SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, dedupe_key
+INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name,
+                        dedupe_key)
+SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name, dedupe_key
 FROM sched_jobs_incoming WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
 ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
 DO NOTHING
 RETURNING id;
 
 -- name: JobInsertNow
--- The most common add, in the fewest steps: a job due now, with no key and no dependencies, which takes the
+-- The most common add, in the fewest steps: a job due now, with no key, group or dependencies, which takes the
 -- table's defaults for run_at, state and the rest. Skipped (no row) when the queue has a backlog cap: such adds
 -- take the locked path. A wake-up for a job due now carries the queue alone.
 WITH ins AS (

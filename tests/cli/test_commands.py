@@ -22,7 +22,7 @@ QUEUE_KEYS = {
 }  # fmt: skip
 WORKER_KEYS = {"id", "host", "pid", "queues", "concurrency", "running", "heartbeat_age_s"}
 JOB_KEYS = (
-    "id queue task state attempt max_attempts priority run_at created_at started_at finished_at payload result "
+    "id queue task group state attempt max_attempts priority run_at created_at started_at finished_at payload result "
     "error progress depends_on why"
 ).split()
 
