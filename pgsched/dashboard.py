@@ -1,31 +1,31 @@
-"""The live dashboard of ``sched status --watch``: a few cheap named queries per refresh, drawn with Rich to fit
+"""The live dashboard of ``sched status --watch``: a few cheap read models per refresh, drawn with Rich to fit
 the terminal, dropping the less important panels and columns when it is small."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pgsched import repository
 from pgsched.db import Connection
 from pgsched.durations import format_duration
 from pgsched.errors import SchedError
-from pgsched.sqlfiles import query
+from pgsched.repository import reads
 
 FAILURES_SHOWN = 5
 _QUEUE_FIELDS = (
     "queue waiting queued scheduled running succeeded failed cancelled oldest_ready_age_s "
     "finished_last_minute failed_last_hour"
 ).split()  # the keys of each queue's dict
-_FAILURE_FIELDS = "id queue task attempt error age_s".split()
-_WORKER_FIELDS = "id host pid queues concurrency running heartbeat_age_s".split()
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Snapshot:
 
 
 class Reader:
-    """Runs the dashboard's named queries on one connection, counting them and timing them.
+    """Runs the dashboard's read models on one connection, counting them and timing them.
 
     Live counts, throughput and failures are read at every refresh through partial indexes; the all-time
     totals need a scan of the whole table, so they are re-read only every ``totals_every_s`` seconds."""
@@ -64,16 +64,15 @@ class Reader:
         self.totals_every_s = totals_every_s
         self.queries = 0
         self.seconds = 0.0
-        self._totals: dict[str, dict[str, int]] = {}
+        self._totals: dict[str, reads.QueueTotals] = {}
         self._totals_at = float("-inf")
-        row = self._rows("TableExists", {"name": "sched_queues"})
         # sched_queues arrived with a later migration; an older schema simply has no controls to mark.
-        self.has_controls = bool(row and row[0][0])
+        self.has_controls = self._read(reads.table_exists, self.conn, "sched_queues")
 
-    def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    def _read(self, read: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         try:
-            return self.conn.rows(query(name), params)
+            return read(*args)
         finally:
             self.queries += 1
             self.seconds += time.perf_counter() - started
@@ -81,44 +80,29 @@ class Reader:
     def snapshot(self) -> Snapshot:
         """Read everything one refresh shows."""
         self.queries, self.seconds = 0, 0.0
-        params = {"queue": self.queue}
+        conn, queue = self.conn, self.queue
         if time.monotonic() - self._totals_at >= self.totals_every_s:
-            self._totals = {
-                r[0]: dict(zip(("waiting", "succeeded", "failed", "cancelled"), r[1:], strict=True))
-                for r in self._rows("DashboardQueueTotals", params)
-            }
+            self._totals = {t.queue: t for t in self._read(reads.queue_totals, conn, queue)}
             self._totals_at = time.monotonic()
-        live = {r[0]: r[1:] for r in self._rows("DashboardQueueLive", params)}
-        recent = {r[0]: r[1:] for r in self._rows("DashboardQueueRecent", params)}
+        live = {q.queue: q for q in self._read(reads.queue_live, conn, queue)}
+        recent = {q.queue: q for q in self._read(reads.queue_recent, conn, queue)}
         queues = []
         for name in sorted(set(live) | set(recent) | set(self._totals)):
-            queued, scheduled, running, lag = live.get(name, (0, 0, 0, 0.0))
-            finished_last_minute, failed_last_hour = recent.get(name, (0, 0))
-            totals = self._totals.get(name, {"waiting": 0, "succeeded": 0, "failed": 0, "cancelled": 0})
-            queues.append(
-                {
-                    "queue": name,
-                    **totals,
-                    "queued": queued,
-                    "scheduled": scheduled,
-                    "running": running,
-                    "oldest_ready_age_s": lag,
-                    "finished_last_minute": finished_last_minute,
-                    "failed_last_hour": failed_last_hour,
-                }
-            )
+            now = live.get(name, reads.QueueLive(name, 0, 0, 0, 0.0))
+            lately = recent.get(name, reads.QueueRecent(name, 0, 0))
+            totals = self._totals.get(name, reads.QueueTotals(name, 0, 0, 0, 0))
+            queues.append({**asdict(totals), **asdict(now), **asdict(lately)})
         failures: list[dict[str, Any]] = []
         if any(q["failed_last_hour"] for q in queues):
-            rows = self._rows("DashboardRecentFailures", {**params, "limit": FAILURES_SHOWN})
-            failures = [dict(zip(_FAILURE_FIELDS, r, strict=True)) for r in rows]
-        workers = [dict(zip(_WORKER_FIELDS, r, strict=True)) for r in self._rows("WorkerList")]
-        if self.queue is not None:
-            workers = [w for w in workers if self.queue in w["queues"]]
+            failures = [asdict(f) for f in self._read(reads.recent_failures, conn, queue, FAILURES_SHOWN)]
+        workers = self._read(repository.list_workers, conn)
+        if queue is not None:
+            workers = [w for w in workers if queue in w["queues"]]
         controls: dict[str, dict[str, Any]] = {}
         if self.has_controls:
-            for name, paused, rate in self._rows("QueueControlList"):
-                if self.queue is None or name == self.queue:
-                    controls[name] = {"paused": paused, "rate": rate}
+            for control in self._read(reads.queue_controls, conn):
+                if queue is None or control.queue == queue:
+                    controls[control.queue] = {"paused": control.paused, "rate": control.rate}
         _add_controlled_queues(queues, controls)
         return Snapshot(queues, failures, workers, controls, queries=self.queries, query_ms=self.seconds * 1000)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
 from pgsched.errors import DatabaseError, DatabaseUnavailable, InvalidInput, SchedError
@@ -99,6 +99,7 @@ def _has_rows(cur: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
 
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+T = TypeVar("T")
 
 
 class Connection:
@@ -132,6 +133,15 @@ class Connection:
         """Rows as dicts keyed by the query's column names: the query, not a field list here, names the fields."""
         try:
             with self.raw.cursor(row_factory=dict_row) as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if _has_rows(cur) else []
+        except psycopg.Error as exc:
+            raise translate(exc) from None
+
+    def typed(self, row_type: Callable[..., T], sql: str, params: dict[str, Any] | None = None) -> list[T]:
+        """Rows built by ``row_type`` (a dataclass) from the query's column names, through psycopg's class_row."""
+        try:
+            with self.raw.cursor(row_factory=class_row(row_type)) as cur:
                 cur.execute(sql, params)
                 return cur.fetchall() if _has_rows(cur) else []
         except psycopg.Error as exc:

@@ -150,13 +150,13 @@ def stop_worker(worker: subprocess.Popen) -> int:
 
 def summary(dsn: str) -> list[dict[str, Any]]:
     """Per-task counts by state, the demo's jobs only."""
-    from pgsched import db
-    from pgsched.sqlfiles import query
+    from dataclasses import asdict
 
-    names = ["task", "waiting", "queued", "scheduled", "running", "succeeded", "failed", "cancelled", "attempts"]
+    from pgsched import db
+    from pgsched.repository import reads
+
     with db.connect(dsn) as conn:
-        rows = conn.rows(query("JobCountByTaskForQueues"), {"queues": QUEUES})
-    return [dict(zip(names, row, strict=True)) for row in rows]
+        return [asdict(counts) for counts in reads.count_by_task(conn, QUEUES)]
 
 
 def run_demo(dsn: str, duration_s: float, watch: Callable[[float], None] | None) -> dict[str, Any]:

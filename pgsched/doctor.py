@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from pgsched.durations import format_duration
@@ -85,49 +84,27 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
     """Run every check on an open connection."""
     from pgsched import migrate
     from pgsched.db import server_version
-    from pgsched.sqlfiles import query
+    from pgsched.repository import reads
 
     checks = [check_server_version(server_version(conn))]
     pending = migrate.pending(conn)
     checks.append(check_migrations([f"{m.version:04d}_{m.name}" for m in pending]))
-    if not _table_exists(conn, "sched_jobs"):
+    if not reads.table_exists(conn, "sched_jobs"):
         skipped = "needs the sched tables"
         checks += [Check(name, SKIP, skipped) for name in ("workers", "lag", "vacuum", "autovacuum")]
     else:
-        ready = conn.rows(query("DoctorReadyQueues"))
-        paused = (
-            {row[0] for row in conn.rows(query("DoctorPausedQueues"))} if _table_exists(conn, "sched_queues") else set()
-        )
-        queues = [
-            {"queue": q, "ready": n, "oldest_age_s": age, "live_workers": w, "paused": q in paused}
-            for q, n, age, w in ready
-        ]
-        unhandled = [
-            {"queue": q, "task": t, "ready": n}
-            for q, t, n in conn.rows(query("DoctorUnhandledTasks"))
-            if q not in paused
-        ]
+        paused = reads.paused_queues(conn)
+        queues = [{**asdict(q), "paused": q.queue in paused} for q in reads.ready_queues(conn)]
+        unhandled = [asdict(u) for u in reads.unhandled_tasks(conn) if u.queue not in paused]
         checks.append(check_workers(queues, unhandled))
         checks.append(check_lag(queues, limits))
-        health = dict(zip(_HEALTH_FIELDS, conn.row(query("DoctorJobTableHealth")) or (), strict=True))
+        found = reads.job_table_health(conn)
+        health = asdict(found) if found else {}
         checks.append(check_vacuum(health, limits))
         checks.append(check_autovacuum(health))
-    params = {"max_age": timedelta(seconds=limits.max_transaction_age_s), "max_xmin_age": limits.max_xmin_age}
-    rows = conn.rows(query("DoctorVacuumBlockers"), params)
-    blockers = [dict(zip(_BLOCKER_FIELDS, row, strict=True)) for row in rows]
-    checks.append(check_transactions(blockers, limits))
+    blockers = reads.vacuum_blockers(conn, limits.max_transaction_age_s, limits.max_xmin_age)
+    checks.append(check_transactions([asdict(b) for b in blockers], limits))
     return checks
-
-
-_HEALTH_FIELDS = "live dead vacuumed_age_s autovacuum_count reloptions autovacuum_on scale_factor threshold".split()
-_BLOCKER_FIELDS = "kind who detail state age_s pins_horizon query".split()
-
-
-def _table_exists(conn: Any, name: str) -> bool:
-    from pgsched.sqlfiles import query
-
-    row = conn.row(query("TableExists"), {"name": name})
-    return bool(row and row[0])
 
 
 def check_server_version(version: int) -> Check:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pgsched.db import Connection
 from pgsched.errors import DatabaseError
 from pgsched.migrate import use_schema
+from pgsched.repository import reads
 from pgsched.sqlfiles import query, sql_dir
 
 ROLES = ("sched_producer", "sched_worker")
@@ -12,8 +13,7 @@ ROLES = ("sched_producer", "sched_worker")
 
 def installed(conn: Connection) -> bool:
     """Whether both group roles exist on this server."""
-    row = conn.row(query("RoleCountSched"), {"roles": list(ROLES)})
-    return bool(row and row[0] == len(ROLES))
+    return len(reads.existing_roles(conn, list(ROLES))) == len(ROLES)
 
 
 def check_privileges(conn: Connection) -> None:
@@ -21,17 +21,17 @@ def check_privileges(conn: Connection) -> None:
 
     Creating a role needs CREATEROLE, which managed servers rarely give an application's owner; granting to
     roles that exist needs only ownership of sched's objects and of the database."""
-    existing = {row[0] for row in conn.rows(query("RoleListSched"), {"roles": list(ROLES)})}
+    existing = reads.existing_roles(conn, list(ROLES))
     missing = [role for role in ROLES if role not in existing]
-    row = conn.row(query("RoleCallerPrivileges"))
-    user, can_create, can_grant_database = row if row else ("this role", False, False)
-    if missing and not can_create:
+    caller = reads.caller_privileges(conn)
+    user = caller.user
+    if missing and not caller.can_create_roles:
         creates = "; ".join(f"CREATE ROLE {role} NOLOGIN" for role in missing)
         raise DatabaseError(
             f"creating {' and '.join(missing)} needs the CREATEROLE privilege, which {user} lacks; "
             f"ask an admin to run `{creates};` (or to grant you CREATEROLE), then run `sched migrate --roles` again"
         )
-    if not can_grant_database:
+    if not caller.can_grant_database:
         raise DatabaseError(
             f"granting CONNECT and TEMPORARY on this database to the sched roles needs ownership of the database, "
             f"which {user} lacks; ask an admin to make {user} its owner, or to run `sched migrate --roles` as its owner"

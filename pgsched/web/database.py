@@ -44,6 +44,9 @@ class CountedConnection(db.Connection):
     def records(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         return self._timed(lambda: super(CountedConnection, self).records(sql, params))
 
+    def typed(self, row_type: Callable[..., T], sql: str, params: Any = None) -> list[T]:
+        return self._timed(lambda: super(CountedConnection, self).typed(row_type, sql, params))
+
 
 @dataclass
 class Cost:

@@ -119,22 +119,6 @@ WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 GROUP BY queue
 ORDER BY queue;
 
--- name: JobCountByTaskForQueues
--- Per-task counts by state over some queues, and the attempts spent (the demo's summary).
-SELECT task,
-       count(*) FILTER (WHERE state = 'waiting'),
-       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()),
-       count(*) FILTER (WHERE state = 'queued' AND run_at > now()),
-       count(*) FILTER (WHERE state = 'running'),
-       count(*) FILTER (WHERE state = 'succeeded'),
-       count(*) FILTER (WHERE state = 'failed'),
-       count(*) FILTER (WHERE state = 'cancelled'),
-       sum(attempt)::bigint
-FROM sched_jobs
-WHERE queue = ANY(%(queues)s::text[])
-GROUP BY task
-ORDER BY task;
-
 -- name: JobCountFinished
 -- What a cleanup would delete, by state (for --dry-run).
 SELECT count(*) FILTER (WHERE state = 'succeeded'),

@@ -1,5 +1,6 @@
--- Read models of the operator tools: the dashboard and sched doctor. Each reads the indexes the claim
--- keeps small, or says in its description when it scans the whole table.
+-- Read models of the operator tools: the dashboard, sched doctor and the demo's summary. Each reads the
+-- indexes the claim keeps small, or says in its description when it scans the whole table. Columns are named
+-- as the fields of the rows pgsched/repository/reads.py builds from them.
 -- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
 -- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
 -- style (%(name)b for a binary parameter).
@@ -7,8 +8,8 @@
 -- name: DashboardQueueLive
 -- Per queue: ready, scheduled and running jobs and the age of the oldest ready one. One branch per partial
 -- index (ready, deferred, running), so the cost follows the live set, never the history.
-SELECT queue, sum(queued)::bigint, sum(scheduled)::bigint, sum(running)::bigint,
-       coalesce(max(oldest_ready_age_s), 0)::float8
+SELECT queue, sum(queued)::bigint AS queued, sum(scheduled)::bigint AS scheduled, sum(running)::bigint AS running,
+       coalesce(max(oldest_ready_age_s), 0)::float8 AS oldest_ready_age_s
 FROM (
     SELECT queue,
            count(*) FILTER (WHERE run_at <= now()) AS queued,
@@ -61,23 +62,40 @@ GROUP BY queue;
 
 -- name: DashboardRecentFailures
 -- The latest final failures of the last hour, newest first; walks the finished-jobs index backwards.
-SELECT id, queue, task, attempt, coalesce(error, ''), extract(epoch FROM now() - finished_at)::float8
+SELECT id, queue, task, attempt, coalesce(error, '') AS error,
+       extract(epoch FROM now() - finished_at)::float8 AS age_s
 FROM sched_jobs
 WHERE state = 'failed' AND finished_at > now() - interval '1 hour'
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 ORDER BY finished_at DESC
 LIMIT %(limit)s;
 
+-- name: DemoCountByTask
+-- Per-task counts by state over some queues, and the attempts spent (the demo's summary).
+SELECT task,
+       count(*) FILTER (WHERE state = 'waiting') AS waiting,
+       count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
+       count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
+       sum(attempt)::bigint AS attempts
+FROM sched_jobs
+WHERE queue = ANY(%(queues)s::text[])
+GROUP BY task
+ORDER BY task;
+
 -- name: DoctorJobTableHealth
 -- Dead and live tuples of sched_jobs, when it was last vacuumed, and the autovacuum settings that apply to it.
 -- Every finished job leaves a dead tuple behind, so a queue table lives or dies by autovacuum.
-SELECT coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
+SELECT coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead,
        extract(epoch FROM now() - greatest(s.last_autovacuum, s.last_vacuum))::float8 AS vacuumed_age_s,
-       coalesce(s.autovacuum_count, 0),
-       coalesce(c.reloptions, '{}'),
-       current_setting('autovacuum')::bool,
-       current_setting('autovacuum_vacuum_scale_factor')::float8,
-       current_setting('autovacuum_vacuum_threshold')::int
+       coalesce(s.autovacuum_count, 0) AS autovacuum_count,
+       coalesce(c.reloptions, '{}') AS reloptions,
+       current_setting('autovacuum')::bool AS autovacuum_on,
+       current_setting('autovacuum_vacuum_scale_factor')::float8 AS scale_factor,
+       current_setting('autovacuum_vacuum_threshold')::int AS threshold
 FROM pg_class c
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = 'sched_jobs'::regclass;
@@ -101,7 +119,7 @@ ORDER BY r.queue;
 
 -- name: DoctorUnhandledTasks
 -- Ready jobs whose queue has live workers but none with a handler for their task: those jobs wait forever.
-SELECT j.queue, j.task, count(*)
+SELECT j.queue, j.task, count(*) AS ready
 FROM sched_jobs j
 WHERE j.state = 'queued' AND j.run_at <= now()
   AND EXISTS (SELECT 1 FROM sched_workers w

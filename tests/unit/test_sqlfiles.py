@@ -19,7 +19,7 @@ def test_every_query_name_is_unique_sorted_and_in_its_entitys_file() -> None:
     assert len(names) == len(set(names))
     assert sorted(names) == sorted(queries())
     prefixes = {"jobs": ("Job",), "queues": ("Queue",), "schedules": ("Schedule",), "workers": ("Worker",)}
-    prefixes["reads"] = ("Dashboard", "Doctor")
+    prefixes["reads"] = ("Dashboard", "Demo", "Doctor")
     prefixes["browse"] = ("Browse",)
     for stem, found in files.items():
         assert found, f"{stem}.sql declares no queries"
