@@ -1,5 +1,5 @@
 """TLS: a private server with ``ssl = on`` and a certificate signed by a CA the test makes (openssl). With
-``sslmode=verify-full`` and that CA as ``sslrootcert``, migrate, add, status and a burst worker work over TLS
+``sslmode=verify-full`` and that CA as ``sslrootcert``, every command an operator runs and a burst worker work over TLS
 with a password; with another CA's certificate as root, a command fails with one ``Error:`` line (exit 1) that
 names the TLS problem and shows no password."""
 
@@ -77,6 +77,21 @@ def test_every_command_and_a_worker_work_with_verify_full(tls_server, sched_at) 
     status = sched_at(url, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert [q["succeeded"] for q in json.loads(status.stdout)["queues"]] == [2]
+    # The operator's commands go over the same URL.
+    parked = sched_at(url, "add", "sched.noop", "--queue", "parked").stdout.strip()
+    for args in (
+        ["cancel", parked],
+        ["retry", parked],
+        ["queue", "pause", "parked"],
+        ["queue", "list"],
+        ["schedule", "add", "nightly", "sched.noop", "--cron", "0 3 * * *"],
+        ["schedule", "list"],
+        ["reap"],
+        ["cleanup", "--dry-run"],
+        ["doctor", "--json"],
+    ):
+        done = sched_at(url, *args)
+        assert done.returncode == 0, (args, done.stderr)
     # Really over TLS: the server saw the app role's sessions encrypted.
     with psycopg.connect(url, autocommit=True) as c:
         assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
