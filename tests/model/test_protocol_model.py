@@ -489,6 +489,16 @@ class ProtocolModel(RuleBasedStateMachine):
         late = [i for i, run in enumerate(self.runs) if self._superseded(run)]
         self.outcome(late[pick % len(late)], kind, retryable, False)
 
+    @precondition(lambda self: any(j.state == "running" for j in self.jobs.values()))
+    @rule(pick=st.integers(0, 10**6), kind=st.sampled_from(list(OutcomeKind)), retryable=st.booleans())
+    def cancel_then_finish(self, pick: int, kind: OutcomeKind, retryable: bool) -> None:
+        """An operator cancels a running job and its run ends right after, however it ends: the handler saw
+        the request and stopped, failed, was released at shutdown, or had already succeeded."""
+        current = [i for i, run in enumerate(self.runs) if self._current(run)]
+        index = current[pick % len(current)]
+        self.cancel(sorted(self.jobs).index(self.runs[index].job_id))
+        self.outcome(index, kind, retryable, False)
+
     def _superseded(self, run: Run) -> bool:
         job = self.jobs.get(run.job_id)
         return job is not None and job.state == "running" and job.lease != run.lease
