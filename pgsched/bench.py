@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
 from pgsched import db, migrate, repository
 from pgsched.errors import DatabaseError, SchedError
 from pgsched.models import NewJob, Outcome, OutcomeKind
+from pgsched.repository import bench as measured
 
 TARGETS = {
     "drain_per_s": (">=", 40_000),
@@ -54,12 +53,12 @@ def run(server_dsn: str, config: BenchConfig, report: Report) -> dict[str, Any]:
     """Create a fresh database on the server, measure everything in it, drop it, and return the figures."""
     name = f"sched_bench_{os.getpid()}"
     with db.connect(server_dsn) as admin:
-        version = admin.row("SHOW server_version")[0]  # type: ignore[index]
+        version = measured.server_version(admin)
         try:
-            admin.run(f'CREATE DATABASE "{name}"')
+            db.create_database(admin, name)
         except SchedError as exc:
             raise DatabaseError(f"sched bench needs to create a database: {exc.message}") from None
-    dsn = make_conninfo(server_dsn, dbname=name)
+    dsn = db.with_database(server_dsn, name)
     try:
         with db.connect(dsn) as conn:
             migrate.apply(conn)
@@ -67,23 +66,18 @@ def run(server_dsn: str, config: BenchConfig, report: Report) -> dict[str, Any]:
     finally:
         if not config.keep_database:
             with db.connect(server_dsn) as admin:
-                admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                db.drop_database(admin, name)
     return {
         "machine": {
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],
             "postgres": version,
-            "server": _describe(server_dsn),
+            "server": db.server_address(server_dsn),
         },
         "config": config.__dict__,
         "results": results,
         "targets": {k: {"op": op, "value": v} for k, (op, v) in TARGETS.items()},
     }
-
-
-def _describe(dsn: str) -> str:
-    info = conninfo_to_dict(dsn)
-    return f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
 
 
 def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Report) -> dict[str, Any]:
@@ -138,7 +132,7 @@ def _median_rate(conn: db.Connection, queue: str, count: int, insert: Callable[[
         started = time.perf_counter()
         insert()
         rates.append(count / (time.perf_counter() - started))
-        conn.run("DELETE FROM sched_jobs WHERE queue = %s", (queue,))
+        measured.delete_queue(conn, queue)
     return round(statistics.median(rates))
 
 
@@ -150,7 +144,7 @@ def _bulk_enqueue(conn: db.Connection, dsn: str, count: int) -> int:
     with Client(dsn) as client:
         # The database is new: a first, untimed insert loads its caches and creates its files.
         client.enqueue_many(specs[:2_000])
-        conn.run("DELETE FROM sched_jobs WHERE queue = 'bulk'")
+        measured.delete_queue(conn, "bulk")
         return _median_rate(conn, "bulk", count, lambda: client.enqueue_many(specs))
 
 
@@ -189,20 +183,9 @@ def _spawn_worker(dsn: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pgsched", "worker", "-q", *args], env=env)
 
 
-def _window(conn: db.Connection, queue: str) -> tuple[int, float]:
-    """How many jobs of ``queue`` succeeded, and the seconds from the first start to the last finish."""
-    row = conn.row(
-        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 "
-        "FROM sched_jobs WHERE queue = %s AND state = 'succeeded'",
-        (queue,),
-    )
-    assert row is not None
-    return row[0], row[1] or 0.0
-
-
 def _drain(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
-    ready = conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'queued' AND queue = 'default'")[0]  # type: ignore[index]
-    conn.run("VACUUM ANALYZE sched_jobs")
+    ready = measured.ready_count(conn, "default")
+    measured.vacuum_jobs(conn)
     started = time.perf_counter()
     worker = _spawn_worker(
         dsn, "--burst", "--concurrency", str(config.concurrency), "--batch-size", str(config.batch_size)
@@ -210,7 +193,7 @@ def _drain(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]
     if worker.wait() != 0:
         raise DatabaseError("the benchmark worker failed")
     wall = time.perf_counter() - started
-    done, seconds = _window(conn, "default")
+    done, seconds = measured.succeeded_window(conn, "default")
     if done != ready:
         raise DatabaseError(f"the benchmark worker finished {done} of {ready} jobs")
     return {
@@ -228,7 +211,7 @@ def _sql_baseline(conn: db.Connection, dsn: str, config: BenchConfig) -> int:
     import uuid
 
     repository.enqueue_many(conn, _noop_jobs(config.jobs, queue="baseline"))
-    conn.run("VACUUM ANALYZE sched_jobs")
+    measured.vacuum_jobs(conn)
 
     async def loop() -> float:
         claim = await db.connect_async(dsn)
@@ -271,14 +254,11 @@ def _single_enqueue(dsn: str, count: int, *, durable: bool) -> int:
 def _commit_baseline(conn: db.Connection, count: int) -> int:
     """What one connection's commits cost on this server (each waits for its WAL flush): the ceiling of any
     one-at-a-time durable insert, measured here so the single-enqueue figure can be read against it."""
-    conn.run("CREATE TABLE sched_bench_commits (id bigserial PRIMARY KEY, body text)")
-    try:
+    with measured.commit_table(conn):
         started = time.perf_counter()
         for _ in range(count):
-            conn.run("INSERT INTO sched_bench_commits (body) VALUES ('x')")
+            measured.commit_one(conn)
         return round(count / (time.perf_counter() - started))
-    finally:
-        conn.run("DROP TABLE sched_bench_commits")
 
 
 def _concurrent_enqueue(dsn: str, count: int, producers: int) -> int:
@@ -312,7 +292,7 @@ def _concurrent_enqueue(dsn: str, count: int, producers: int) -> int:
 def _wait_for_worker(conn: db.Connection, worker: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if conn.row("SELECT 1 FROM sched_workers WHERE pid = %s", (worker.pid,)):
+        if measured.worker_registered(conn, worker.pid):
             return
         if worker.poll() is not None:
             raise DatabaseError("the benchmark worker exited early")
@@ -340,18 +320,14 @@ def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, An
             time.sleep(0.02)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            done, _ = _window(conn, "latency")
+            done, _ = measured.succeeded_window(conn, "latency")
             if done >= config.latency_jobs:
                 break
             time.sleep(0.05)
-        rows = conn.rows(
-            "SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM sched_jobs "
-            "WHERE queue = 'latency' AND started_at IS NOT NULL"
-        )
+        latencies = measured.latencies_ms(conn, "latency")
     finally:
         worker.terminate()
         worker.wait(timeout=30)
-    latencies = sorted(r[0] for r in rows)
     if not latencies:
         raise DatabaseError("no latency samples were recorded")
     return {
@@ -375,7 +351,7 @@ def _io_bound(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, A
         worker = _spawn_worker(dsn, "--burst", "--queue", queue, "--concurrency", str(config.io_concurrency), *extra)
         if worker.wait() != 0:
             raise DatabaseError("the I/O-bound benchmark worker failed")
-        done, seconds = _window(conn, queue)
+        done, seconds = measured.succeeded_window(conn, queue)
         rates[queue] = done / seconds
     return {
         "io_per_s": round(rates["io"]),

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.sql
 from psycopg import errors as pg_errors
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -285,6 +286,28 @@ async def connect_async(dsn: str, *, application_name: str = "sched-worker") -> 
 def wrap(raw: psycopg.Connection) -> Connection:
     """Use a caller's own psycopg connection (and its open transaction) for sched's queries."""
     return Connection(raw)
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name`` (same server, same credentials)."""
+    return psycopg.conninfo.make_conninfo(dsn, dbname=name)
+
+
+def server_address(dsn: str) -> str:
+    """``host:port`` of the server ``dsn`` names, for reports (never its credentials)."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    return f"{info.get('host') or 'local socket'}:{info.get('port') or 5432}"
+
+
+def create_database(conn: Connection, name: str) -> None:
+    """CREATE DATABASE ``name`` (quoted as an identifier)."""
+    conn.run(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)).as_string(conn.raw))
+
+
+def drop_database(conn: Connection, name: str) -> None:
+    """DROP DATABASE IF EXISTS ``name`` WITH (FORCE): sessions still connected to it are ended."""
+    statement = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+    conn.run(statement.as_string(conn.raw))
 
 
 def server_version(conn: Connection) -> int:

@@ -67,12 +67,13 @@ def ensure_server(data_dir: Path | None = None) -> str:
 
 
 def _ensure_database(admin_dsn: str) -> None:
-    from pgsched.db import connect
+    from pgsched.db import connect, create_database
+    from pgsched.repository.reads import database_exists
 
     with connect(admin_dsn) as conn:
-        if not conn.row("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)):
+        if not database_exists(conn, DATABASE):
             try:
-                conn.run(f'CREATE DATABASE "{DATABASE}"')
+                create_database(conn, DATABASE)
             except Exception:  # another process created it first
-                if not conn.row("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)):
+                if not database_exists(conn, DATABASE):
                     raise

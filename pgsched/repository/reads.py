@@ -40,6 +40,12 @@ def table_exists(conn: Connection, name: str) -> bool:
     return bool(row and row[0])
 
 
+def database_exists(conn: Connection, name: str) -> bool:
+    """Whether a database of this name exists on the server."""
+    row = conn.row(query("DatabaseExists"), {"name": name})
+    return bool(row and row[0])
+
+
 # --- the dashboard ---------------------------------------------------------------------------------------
 
 

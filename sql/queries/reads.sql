@@ -70,6 +70,10 @@ WHERE state = 'failed' AND finished_at > now() - interval '1 hour'
 ORDER BY finished_at DESC
 LIMIT %(limit)s;
 
+-- name: DatabaseExists
+-- Whether a database of this name exists on the server (the embedded server's first start creates sched's).
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s);
+
 -- name: DemoCountByTask
 -- Per-task counts by state over some queues, and the attempts spent (the demo's summary).
 SELECT task,

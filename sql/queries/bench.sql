@@ -1,0 +1,48 @@
+-- What sched bench reads and clears in its own throwaway database between measurements.
+-- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
+-- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
+-- style (%(name)b for a binary parameter).
+
+-- name: BenchCommitInsert
+-- One durable commit of one small row: the ceiling of any one-at-a-time durable insert on this server.
+INSERT INTO sched_bench_commits (body) VALUES ('x');
+
+-- name: BenchCommitTableCreate
+-- The scratch table of the commit baseline.
+CREATE TABLE sched_bench_commits (id bigserial PRIMARY KEY, body text);
+
+-- name: BenchCommitTableDrop
+-- Drop the commit baseline's scratch table.
+DROP TABLE sched_bench_commits;
+
+-- name: BenchJobsDeleteQueue
+-- Empty one benchmark queue between repeated runs.
+DELETE FROM sched_jobs WHERE queue = %(queue)s;
+
+-- name: BenchJobsVacuum
+-- Vacuum and analyze sched_jobs before a timed drain, so each run starts from the same table state.
+VACUUM ANALYZE sched_jobs;
+
+-- name: BenchLatencies
+-- Enqueue-to-start latency of every started job of a queue, in milliseconds.
+SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 AS ms
+FROM sched_jobs
+WHERE queue = %(queue)s AND started_at IS NOT NULL;
+
+-- name: BenchQueueReady
+-- Queued jobs of a queue, before a drain.
+SELECT count(*) FROM sched_jobs WHERE state = 'queued' AND queue = %(queue)s;
+
+-- name: BenchQueueWindow
+-- Succeeded jobs of a queue, and the seconds from the first start to the last finish.
+SELECT count(*) AS done, coalesce(extract(epoch FROM max(finished_at) - min(started_at)), 0)::float8 AS seconds
+FROM sched_jobs
+WHERE queue = %(queue)s AND state = 'succeeded';
+
+-- name: BenchServerVersion
+-- The server's version as people write it, for the report.
+SELECT current_setting('server_version');
+
+-- name: BenchWorkerRegistered
+-- Whether the worker process with this pid has registered.
+SELECT EXISTS (SELECT 1 FROM sched_workers WHERE pid = %(pid)s);
