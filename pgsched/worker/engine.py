@@ -78,7 +78,7 @@ class Worker:
         self.heartbeat = Heartbeat(self.id, config, self.tasks, lambda: len(self.executor.running))
         services: list[Service] = [
             self.heartbeat,
-            CancelPoll(self.id, lambda: self.executor.running, self.executor.cancel_runs),
+            CancelPoll(self.id, self.executor.held, self.executor.cancel_runs),
             Reaper(config),
             DuePromoter(),
             ScheduleTicker(),

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,15 @@ from pgsched.models import ClaimedJob, OutcomeKind
 from pgsched.worker.config import WorkerConfig
 from pgsched.worker.context import JobContext
 from pgsched.worker.fetcher import ClaimAhead
-from pgsched.worker.outcomes import OutcomeBuffer, RunEnd, StopReason, log_outcome, outcome_of, released
+from pgsched.worker.outcomes import (
+    OutcomeBuffer,
+    RunEnd,
+    StopReason,
+    cancelled_before_start,
+    log_outcome,
+    outcome_of,
+    released,
+)
 from pgsched.worker.registry import Handler, TaskSpec
 from pgsched.worker.stopping import wait_any
 
@@ -62,7 +70,8 @@ class SyncThreads:
 
     def _in_thread(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext) -> Any:
         with self._lock:
-            if run.given_up:  # stopped while it waited for a thread: never start it
+            # Stopped, or its cancel requested, while it waited for a thread: never start it (it ends cancelled).
+            if run.given_up or run.cancel_requested:
                 return None
             run.started = time.monotonic()
         try:
@@ -245,16 +254,32 @@ class Executor:
         run.runner.cancel()
 
     def cancel_job(self, job_id: int) -> None:
-        """A cancel request for a job: stop every run of it that this worker holds."""
+        """A cancel request for a job: stop every run of it that this worker holds, and drop it from the jobs
+        claimed ahead."""
         for run in [r for r in self.running.values() if r.job.id == job_id]:
             self.stop(run, StopReason.CANCEL)
+        self._cancel_ready(lambda job: job.id == job_id)
 
     def cancel_runs(self, leases: Collection[int]) -> None:
-        """Cancel requests found by the poll: stop the runs that hold these leases."""
+        """Cancel requests found by the poll: stop the runs that hold these leases, and drop them from the
+        jobs claimed ahead."""
         for lease in leases:
             run = self.running.get(lease)
             if run is not None:
                 self.stop(run, StopReason.CANCEL)
+        if self.ready and leases:
+            self._cancel_ready(lambda job: job.lease in leases)
+
+    def _cancel_ready(self, matches: Callable[[ClaimedJob], bool]) -> None:
+        # A job claimed ahead is running in the database but its handler has not started: it must never start
+        # now (docs/protocol.md, "Cancel"). It ends cancelled without a run, and its slot is free at once.
+        doomed = [job for job in self.ready if matches(job)]
+        for job in doomed:
+            self.ready.remove(job)
+            self.in_flight -= 1
+            self._outcomes.add(cancelled_before_start(job))
+        if doomed:
+            self.slot_freed.set()
 
     def _report(self, job: ClaimedJob, text: str) -> None:
         # Called from handlers, possibly in a pool thread: hop onto the loop before touching state. Keyed by the

@@ -90,6 +90,11 @@ def released(job: ClaimedJob) -> Outcome:
     return _outcome(job, OutcomeKind.RELEASED)
 
 
+def cancelled_before_start(job: ClaimedJob) -> Outcome:
+    """A job claimed ahead whose cancel was requested before its handler started: it ends cancelled unrun."""
+    return _outcome(job, OutcomeKind.CANCELLED, error="cancelled on request")
+
+
 def released_unknown(job_id: int, lease: int) -> Outcome:
     """Give back a job the database holds for this worker that it never received."""
     return Outcome(job_id, lease, OutcomeKind.RELEASED)
