@@ -125,7 +125,9 @@ def _prev_tick(cron: str, tz: str, before: datetime) -> datetime:
 def _repeated_wall_clock(tick: datetime, cron: str) -> bool:
     """Whether ``tick`` is the second occurrence of its wall-clock time (clocks went back), for an expression
     that names its hours."""
-    hour_field = cron.split(" ")[1] if " " in cron else "*"
+    fields = cron.split(" ")
+    # An @ alias names hour 0 (@daily, @weekly, ...), except @hourly, which runs every hour.
+    hour_field = fields[1] if len(fields) > 1 else ("*" if cron.lower() == "@hourly" else "0")
     if hour_field == "*":
         return False
     wall = tick.replace(tzinfo=None)
