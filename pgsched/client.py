@@ -65,7 +65,9 @@ class Client:
 
     def _connect(self) -> Connection:
         conn = connect(self._dsn, application_name="sched-client")
-        if not self._durable:
+        # Behind a transaction pooler a session setting would stay with a server connection that other clients
+        # then use: there the client's commits keep the server's durability.
+        if not self._durable and not conn.pooled:
             repository.commit_without_flush_wait(conn)
         return conn
 

@@ -4,6 +4,7 @@ and translates psycopg's errors into sched's own, with any password taken out of
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -20,6 +21,13 @@ from psycopg.types.json import Jsonb, set_json_loads
 from pgsched.errors import DatabaseError, DatabaseUnavailable, InvalidInput, SchedError
 
 __all__ = ["AsyncConnection", "Connection", "Jsonb", "connect", "connect_async", "redact"]
+
+POOL_MODE_ENV = "SCHED_POOL_MODE"
+# What sits between sched and the server: "auto" finds out on each new connection; "session" is a direct
+# connection or a session-mode pool (a whole session per client); "transaction" is a pool that hands the server
+# connection to another client after each transaction (PgBouncer's pool_mode = transaction). README, "Behind a
+# connection pooler".
+POOL_MODES = ("auto", "session", "transaction")
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/?#@\s]*:)([^@\s]*)(@)")
 _PASSWORD_IN_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -75,6 +83,12 @@ def translate(exc: psycopg.Error) -> SchedError:
         from pgsched.errors import KeyTaken
 
         return KeyTaken(f"a live job holds this dedupe key: {_first_line(exc)}")
+    if isinstance(exc, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
+        # A prepared statement missing or taken: the server session changed under this connection, which only
+        # a transaction pooler that sched did not recognise does.
+        return DatabaseError(
+            f"database error: {_first_line(exc)} (behind a transaction pooler? set {POOL_MODE_ENV}=transaction)"
+        )
     if isinstance(exc, (pg_errors.IntegrityError, pg_errors.DataError)):
         return InvalidInput(f"the database rejected the input: {_first_line(exc)}")
     if isinstance(exc, pg_errors.UndefinedTable):
@@ -101,13 +115,16 @@ def _has_rows(cur: psycopg.Cursor | psycopg.AsyncCursor) -> bool:
 
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 T = TypeVar("T")
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class Connection:
-    """A synchronous connection that runs named queries in autocommit mode unless inside ``transaction()``."""
+    """A synchronous connection that runs named queries in autocommit mode unless inside ``transaction()``.
+    ``pooled`` says whether it goes through a transaction pooler, where nothing may outlive a transaction."""
 
-    def __init__(self, raw: psycopg.Connection) -> None:
+    def __init__(self, raw: psycopg.Connection, *, pooled: bool = False) -> None:
         self.raw = raw
+        self.pooled = pooled
 
     def rows(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
         try:
@@ -178,21 +195,42 @@ class Connection:
 
 
 class AsyncConnection:
-    """An asyncio connection with the same verbs, plus pipelines and notifications for the worker."""
+    """An asyncio connection with the same verbs, plus pipelines and notifications for the worker.
+    ``pooled`` as for Connection; ``commit_level``, set only on a pooled connection, is the synchronous_commit
+    that each of its transactions sets for itself (see ``commit_level_each_transaction``)."""
 
-    def __init__(self, raw: psycopg.AsyncConnection) -> None:
+    def __init__(self, raw: psycopg.AsyncConnection, *, pooled: bool = False) -> None:
         self.raw = raw
+        self.pooled = pooled
+        self.commit_level: str | None = None
+
+    def commit_level_each_transaction(self, level: str) -> None:
+        """Run every statement in a transaction that sets synchronous_commit to ``level`` for itself. Behind a
+        transaction pooler a session setting would be left on a server connection for other clients and be
+        missing from this client's next transaction; the price is three more round trips per autocommit
+        statement and one per transaction, paid only there."""
+        self.commit_level = level
+
+    async def _execute(self, sql: str, params: dict[str, Any] | None, prepare: bool | None) -> psycopg.AsyncCursor:
+        if self.pooled and prepare:
+            # A server-side prepared statement lives in one server session; behind a transaction pooler the next
+            # execution may reach another one (where it is missing, or is another client's statement).
+            prepare = False
+        if self.commit_level is not None and self.raw.info.transaction_status == _IDLE:
+            async with self.transaction():
+                return await self.raw.execute(sql, params, prepare=prepare)
+        return await self.raw.execute(sql, params, prepare=prepare)
 
     async def rows(self, sql: str, params: dict[str, Any] | None = None, *, prepare: bool | None = None) -> list:
         try:
-            cur = await self.raw.execute(sql, params, prepare=prepare)
+            cur = await self._execute(sql, params, prepare)
             return await cur.fetchall() if _has_rows(cur) else []
         except psycopg.Error as exc:
             raise translate(exc) from None
 
     async def row(self, sql: str, params: dict[str, Any] | None = None) -> tuple | None:
         try:
-            cur = await self.raw.execute(sql, params)
+            cur = await self._execute(sql, params, None)
             return await cur.fetchone() if _has_rows(cur) else None
         except psycopg.Error as exc:
             raise translate(exc) from None
@@ -200,14 +238,19 @@ class AsyncConnection:
     async def run(self, sql: str, params: dict[str, Any] | None = None) -> int:
         """Execute and return the number of rows affected."""
         try:
-            return (await self.raw.execute(sql, params)).rowcount
+            return (await self._execute(sql, params, None)).rowcount
         except psycopg.Error as exc:
             raise translate(exc) from None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        outermost = self.raw.info.transaction_status == _IDLE
         try:
             async with self.raw.transaction():
+                if self.commit_level is not None and outermost:
+                    from pgsched.sqlfiles import query
+
+                    await self.raw.execute(query("TransactionSetSynchronousCommit"), {"level": self.commit_level})
                 yield self
         except psycopg.Error as exc:
             raise translate(exc) from None
@@ -265,22 +308,78 @@ def _options(dsn: str, application_name: str) -> dict[str, Any]:
     return {key: value for key, value in wanted.items() if key not in given}
 
 
-def connect(dsn: str, *, application_name: str = "sched") -> Connection:
-    """Open a connection to ``dsn``; an unreachable server raises DatabaseUnavailable with no password."""
+_chosen: dict[str, str] = {}
+
+
+def use_pool_mode(mode: str) -> None:
+    """Make ``mode`` this process's pool mode (settings call this once they are read, ``.env`` included)."""
+    _chosen["pool_mode"] = mode
+
+
+def pool_mode() -> str:
+    """What sits between sched and the server: as the settings chose, else SCHED_POOL_MODE, else auto."""
+    mode = (_chosen.get("pool_mode") or os.environ.get(POOL_MODE_ENV) or "auto").strip().lower()
+    if mode not in POOL_MODES:
+        raise InvalidInput(f"invalid setting {POOL_MODE_ENV}: {mode!r} (use auto, session or transaction)")
+    return mode
+
+
+def _pooled(raw: psycopg.Connection | psycopg.AsyncConnection, server_pid: int | None, mode: str) -> bool:
+    """Whether ``raw`` goes through a transaction pooler; if so, psycopg prepares no statement on it by itself
+    (it would after five executions of one query: see AsyncConnection._execute for why that breaks)."""
+    # In auto mode: a pooler invents the process id it announces at start-up (it has no single server process to
+    # name), so the server's own answer differs from it. A session-mode pool is taken for a transaction one:
+    # nothing breaks, only prepared statements and LISTEN on this URL are given up (SCHED_POOL_MODE=session
+    # keeps them).
+    pooled = server_pid != raw.info.backend_pid if mode == "auto" else mode == "transaction"
+    if pooled:
+        raw.prepare_threshold = None
+    return pooled
+
+
+def connect(dsn: str, *, application_name: str = "sched", mode: str | None = None) -> Connection:
+    """Open a connection to ``dsn``; an unreachable server raises DatabaseUnavailable with no password.
+    ``mode`` overrides SCHED_POOL_MODE."""
     remember_secret(dsn)
+    mode = mode or pool_mode()
     with translated():
-        return Connection(psycopg.connect(dsn, **_options(dsn, application_name)))
+        raw = psycopg.connect(dsn, **_options(dsn, application_name))
+        try:
+            server_pid = _server_pid(raw) if mode == "auto" else None
+        except BaseException:
+            raw.close()
+            raise
+    return Connection(raw, pooled=_pooled(raw, server_pid, mode))
 
 
-async def connect_async(dsn: str, *, application_name: str = "sched-worker") -> AsyncConnection:
-    """Open an asyncio connection to ``dsn``."""
+def _server_pid(raw: psycopg.Connection) -> int:
+    from pgsched.sqlfiles import query
+
+    row = raw.execute(query("SessionBackendPid"), prepare=False).fetchone()
+    return row[0] if row else 0
+
+
+async def connect_async(
+    dsn: str, *, application_name: str = "sched-worker", mode: str | None = None
+) -> AsyncConnection:
+    """Open an asyncio connection to ``dsn``; ``mode`` overrides SCHED_POOL_MODE."""
+    from pgsched.sqlfiles import query
+
     remember_secret(dsn)
+    mode = mode or pool_mode()
+    raw = None
     try:
         raw = await psycopg.AsyncConnection.connect(dsn, **_options(dsn, application_name))
+        server_pid = None
+        if mode == "auto":
+            row = await (await raw.execute(query("SessionBackendPid"), prepare=False)).fetchone()
+            server_pid = row[0] if row else 0
     except psycopg.Error as exc:
+        if raw is not None:
+            await raw.close()
         raise translate(exc) from None
     set_json_loads(_load_json, raw)
-    return AsyncConnection(raw)
+    return AsyncConnection(raw, pooled=_pooled(raw, server_pid, mode))
 
 
 def wrap(raw: psycopg.Connection) -> Connection:

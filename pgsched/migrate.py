@@ -68,18 +68,31 @@ def pending(conn: Connection, folder: Path | None = None) -> list[Migration]:
 
 def apply(conn: Connection, folder: Path | None = None) -> list[Migration]:
     """Apply every pending migration and return them; a re-run applies nothing."""
+    if conn.pooled:
+        # Behind a transaction pooler a session's lock would stay on a server connection that the pool hands to
+        # others: there the lock and every migration share one transaction (all or nothing).
+        with conn.transaction():
+            conn.run(query("MigrationLockTransaction"))
+            todo = pending(conn, folder)
+            for migration in todo:
+                _apply_one(conn, migration)
+            return todo
     conn.run(query("MigrationLock"))
     try:
         # Read the state only after taking the lock: another migrate may just have finished.
         todo = pending(conn, folder)
         for migration in todo:
-            with conn.transaction():
-                use_schema(conn)
-                conn.run(migration.sql)
-                conn.run(
-                    query("MigrationRecord"),
-                    {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
-                )
+            _apply_one(conn, migration)
         return todo
     finally:
         conn.run(query("MigrationUnlock"))
+
+
+def _apply_one(conn: Connection, migration: Migration) -> None:
+    with conn.transaction():
+        use_schema(conn)
+        conn.run(migration.sql)
+        conn.run(
+            query("MigrationRecord"),
+            {"version": migration.version, "name": migration.name, "checksum": migration.checksum},
+        )

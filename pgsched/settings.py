@@ -62,8 +62,15 @@ class Settings:
     worker_commit: Literal["off", "local", "remote_write", "on"] = "off"
     # The schema that holds this installation (docs/design.md; README, A schema of its own).
     schema: str = "public"
+    # A worker's URL for LISTEN only, when SCHED_DATABASE_URL goes through a transaction pooler: a direct or
+    # session-mode connection (README, "Behind a connection pooler").
+    listen_url: Secret | None = None
+    # What sits between sched and the server: auto (find out per connection), session (direct or a session-mode
+    # pool) or transaction (a transaction pooler such as PgBouncer's pool_mode = transaction). db.py, README.
+    pool_mode: Literal["auto", "session", "transaction"] = "auto"
 
 
+_URLS = ("database_url", "listen_url")  # secrets: they may carry a password
 _NAMES = frozenset(f"SCHED_{f.name.upper()}" for f in fields(Settings))
 
 
@@ -78,6 +85,10 @@ def load_settings(**overrides: Any) -> Settings:
         from pgsched.sqlfiles import use_schema
 
         use_schema(settings.schema)
+    if settings.pool_mode != "auto":
+        from pgsched.db import use_pool_mode
+
+        use_pool_mode(settings.pool_mode)
     return settings
 
 
@@ -93,8 +104,9 @@ def _from_environment(overrides: dict[str, Any]) -> Settings:
         name = ".".join(str(p) for p in first["loc"]) or "setting"
         raise InvalidInput(f"invalid setting SCHED_{name.upper()}: {first['msg']}") from None
     values = {f.name: getattr(read, f.name) for f in fields(Settings)}
-    if values["database_url"] is not None:
-        values["database_url"] = Secret(values["database_url"].get_secret_value())
+    for name in _URLS:
+        if values[name] is not None:
+            values[name] = Secret(values[name].get_secret_value())
     return Settings(**values)
 
 
@@ -118,7 +130,7 @@ def _environment_model() -> type:
     declared: dict[str, Any] = {}
     for f in fields(Settings):
         bounds = {k: v for k, v in f.metadata.items() if k != "seconds"}
-        kind: Any = SecretStr | None if f.name == "database_url" else hints[f.name]
+        kind: Any = SecretStr | None if f.name in _URLS else hints[f.name]
         if f.metadata.get("seconds"):
             kind = Annotated[float, BeforeValidator(seconds)]
         declared[f.name] = (kind, Field(default=f.default, **bounds))

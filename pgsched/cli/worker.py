@@ -46,9 +46,15 @@ def worker(
         ),
     ] = None,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once nothing is ready and nothing is running.")] = False,
-    no_listen: Annotated[
-        bool, typer.Option("--no-listen", help="Poll only, no LISTEN/NOTIFY (for PgBouncer transaction mode).")
-    ] = False,
+    no_listen: Annotated[bool, typer.Option("--no-listen", help="Poll only, no LISTEN/NOTIFY.")] = False,
+    listen_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--listen-url",
+            help="A direct or session-mode URL used only for LISTEN, when the database URL goes through a "
+            "transaction pooler [SCHED_LISTEN_URL].",
+        ),
+    ] = None,
     no_claim_ahead: Annotated[
         bool,
         typer.Option(
@@ -64,7 +70,9 @@ def worker(
     ] = None,
 ) -> None:
     """Run jobs: claim ready jobs, run their handlers, record outcomes; stop gracefully on SIGTERM."""
-    settings = load_settings(app=app_module, poll_interval=poll_interval, stale_after=stale_after)
+    settings = load_settings(
+        app=app_module, poll_interval=poll_interval, stale_after=stale_after, listen_url=listen_url
+    )
     queues = [check_queue(q) for q in (queue or ["default"])]
     shutdown_s = parse_duration(shutdown_timeout, what="shutdown timeout")
     level = core.logs.configure(verbose - quiet, json_lines=log_json)
@@ -88,6 +96,7 @@ def worker(
         log_jobs=level == "DEBUG",
         max_payload_bytes=settings.max_payload_bytes,
         commit=settings.worker_commit,
+        listen_dsn=None if settings.listen_url is None else settings.listen_url.get_secret_value(),
     )
     raise typer.Exit(core.worker.run_worker(resolve_dsn(settings), config, settings.app))
 

@@ -31,6 +31,9 @@ class WorkerConfig:
     max_payload_bytes: int = 1024 * 1024
     # synchronous_commit of the claim and outcome connections (SCHED_WORKER_COMMIT; README, Deploying).
     commit: str = "off"
+    # A second URL used only for LISTEN (SCHED_LISTEN_URL): a direct or session-mode connection for a worker
+    # whose database URL goes through a transaction pooler (README, "Behind a connection pooler").
+    listen_dsn: str | None = None
 
     @property
     def heartbeat_interval(self) -> float:

@@ -64,9 +64,16 @@ class Worker:
         # Enqueues stay durable. On this class of disk the flush wait, not the statements, would otherwise
         # bound the drain rate; "on" or "remote_write" trade that rate for no re-run after a failover.
         self.claim_link = Link(dsn, "claim", self.stop, commit=config.commit)
-        self.outcome_link = Link(dsn, "outcomes", self.stop, commit=config.commit)
-        self.control_link = Link(dsn, "control", self.stop)
-        self.listen_link = Link(dsn, "listen", self.stop)
+        # Outcomes and the control connection (heartbeats, deregistering) are still needed while shutting down;
+        # _shut_down bounds how long they keep trying. Claims and LISTEN stop at once.
+        self.outcome_link = Link(dsn, "outcomes", self.stop, commit=config.commit, needed_in_shutdown=True)
+        self.control_link = Link(dsn, "control", self.stop, needed_in_shutdown=True)
+        # LISTEN goes to its own URL when given one; that URL is a whole session by definition, so no pooler is
+        # looked for there (README, "Behind a connection pooler").
+        if config.listen_dsn:
+            self.listen_link = Link(config.listen_dsn, "listen", self.stop, mode="session")
+        else:
+            self.listen_link = Link(dsn, "listen", self.stop)
         self.due = DueTimes(config.queues)
         ahead = ClaimAhead(min(config.batch_size, config.concurrency)) if config.claim_ahead else None
         self.outcomes = OutcomeBuffer(self.outcome_link, self.id, config, self.due.note, metrics)
@@ -101,7 +108,18 @@ class Worker:
     async def run(self) -> int:
         """Register, work until stopped (or drained with --burst), shut down gracefully, deregister."""
         self._install_signal_handlers()
-        await self.open()
+        # A stop requested before the database could be reached ends the worker at once: nothing is held yet.
+        opening = asyncio.create_task(self.open())
+        stopped = asyncio.create_task(self.stop.requested.wait())
+        await asyncio.wait({opening, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not opening.done():
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+            await self.close()
+            logger.info("worker {} stopped before it could reach the database", self.id[:8])
+            return 0
+        opening.result()
         config = self.config
         logger.info(
             "worker {} started: queues {}, concurrency {}, {} task(s)",
@@ -160,6 +178,10 @@ class Worker:
         """Stop claiming, let running jobs finish for up to --shutdown-timeout (a second signal skips the wait),
         release the rest without spending an attempt, flush, deregister (docs/protocol.md, "Shutdown")."""
         self.stop.draining = True
+        # Whatever the database's state, the connections still needed stop trying by the end of the shutdown
+        # timeout (a forced stop ends their tries at once).
+        give_up_at = time.monotonic() + self.config.shutdown_timeout
+        self.outcome_link.give_up_at = self.control_link.give_up_at = give_up_at
         self.due.wake.set()
         self.executor.slot_freed.set()
         if not fetcher.done():
@@ -172,13 +194,20 @@ class Worker:
         for task in runners:
             task.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
-        flushed = await self.outcomes.flush_all(timeout=max(5.0, self.config.stale_after / 2))
+        flush_timeout = max(5.0, self.config.stale_after / 2)
+        if self.outcome_link.unreachable:
+            # The database is out of reach: wait for it only as long as the shutdown timeout leaves.
+            flush_timeout = max(1.0, give_up_at - time.monotonic())
+        flushed = await self.outcomes.flush_all(timeout=flush_timeout)
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         deregistered = False
         try:
-            control = await asyncio.wait_for(self.control_link.get(), timeout=5.0)
+            wait_s = 5.0
+            if self.control_link.unreachable:
+                wait_s = max(1.0, min(wait_s, give_up_at - time.monotonic()))
+            control = await asyncio.wait_for(self.control_link.get(), timeout=wait_s)
             await repository.deregister_worker(control, self.id)
             deregistered = True
         except (SchedError, TimeoutError) as exc:

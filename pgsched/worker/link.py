@@ -3,8 +3,10 @@ connection is dropped and reopened with backoff, any other error is logged, and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+import time
 from types import TracebackType
 
 from loguru import logger
@@ -16,49 +18,140 @@ from pgsched.worker.stopping import Stop
 
 
 class Link:
-    """One database connection of the worker, reconnected with jittered exponential backoff when lost."""
+    """One database connection of the worker, reconnected with jittered exponential backoff when lost.
 
-    def __init__(self, dsn: str, role: str, stop: Stop, *, commit: str | None = None) -> None:
+    An outage is logged once when it begins and once when it ends, never per try. Once a stop is requested, a
+    link not ``needed_in_shutdown`` (claims, LISTEN) gives up at once; the others (outcomes, control) keep
+    trying until the ``give_up_at`` the engine sets from the shutdown timeout, so a shutdown ends in bounded time
+    whatever the database's state; a forced stop ends every try at once. A link that gave up answers each
+    further call after a backoff pause rather than at once, so no caller's loop can spin on it."""
+
+    # Reconnect pauses: from the first, doubling up to the cap, each drawn from its upper half (jitter), so a
+    # fleet of workers that lost one server does not come back to it in step.
+    FIRST_DELAY_S = 0.1
+    MAX_DELAY_S = 5.0
+
+    def __init__(
+        self,
+        dsn: str,
+        role: str,
+        stop: Stop,
+        *,
+        commit: str | None = None,
+        needed_in_shutdown: bool = False,
+        mode: str | None = None,
+    ) -> None:
         self._dsn = dsn
         self.role = role
         self._stop = stop
-        # synchronous_commit for this connection's sessions; None keeps the server's (see engine.py).
+        # synchronous_commit for this connection's transactions; None keeps the server's (see engine.py).
         self._commit = commit
+        self._needed_in_shutdown = needed_in_shutdown
+        self.give_up_at: float | None = None  # a time.monotonic() past which a stopping worker stops trying
+        # SCHED_POOL_MODE for this URL; None reads the setting (see db.pool_mode).
+        self._mode = mode
         self.conn: AsyncConnection | None = None
+        self._delay = self.FIRST_DELAY_S
+        self._failures = 0
+        self._down_since: float | None = None
+        self._gave_up = False
 
     @property
     def up(self) -> bool:
         """Whether the connection is open, as far as this side knows."""
         return self.conn is not None and not self.conn.broken
 
+    @property
+    def unreachable(self) -> bool:
+        """Whether its last attempt to connect failed (and none has succeeded since)."""
+        return self._failures > 0
+
     async def get(self) -> AsyncConnection:
-        """The open connection, reconnecting (with backoff) first if it was lost; gives up only on a forced stop."""
+        """The open connection, reconnecting (with backoff) first if it was lost; raises DatabaseUnavailable when
+        it gives up (see the class's doc)."""
         if self.conn is not None and not self.conn.broken:
             return self.conn
-        delay = 0.1
-        failures = 0
+        if self._gave_up:
+            # Someone calls again after a give-up: make them wait a pause, whatever the stop says.
+            await asyncio.sleep(self._next_delay())
         while True:
             try:
-                self.conn = await connect_async(self._dsn, application_name=f"sched-worker-{self.role}")
-                if self._commit is not None:
-                    await repository.set_commit_durability(self.conn, self._commit)
-                if failures:
-                    logger.info("database connection ({}) restored after {} attempt(s)", self.role, failures)
-                return self.conn
+                conn = await connect_async(self._dsn, application_name=f"sched-worker-{self.role}", mode=self._mode)
             except DatabaseUnavailable as exc:
-                failures += 1
-                if failures == 1:
-                    logger.warning("reconnecting ({}) failed: {}; retrying with backoff", self.role, exc.message)
-                if self._stop.forced.is_set():
+                self._failures += 1
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    logger.warning(
+                        "reconnecting ({}) failed: {}; retrying with backoff (at most {:g}s apart)",
+                        self.role,
+                        exc.message,
+                        self.MAX_DELAY_S,
+                    )
+                if self._giving_up():
+                    self._gave_up = True
                     raise
-                await self._stop.sleep(delay * random.uniform(0.5, 1.0), forced_only=True)
-                delay = min(delay * 2, 5.0)
+                await self._pause(self._next_delay())
+                continue
+            try:
+                await self._prepare(conn)
+            except SchedError:
+                await conn.close()
+                raise
+            self.conn = conn
+            self._gave_up = False
+            self._delay = self.FIRST_DELAY_S
+            if self._failures:
+                logger.info(
+                    "database connection ({}) restored after {} attempt(s) in {:.1f}s",
+                    self.role,
+                    self._failures,
+                    time.monotonic() - (self._down_since or 0.0),
+                )
+            self._down_since = None
+            self._failures = 0
+            return conn
+
+    async def _prepare(self, conn: AsyncConnection) -> None:
+        if self._commit is None:
+            return
+        if conn.pooled:
+            conn.commit_level_each_transaction(self._commit)
+        else:
+            await repository.set_commit_durability(conn, self._commit)
+
+    def _giving_up(self) -> bool:
+        stop = self._stop
+        if stop.forced.is_set():
+            return True
+        if not stop.requested.is_set():
+            return False
+        if not self._needed_in_shutdown:
+            return True
+        return self.give_up_at is not None and time.monotonic() >= self.give_up_at
+
+    def _next_delay(self) -> float:
+        delay = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._delay * 2, self.MAX_DELAY_S)
+        return delay
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between tries, waking early for a stop request (once one is in force, only for a forced stop or
+        ``give_up_at``)."""
+        stop = self._stop
+        if not stop.requested.is_set():
+            await stop.sleep(seconds)
+            return
+        if self.give_up_at is not None:
+            seconds = min(seconds, max(0.0, self.give_up_at - time.monotonic()))
+        await stop.sleep(seconds, forced_only=True)
 
     async def lost(self) -> None:
         """Drop a connection that failed; the next ``get`` reconnects."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            logger.warning("database connection ({}) lost; reconnecting", self.role)
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.warning("database connection ({}) lost; reconnecting", self.role)
             # Closing a dead socket may fail in many ways; it is gone either way.
             with contextlib.suppress(Exception):
                 await conn.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from loguru import logger
+
 from pgsched import repository
 from pgsched.db import AsyncConnection
 from pgsched.worker.fetcher import DueTimes
@@ -13,7 +15,10 @@ from pgsched.worker.stopping import Stop
 
 
 class Listener:
-    """Listens on its own connection; polling covers any gap while it reconnects."""
+    """Listens on its own connection; polling covers any gap while it reconnects. Behind a transaction pooler
+    LISTEN cannot work (the pool hands the server connection that listens to other clients between
+    transactions): the listener then says so once and leaves the worker to poll, unless the worker has a
+    separate URL for LISTEN (--listen-url, SCHED_LISTEN_URL), a direct or session-mode connection."""
 
     def __init__(
         self, link: Link, due: DueTimes, cancel_job: Callable[[int], None], stop: Stop, poll_interval: float
@@ -25,9 +30,18 @@ class Listener:
         self._poll_interval = poll_interval
 
     async def run(self) -> None:
-        while True:
+        while not self._stop.requested.is_set():
             async with self._link.attempt("listening for wake-ups", "; polling meanwhile") as attempt:
                 conn = await self._link.get()
+                if conn.pooled:
+                    logger.warning(
+                        "the database URL goes through a transaction pooler, where LISTEN cannot work: not "
+                        "listening; polling every {:g}s (give the worker a direct or session-mode URL for "
+                        "LISTEN with --listen-url or SCHED_LISTEN_URL)",
+                        self._poll_interval,
+                    )
+                    await self._link.close()
+                    return
                 await conn.listen([repository.wakeup_channel(), repository.cancel_channel()])
                 # Anything enqueued while we were not listening is found by this poll.
                 self._due.wake.set()

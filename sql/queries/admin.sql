@@ -15,6 +15,10 @@ SELECT version, name, checksum FROM sched_migrations ORDER BY version;
 -- Serialize concurrent migrates; held until the session's connection closes.
 SELECT pg_advisory_lock(hashtext('sched_migrate'));
 
+-- name: MigrationLockTransaction
+-- Serialize concurrent migrates until this transaction ends (behind a transaction pooler, which has no session).
+SELECT pg_advisory_xact_lock(hashtext('sched_migrate'));
+
 -- name: MigrationRecord
 -- Mark one migration applied, in the same transaction as its DDL.
 INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
@@ -59,6 +63,11 @@ SELECT to_regnamespace(%(schema)s) IS NOT NULL;
 -- rest of this transaction only.
 SELECT set_config('search_path', %(schema)s, true);
 
+-- name: SessionBackendPid
+-- The server process this statement runs in. A connection pooler answers the connection's start-up with a
+-- process id of its own invention, so a mismatch with this one shows a pooler between client and server.
+SELECT pg_backend_pid();
+
 -- name: SessionCommitWithoutFlushWait
 -- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability.
 SET synchronous_commit = off;
@@ -76,3 +85,8 @@ SELECT to_regclass(%(name)s) IS NOT NULL;
 -- Makes a non-autocommit connection open its implicit transaction (psycopg sends BEGIN before the first
 -- statement), so that sched's block nests in the caller's transaction as a savepoint.
 SELECT 1;
+
+-- name: TransactionSetSynchronousCommit
+-- SCHED_WORKER_COMMIT for this transaction only: behind a transaction pooler a session setting would stay on a
+-- server connection that other clients then use, and be missing from the next transaction of this one.
+SELECT set_config('synchronous_commit', %(level)s, true);
