@@ -93,25 +93,44 @@ def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: 
 
 @dataclass(frozen=True)
 class QueueLimits:
-    """A change to a queue's limits: a rate (jobs per second; None removes it) with its burst, a backlog cap."""
+    """A change to a queue's limits: a rate (jobs per second; None removes it) with its burst, a backlog cap, and
+    the most running jobs in all and per group (0 removes a concurrency limit)."""
 
     set_rate: bool = False
     rate: float | None = None
     burst: int | None = None
     set_max_backlog: bool = False
     max_backlog: int | None = None
+    set_max_running: bool = False
+    max_running: int | None = None
+    set_group_concurrency: bool = False
+    group_concurrency: int | None = None
 
     @classmethod
     def parse(
-        cls, rate: str | None = None, burst: int | None = None, max_backlog: int | None = None, clear: bool = False
+        cls,
+        rate: str | None = None,
+        burst: int | None = None,
+        max_backlog: int | None = None,
+        clear: bool = False,
+        *,
+        max_running: int | None = None,
+        group_concurrency: int | None = None,
     ) -> QueueLimits:
-        """The change that ``sched queue limit`` options ask for (``--rate 100/s``, ``30/m`` or ``none``)."""
-        if clear and (rate is not None or burst is not None or max_backlog is not None):
-            raise InvalidInput("--clear cannot be combined with --rate, --burst or --max-backlog")
+        """The change that ``sched queue limit`` options ask for (``--rate 100/s``, ``30/m`` or ``none``;
+        ``--max-running 0`` and ``--group-concurrency 0`` remove those limits)."""
+        given = (rate, burst, max_backlog, max_running, group_concurrency)
+        if clear and any(value is not None for value in given):
+            raise InvalidInput(
+                "--clear cannot be combined with --rate, --burst, --max-backlog, --max-running or --group-concurrency"
+            )
         if clear:
-            return cls(set_rate=True, set_max_backlog=True)
-        if rate is None and burst is None and max_backlog is None:
-            raise InvalidInput("give --rate, --max-backlog or --clear")
+            return cls(set_rate=True, set_max_backlog=True, set_max_running=True, set_group_concurrency=True)
+        if all(value is None for value in given):
+            raise InvalidInput("give --rate, --max-backlog, --max-running, --group-concurrency or --clear")
+        for name, value in (("--max-running", max_running), ("--group-concurrency", group_concurrency)):
+            if value is not None and not 0 <= value <= 1_000_000:
+                raise InvalidInput(f"invalid {name} {value}: from 1 to 1000000, or 0 to remove the limit")
         no_rate = rate is None or rate.strip().lower() == "none"
         if burst is not None and no_rate:
             raise InvalidInput("--burst needs --rate")
@@ -121,6 +140,10 @@ class QueueLimits:
             burst=burst,
             set_max_backlog=max_backlog is not None,
             max_backlog=max_backlog,
+            set_max_running=max_running is not None,
+            max_running=max_running or None,
+            set_group_concurrency=group_concurrency is not None,
+            group_concurrency=group_concurrency or None,
         )
 
 
@@ -132,6 +155,15 @@ def set_queue_limits(conn: Connection, queue: str, limits: QueueLimits) -> None:
             repository.set_queue_rate(conn, queue, limits.rate, limits.burst)
         if limits.set_max_backlog:
             repository.set_queue_max_backlog(conn, queue, limits.max_backlog)
+        if limits.set_max_running or limits.set_group_concurrency:
+            repository.set_queue_concurrency(
+                conn,
+                queue,
+                max_running=limits.max_running,
+                group_concurrency=limits.group_concurrency,
+                set_max_running=limits.set_max_running,
+                set_group_concurrency=limits.set_group_concurrency,
+            )
 
 
 def reap(settings: Settings) -> repository.ReapResult:

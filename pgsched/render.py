@@ -174,7 +174,8 @@ def print_schedules(schedules: list[dict[str, Any]], console: Console | None = N
 
 
 def print_queue_settings(queues: list[dict[str, Any]], console: Console | None = None) -> None:
-    """Print queues with their controls (paused, rate limit, bucket level, backlog cap) and load."""
+    """Print queues with their controls (paused, rate limit, bucket level, backlog cap, concurrency limits) and
+    load."""
     console = console or Console()
     if not queues:
         console.print("no queues yet")
@@ -186,6 +187,8 @@ def print_queue_settings(queues: list[dict[str, Any]], console: Console | None =
     table.add_column("burst", justify="right")
     table.add_column("tokens", justify="right")
     table.add_column("max backlog", justify="right")
+    table.add_column("max running", justify="right")
+    table.add_column("per group", justify="right")
     table.add_column("queued", justify="right", style=STATE_STYLES["queued"])
     table.add_column("running", justify="right", style=STATE_STYLES["running"])
     for q in queues:
@@ -196,6 +199,8 @@ def print_queue_settings(queues: list[dict[str, Any]], console: Console | None =
             f"{q['burst']:g}" if q["burst"] is not None else "-",
             f"{q['tokens']:.1f}" if q["tokens"] is not None else "-",
             str(q["max_backlog"]) if q["max_backlog"] is not None else "-",
+            str(q["max_running"]) if q.get("max_running") is not None else "-",
+            str(q["group_concurrency"]) if q.get("group_concurrency") is not None else "-",
             str(q["queued"]),
             str(q["running"]),
         )

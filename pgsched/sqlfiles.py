@@ -19,7 +19,8 @@ SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 # The objects of an installation that queries name, as identifiers or inside regclass literals. The staging
 # table sched_jobs_incoming is temporary (pg_temp) and is not one of them.
 _OBJECTS = re.compile(
-    r"\b(sched_(?:jobs|job_deps|workers|queues|schedules|migrations|job_state|job_lease_seq|jobs_id_seq))\b"
+    r"\b(sched_(?:jobs|job_deps|workers|queues|schedules|migrations|job_state|job_lease_seq|jobs_id_seq"
+    r"|claim_limited))\b"
 )
 _SCHEMA_TOKEN = re.compile(r"\bsched_schema\b")
 # Names shared by every session of a database: notification channels and advisory-lock keys.

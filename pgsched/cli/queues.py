@@ -12,7 +12,7 @@ from pgsched.cli.options import JsonOutput, QueueArgument, group, print_json
 from pgsched.models import check_queue
 from pgsched.settings import load_settings
 
-commands = group("queue", "Queue controls shared by all workers: pause, rate limit, backlog cap.")
+commands = group("queue", "Queue controls shared by all workers: pause, rate limit, backlog cap, concurrency limits.")
 
 
 @commands.command("pause")
@@ -47,11 +47,21 @@ def queue_limit(
     max_backlog: Annotated[
         Optional[int], typer.Option("--max-backlog", min=1, help="Refuse adds while this many jobs are queued.")
     ] = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Remove the rate limit and the backlog cap.")] = False,
+    max_running: Annotated[
+        Optional[int],
+        typer.Option("--max-running", help="Most running jobs of the queue across all workers (0: no limit)."),
+    ] = None,
+    group_concurrency: Annotated[
+        Optional[int],
+        typer.Option("--group-concurrency", help="Most running jobs per group (0: no limit)."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every limit of the queue.")] = False,
 ) -> None:
-    """Set or remove QUEUE's global rate limit (a token bucket) and backlog cap."""
+    """Set or remove QUEUE's global rate limit (a token bucket), backlog cap and concurrency limits."""
     check_queue(name)
-    limits = core.admin.QueueLimits.parse(rate, burst, max_backlog, clear)
+    limits = core.admin.QueueLimits.parse(
+        rate, burst, max_backlog, clear, max_running=max_running, group_concurrency=group_concurrency
+    )
     with core.connect(load_settings()) as conn:
         core.admin.set_queue_limits(conn, name, limits)
     sys.stderr.write(f"queue {name} updated\n")
@@ -59,7 +69,7 @@ def queue_limit(
 
 @commands.command("list")
 def queue_list(as_json: JsonOutput = False) -> None:
-    """List queues with their pause state, rate limit, bucket level, backlog cap and load."""
+    """List queues with their pause state, rate limit, bucket level, backlog cap, concurrency limits and load."""
     with core.connect(load_settings()) as conn:
         queues = core.repository.list_queues(conn)
     if as_json:

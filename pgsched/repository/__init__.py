@@ -21,7 +21,13 @@ from pgsched.repository.jobs import (
     retry_matching,
 )
 from pgsched.repository.producers import commit_without_flush_wait, enqueue, enqueue_many
-from pgsched.repository.queues import list_queues, set_queue_max_backlog, set_queue_paused, set_queue_rate
+from pgsched.repository.queues import (
+    list_queues,
+    set_queue_concurrency,
+    set_queue_max_backlog,
+    set_queue_paused,
+    set_queue_rate,
+)
 from pgsched.repository.reads import count_by_queue, explain_facts
 from pgsched.repository.runs import (
     ReapResult,
@@ -101,6 +107,7 @@ __all__ = [
     "running_for_worker",
     "set_commit_durability",
     "set_progress",
+    "set_queue_concurrency",
     "set_queue_max_backlog",
     "set_queue_paused",
     "set_queue_rate",

@@ -1,4 +1,5 @@
-"""Queue controls: pause, the token bucket, the backlog cap (admission), and the listing of queues."""
+"""Queue controls: pause, the token bucket, the backlog cap (admission), concurrency limits, and the listing of
+queues."""
 
 from __future__ import annotations
 
@@ -46,6 +47,32 @@ def set_queue_max_backlog(conn: Connection, queue: str, max_backlog: int | None)
         conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
 
 
+def set_queue_concurrency(
+    conn: Connection,
+    queue: str,
+    *,
+    max_running: int | None = None,
+    group_concurrency: int | None = None,
+    set_max_running: bool = True,
+    set_group_concurrency: bool = True,
+) -> None:
+    """Limit ``queue``'s running jobs across all workers (``max_running``) and per group (``group_concurrency``);
+    None removes a limit. A ``set_...`` flag that is False leaves that limit as it is."""
+    with conn.transaction():
+        conn.run(
+            query("QueueSetConcurrency"),
+            {
+                "queue": queue,
+                "max_running": max_running,
+                "group_concurrency": group_concurrency,
+                "set_max_running": set_max_running,
+                "set_group_concurrency": set_group_concurrency,
+            },
+        )
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
 def list_queues(conn: Connection) -> list[dict[str, Any]]:
-    """Queues with jobs or settings: paused, rate, burst, current tokens, max backlog, queued and running."""
+    """Queues with jobs or settings: paused, rate, burst, current tokens, max backlog, max running, group
+    concurrency, queued and running."""
     return conn.records(query("QueueList"))

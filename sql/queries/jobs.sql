@@ -27,6 +27,9 @@ RETURNING state::text;
 -- whole ready set. Queue controls apply in this same statement: a paused queue yields nothing, and a
 -- rate-limited queue's bucket row is locked, refilled and charged for exactly the jobs taken, so workers
 -- together never exceed the rate. A queue without a sched_queues row (the common case) locks nothing.
+-- A queue with a concurrency limit (max_running, group_concurrency) is claimed by sched_claim_limited instead
+-- (docs/protocol.md, "Concurrency limits"), which this statement calls only for such a queue: the other parts
+-- then take nothing, and for every other queue the call is never executed.
 WITH bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
     -- while it waited, not the older row of its snapshot). greatest(): a claimer that waited for the lock may
@@ -36,14 +39,16 @@ WITH bucket AS (
                AS level,
            greatest(refilled_at, clock_timestamp()) AS at
     FROM sched_queues
-    WHERE queue = %(queue)s AND rate IS NOT NULL
+    WHERE queue = %(queue)s AND rate IS NOT NULL AND max_running IS NULL AND group_concurrency IS NULL
     FOR UPDATE
 ),
 -- How many jobs this claim may take: the bucket's whole tokens (none while paused) for a rate-limited queue,
--- none for a paused one, otherwise the limit asked for.
+-- none for a paused one or one with a concurrency limit, otherwise the limit asked for.
 allowed AS (
     SELECT coalesce((SELECT CASE WHEN paused THEN 0 ELSE least(%(limit)s, floor(level)::int) END FROM bucket),
-                    (SELECT 0 FROM sched_queues WHERE queue = %(queue)s AND paused),
+                    (SELECT 0 FROM sched_queues
+                     WHERE queue = %(queue)s
+                       AND (paused OR max_running IS NOT NULL OR group_concurrency IS NOT NULL)),
                     %(limit)s) AS n
 ),
 ready AS (
@@ -82,14 +87,22 @@ charged AS (
     SET tokens = b.level - (SELECT count(*) FROM picked), refilled_at = b.at
     FROM bucket b
     WHERE s.queue = %(queue)s
-)
+),
 -- "= ANY(ARRAY(...))" rather than a join: the planner cannot see through the LIMIT expression how few rows
 -- "picked" holds, and would hash-join against a scan of the whole table.
-UPDATE sched_jobs j
-SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now(),
-    lease = nextval('sched_job_lease_seq')
-WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
-RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, extract(epoch FROM j.timeout)::float8, j.lease;
+claimed AS (
+    UPDATE sched_jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker_id = %(worker_id)s, started_at = now(),
+        lease = nextval('sched_job_lease_seq')
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.task::text, j.payload::jsonb, j.attempt::int, j.max_attempts::int,
+              extract(epoch FROM j.timeout)::float8, j.lease
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT * FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid)
+WHERE EXISTS (SELECT 1 FROM sched_queues
+              WHERE queue = %(queue)s AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL));
 
 -- name: JobCopyIn
 -- Bulk insert without dedupe keys, straight into the table.

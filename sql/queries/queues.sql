@@ -1,4 +1,5 @@
--- Queries on queue controls: pause, rate limit (token bucket), backlog cap, wake-ups and listings.
+-- Queries on queue controls: pause, rate limit (token bucket), backlog cap, concurrency limits, wake-ups and
+-- listings.
 -- Every runtime query lives in this folder, one per operation, named Entity+Verb and sorted by name within
 -- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
 -- style (%(name)b for a binary parameter).
@@ -25,7 +26,8 @@ SELECT count(*) FROM sched_jobs WHERE queue = %(queue)s AND state = 'queued';
 -- name: QueueDeleteUnconfigured
 -- Drop a queue's row once it holds no setting, so its claims go back to the no-row path.
 DELETE FROM sched_queues
-WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL;
+WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL AND max_running IS NULL
+  AND group_concurrency IS NULL;
 
 -- name: QueueList
 -- Every queue that has jobs or settings, with its settings, current bucket level and backlog.
@@ -37,7 +39,7 @@ WITH names AS (
 SELECT n.queue, coalesce(q.paused, false) AS paused, q.rate, q.burst,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
-       q.max_backlog,
+       q.max_backlog, q.max_running, q.group_concurrency,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'queued') AS queued,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'running') AS running
 FROM names n
@@ -65,6 +67,17 @@ SELECT EXISTS (
 SELECT count(*), coalesce(extract(epoch FROM now() - min(run_at)), 0)::float8
 FROM sched_jobs
 WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
+
+-- name: QueueSetConcurrency
+-- Set (or with NULL remove) a queue's limits on running jobs: in all, and per group. Claims take the queue's
+-- row from their next statement on (docs/protocol.md, "Concurrency limits").
+INSERT INTO sched_queues (queue, max_running, group_concurrency)
+VALUES (%(queue)s, %(max_running)s, %(group_concurrency)s)
+ON CONFLICT (queue) DO UPDATE
+SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE sched_queues.max_running END,
+    group_concurrency = CASE WHEN %(set_group_concurrency)s THEN EXCLUDED.group_concurrency
+                             ELSE sched_queues.group_concurrency END,
+    updated_at = now();
 
 -- name: QueueSetMaxBacklog
 -- Set (or with NULL remove) a queue's admission limit.

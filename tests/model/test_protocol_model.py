@@ -4,8 +4,9 @@ A hypothesis state machine plays producers, operators and several simulated work
 asyncio connection, through ``pgsched.repository``: enqueue (keys, dependencies, priorities, delays), claim,
 succeed, fail, release, acknowledge a cancel, report progress, late outcomes of runs that lost their job (also
 when the same worker claimed it again), heartbeats that stop, reaps, cancel, retry, pause and resume, rate
-limits, cleanup and the promotion of due jobs. It keeps a model of what every job's state must be and, after
-every step, checks the database against the model and against the protocol's invariants.
+limits, concurrency limits (in all and per group, on jobs with and without groups), cleanup and the promotion
+of due jobs. It keeps a model of what every job's state must be and, after every step, checks the database
+against the model and against the protocol's invariants.
 
 The invariants are those of docs/protocol.md, "Invariants". Bounded for CI; ``SCHED_MODEL_EXAMPLES`` (and
 ``SCHED_MODEL_STEPS``) run more; ``SCHED_MODEL_SHRINK=0`` reports a failure as found, without shrinking it."""
@@ -42,6 +43,7 @@ PHASES = [p for p in Phase if os.environ.get("SCHED_MODEL_SHRINK", "1") == "1" o
 QUEUES = ("q1", "q2")
 TASKS = ("t", "u")
 KEYS = (None, None, "k1", "k2")
+GROUPS = (None, "g1", "g2", "g2")
 PRIORITIES = (-5, 0, 5)
 # Each simulated worker declares its own liveness contract; a heartbeat aged 30 s makes only the first stale.
 STALE_AFTER_S = (10.0, 60.0, 600.0)
@@ -85,6 +87,7 @@ class Job:
     parents: set[int]
     state: str
     due: bool
+    group: str | None = None
     attempt: int = 0
     lease: int | None = None
     worker: str | None = None
@@ -140,6 +143,8 @@ class Bucket:
 class QueueControl:
     paused: bool = False
     bucket: Bucket | None = None
+    max_running: int | None = None
+    group_concurrency: int | None = None
 
 
 class Harness:
@@ -294,6 +299,7 @@ class ProtocolModel(RuleBasedStateMachine):
             parents,
             "queued",
             due=not spec.delay_s,
+            group=spec.group,
         )
         self.jobs[new_id] = job
         if self._pending(job):
@@ -310,6 +316,7 @@ class ProtocolModel(RuleBasedStateMachine):
         delay_s=st.sampled_from([None, None, None, FAR_S]),
         max_attempts=st.integers(1, 2),
         key=st.sampled_from(KEYS),
+        group=st.sampled_from(GROUPS),
     )
 
     @rule(spec=jobs_spec, picks=st.lists(st.integers(0, 10**6), max_size=2))
@@ -394,18 +401,68 @@ class ProtocolModel(RuleBasedStateMachine):
         if raced_pause:
             # A claim that raced a pause either ran first (within its bucket) or saw the pause and took nothing.
             least = 0
+        if control.max_running is not None or control.group_concurrency is not None:
+            self._check_limited_claim(queue, claimable, claimed, least)
+            least = min(least, len(claimed))
         assert least <= len(claimed) <= most, (
             f"claim on {queue} took {len(claimed)} jobs: {len(claimable)} claimable, limit {limit},"
             f" bucket level in [{low:.3f}, {high:.3f}]"
         )
         # Among ready jobs, higher priority first, whether they were ever deferred or not.
         taken = {c.id for c in claimed}
-        left = [j.priority for j in claimable if j.id not in taken]
+        left = [j.priority for j in claimable if j.id not in taken and not self._held_back(queue, j, claimed)]
         if claimed and left:
             assert min(by_id[i].priority for i in taken) >= max(left), "a lower-priority job was claimed first"
         if bucket is not None:
             bucket.low, bucket.high = max(0.0, low - len(claimed)), high - len(claimed)
             bucket.since_start, bucket.since_end = start, end
+
+    def _running(self, queue: str, group: str | None = None) -> int:
+        return sum(
+            1
+            for j in self.jobs.values()
+            if j.state == "running" and j.queue == queue and (not group or j.group == group)
+        )
+
+    def _held_back(self, queue: str, job: Job, claimed: list) -> bool:
+        """Whether a concurrency limit holds ``job`` back once ``claimed`` run."""
+        control = self.queues[queue]
+        groups = [self.jobs[c.id].group for c in claimed]
+        if control.max_running is not None and self._running(queue) + len(claimed) >= control.max_running:
+            return True
+        return (
+            control.group_concurrency is not None
+            and job.group is not None
+            and self._running(queue, job.group) + groups.count(job.group) >= control.group_concurrency
+        )
+
+    def _check_limited_claim(self, queue: str, claimable: list[Job], claimed: list, least: int) -> None:
+        """Invariant 9: a claim never takes a queue past max_running, nor a group past group_concurrency; and it
+        takes something whenever a claimable job has a free slot (the limits hold jobs back, nothing else)."""
+        control = self.queues[queue]
+        taken = collections.Counter(self.jobs[c.id].group for c in claimed)
+        if control.max_running is not None and claimed:
+            total = self._running(queue) + len(claimed)
+            assert total <= control.max_running, f"{queue} runs {total} jobs, max_running {control.max_running}"
+            self.h.seen["limited claim filled the queue"] += total == control.max_running
+        if control.group_concurrency is not None:
+            for group, n in taken.items():
+                if group is not None:
+                    total = self._running(queue, group) + n
+                    assert total <= control.group_concurrency, f"group {group} of {queue} runs {total} jobs"
+        if not claimed and least > 0:
+            free = control.max_running is None or self._running(queue) < control.max_running
+            open_groups = [
+                j
+                for j in claimable
+                if j.group is None
+                or control.group_concurrency is None
+                or self._running(queue, j.group) < control.group_concurrency
+            ]
+            assert not (free and open_groups), (
+                f"limited claim on {queue} took nothing though job {open_groups[0].id} had a slot"
+            )
+            self.h.seen["limited claim held back"] += 1
 
     def _take(self, worker: Worker, claimed: list) -> None:
         for c in claimed:
@@ -701,6 +758,18 @@ class ProtocolModel(RuleBasedStateMachine):
     def pause(self, queue: str, paused: bool) -> None:
         repository.set_queue_paused(self.h.conn, queue, paused)
         self.queues[queue].paused = paused
+
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        max_running=st.sampled_from([None, None, 1, 3]),
+        group_concurrency=st.sampled_from([None, 1, 2]),
+    )
+    def set_concurrency(self, queue: str, max_running: int | None, group_concurrency: int | None) -> None:
+        repository.set_queue_concurrency(
+            self.h.conn, queue, max_running=max_running, group_concurrency=group_concurrency
+        )
+        self.queues[queue].max_running = max_running
+        self.queues[queue].group_concurrency = group_concurrency
 
     @rule(
         queue=st.sampled_from(QUEUES),

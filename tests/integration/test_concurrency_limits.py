@@ -1,0 +1,233 @@
+"""Concurrency limits against a real PostgreSQL (docs/protocol.md, "Concurrency limits"): max_running and
+group_concurrency cap each claim, hold under concurrent claimers on their own connections, give the slot back
+however a run ends, combine with pause and the rate limit, and leave the claim of a queue without them as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+
+import psycopg
+import pytest
+
+from pgsched import db, repository
+from pgsched.models import NewJob, Outcome, OutcomeKind
+from pgsched.sqlfiles import query
+
+
+def add(conn: db.Connection, groups: list[str | None], queue: str = "q", task: str = "t") -> list[int]:
+    return [e.id for e in repository.enqueue_many(conn, [NewJob(task=task, queue=queue, group=g) for g in groups])]
+
+
+async def _claim(dsn: str, worker: str, limit: int, queue: str) -> list:
+    conn = await db.connect_async(dsn)
+    try:
+        return await repository.claim_jobs(conn, worker, queue, ["t"], limit)
+    finally:
+        await conn.close()
+
+
+def claim(dsn: str, limit: int = 100, queue: str = "q", worker: str | None = None) -> list:
+    return asyncio.run(_claim(dsn, worker or str(uuid.uuid4()), limit, queue))
+
+
+def running_by_group(conn: db.Connection, queue: str = "q") -> dict[str | None, int]:
+    rows = conn.rows(
+        "SELECT group_name, count(*) FROM sched_jobs WHERE state = 'running' AND queue = %s GROUP BY 1", (queue,)
+    )
+    return dict(rows)
+
+
+def test_a_claim_takes_at_most_the_free_slots_of_the_queue_and_of_each_group(dsn: str, conn: db.Connection) -> None:
+    ids = add(conn, ["a", "a", "a", "b", "b", "c", None])
+    repository.set_queue_concurrency(conn, "q", max_running=4, group_concurrency=2)
+    first = claim(dsn)
+    # Claim order (id here), skipping the third job of a: a, a, b, b, then the queue is at 4.
+    assert [j.id for j in first] == [ids[0], ids[1], ids[3], ids[4]]
+    assert claim(dsn) == []
+    conn.run("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE id = %s", (ids[0],))
+    assert [j.id for j in claim(dsn)] == [ids[2]]
+    repository.set_queue_concurrency(conn, "q", max_running=None, set_group_concurrency=False)
+    # Without max_running: c and the job without a group; a and b stay at their limit of 2.
+    assert sorted(j.id for j in claim(dsn)) == [ids[5], ids[6]]
+    assert running_by_group(conn) == {"a": 2, "b": 2, "c": 1, None: 1}
+
+
+def test_every_way_a_run_ends_gives_its_slot_back(dsn: str, conn: db.Connection) -> None:
+    add(conn, ["g"] * 8)
+    repository.set_queue_concurrency(conn, "q", group_concurrency=1)
+    worker = str(uuid.uuid4())
+
+    async def main() -> list[str]:
+        c = await db.connect_async(dsn)
+        await repository.register_worker(c, worker, "h", 1, ["q"], ["t"], 10, stale_after_s=30.0, timeout_grace_s=10.0)
+        ended = []
+        endings = [
+            OutcomeKind.SUCCEEDED,
+            OutcomeKind.FAILED,
+            OutcomeKind.CANCELLED,
+            OutcomeKind.RELEASED,
+            "reaped",
+            "retried failure",
+        ]
+        for ending in endings:
+            [job] = await repository.claim_jobs(c, worker, "q", ["t"], 10)
+            # The group is at its limit until this run ends.
+            assert await repository.claim_jobs(c, worker, "q", ["t"], 10) == []
+            if ending == "reaped":
+                await c.run(
+                    "UPDATE sched_jobs SET started_at = now() - interval '1 day' WHERE id = %(id)s", {"id": job.id}
+                )
+                assert job.id in (await repository.reap_stale(c, wait=True)).requeued
+            elif ending == "retried failure":
+                await repository.record_outcomes(
+                    c, worker, [Outcome(job.id, job.lease, OutcomeKind.FAILED, error="x", retry_after_s=0.0)]
+                )
+            else:
+                retryable = ending != OutcomeKind.FAILED
+                await repository.record_outcomes(
+                    c, worker, [Outcome(job.id, job.lease, ending, error="x", retryable=retryable)]
+                )
+            row = await c.row("SELECT state::text FROM sched_jobs WHERE id = %(id)s", {"id": job.id})
+            ended.append(row[0])
+        await c.close()
+        return ended
+
+    states = asyncio.run(main())
+    assert states == ["succeeded", "failed", "cancelled", "queued", "queued", "queued"]
+    assert running_by_group(conn) == {}
+
+
+def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection) -> None:
+    groups = [f"g{i % 10}" for i in range(1200)]
+    add(conn, groups)
+    repository.set_queue_concurrency(conn, "q", max_running=7, group_concurrency=2)
+    stop = threading.Event()
+    seen = {"total": 0, "group": 0, "samples": 0}
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        # Each sample is one statement: one consistent view of the committed running jobs.
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.is_set():
+                total, top = c.execute(
+                    "SELECT coalesce(sum(n), 0), coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM sched_jobs"
+                    " WHERE state = 'running' AND queue = 'q' GROUP BY group_name) g"
+                ).fetchone()  # type: ignore[misc]
+                seen["total"] = max(seen["total"], total)
+                seen["group"] = max(seen["group"], top)
+                seen["samples"] += 1
+
+    def work(seed: int) -> None:
+        async def main() -> None:
+            rng = random.Random(seed)
+            c = await db.connect_async(dsn)
+            worker = str(uuid.uuid4())
+            await repository.register_worker(
+                c, worker, "h", seed, ["q"], ["t"], 10, stale_after_s=60, timeout_grace_s=10
+            )
+            idle = 0
+            while idle < 20:
+                jobs = await repository.claim_jobs(c, worker, "q", ["t"], rng.randint(1, 4))
+                idle = 0 if jobs else idle + 1
+                await asyncio.sleep(rng.random() * 0.003)
+                if jobs:
+                    outcomes = [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
+                    await repository.record_outcomes(c, worker, outcomes)
+            await c.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    stop.set()
+    watcher.join()
+    assert not errors, errors
+    assert conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'succeeded'") == (1200,)
+    assert seen["samples"] > 10
+    assert seen["total"] <= 7 and seen["group"] <= 2, seen
+    # The limits were reached, so the test would have seen them passed.
+    assert seen["group"] == 2, seen
+
+
+def test_limits_combine_with_pause_and_the_rate_limit(dsn: str, conn: db.Connection) -> None:
+    add(conn, ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+    repository.set_queue_concurrency(conn, "q", group_concurrency=2)
+    repository.set_queue_paused(conn, "q", True)
+    assert claim(dsn) == []
+    repository.set_queue_paused(conn, "q", False)
+    repository.set_queue_rate(conn, "q", 0.001, 3)
+    # The bucket holds 3 tokens: the claim takes 3, within each group's limit, and charges exactly 3.
+    assert len(claim(dsn)) == 3
+    assert claim(dsn) == []
+    tokens = conn.row("SELECT tokens FROM sched_queues WHERE queue = 'q'")[0]  # type: ignore[index]
+    assert tokens < 1
+
+
+def test_clearing_the_limits_returns_the_queue_to_the_plain_claim(dsn: str, conn: db.Connection) -> None:
+    add(conn, ["a"] * 5)
+    repository.set_queue_concurrency(conn, "q", max_running=1, group_concurrency=1)
+    assert len(claim(dsn)) == 1
+    repository.set_queue_concurrency(conn, "q", max_running=None, group_concurrency=None)
+    assert conn.rows("SELECT * FROM sched_queues") == []
+    assert len(claim(dsn)) == 4
+
+
+def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: str, conn: db.Connection) -> None:
+    add(conn, [None] * 50 + ["g"] * 50)
+    repository.set_queue_concurrency(conn, "elsewhere", group_concurrency=1)
+    conn.run("ANALYZE sched_jobs")
+    params = {"queue": "q", "tasks": ["t"], "limit": 10, "worker_id": str(uuid.uuid4())}
+    with psycopg.connect(dsn) as raw:
+        plan = "\n".join(r[0] for r in raw.execute("EXPLAIN (ANALYZE, COSTS OFF) " + query("JobClaim"), params))
+        raw.rollback()
+    assert "Index Scan using sched_jobs_ready on sched_jobs" in plan
+    limited = [line for line in plan.splitlines() if "Function Scan on sched_claim_limited" in line]
+    assert len(limited) == 1 and "never executed" in limited[0], plan
+
+
+@pytest.mark.slow
+def test_the_limited_claim_reads_the_ready_index_with_10000_groups(dsn: str, conn: db.Connection) -> None:
+    # 300,000 queued jobs in 10,000 groups, 50 of them at their limit: the limited claim reads the ready index in
+    # claim order (no sort of the ready set, no scan of the table), whatever the backlog.
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, group_name) SELECT 'q', 't', 'g' || (i % 10000) "
+        "FROM generate_series(1, 300000) i"
+    )
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, group_name, state, attempt, started_at, worker_id, lease) "
+        "SELECT 'q', 't', 'g' || (i % 50), 'running', 1, now(), gen_random_uuid(), i FROM generate_series(1, 50) i"
+    )
+    conn.run("VACUUM ANALYZE sched_jobs")
+    repository.set_queue_concurrency(conn, "q", group_concurrency=1)
+    params = {"queue": "q", "tasks": ["t"], "limit": 50, "worker_id": str(uuid.uuid4())}
+    plans: list[str] = []
+    with psycopg.connect(dsn) as raw:
+        raw.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET auto_explain.log_level = 'notice'",
+        ):
+            raw.execute(setting)
+        claimed = raw.execute(query("JobClaim"), params).fetchall()
+        raw.rollback()
+    assert len(claimed) == 50
+    # Job i is in group g(i % 10000); groups g0 to g49 are at their limit.
+    assert all(r[0] % 10000 >= 50 for r in claimed)
+    inner = "\n".join(p for p in plans if "Index Scan using sched_jobs_ready" in p)
+    assert inner, plans
+    assert "Seq Scan on sched_jobs" not in "\n".join(plans)
+    assert "Bitmap Heap Scan on sched_jobs" not in "\n".join(plans)
