@@ -40,7 +40,17 @@ def run_worker(dsn: str, config: WorkerConfig, app: str | None = None) -> int:
         from pgsched.worker.metrics import WorkerMetrics
 
         metrics = WorkerMetrics()
-    code = _run_on_best_loop(Worker(dsn, config, registry, metrics).run())
+    worker = Worker(dsn, config, registry, metrics)
+
+    async def run() -> int:
+        code = await worker.run()
+        if worker.executor.abandoned_tasks:
+            # The loop's own shutdown would cancel and then wait for an async handler that ignores cancellation
+            # (as long as it runs, perhaps for ever); its job was already released or failed: leave now.
+            _exit_now(code, f"{worker.executor.abandoned_tasks} async handler(s) still running")
+        return code
+
+    code = _run_on_best_loop(run())
     _exit_now_if_handlers_linger(code)
     return code
 
@@ -61,8 +71,6 @@ def _exit_now_if_handlers_linger(code: int) -> None:
     """A sync handler still running after shutdown released its job cannot be killed, and the interpreter
     would join its thread at exit, holding the process for as long as the handler runs. Its outcome is
     already given up (fenced), so leave without waiting."""
-    import os
-    import sys
     import threading
     import time
 
@@ -74,9 +82,17 @@ def _exit_now_if_handlers_linger(code: int) -> None:
     lingering = [t for t in threading.enumerate() if t.name.startswith("sched-job") and t.is_alive()]
     if not lingering:
         return
+    _exit_now(code, f"{len(lingering)} sync handler(s) still running")
+
+
+def _exit_now(code: int, what: str) -> None:
+    """Leave at once with ``code``, saying which handlers are still running."""
+    import os
+    import sys
+
     from loguru import logger
 
-    logger.warning("exiting with {} sync handler(s) still running; their outcomes were given up", len(lingering))
+    logger.warning("exiting with {}; their outcomes were given up", what)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

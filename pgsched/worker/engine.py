@@ -191,9 +191,11 @@ class Worker:
         executor.release_ready()
         await executor.finish_running(self.config.shutdown_timeout, self.stop.forced)
         executor.wake_idle_runners()
+        runners = [*runners, *executor.spare_runners]
         for task in runners:
             task.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        # Bounded: a runner left with an async handler that ignores cancellation never ends (executor.py).
+        await asyncio.wait(runners, timeout=1.0)
         flush_timeout = max(5.0, self.config.stale_after / 2)
         if self.outcome_link.unreachable:
             # The database is out of reach: wait for it only as long as the shutdown timeout leaves.

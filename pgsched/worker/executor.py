@@ -38,7 +38,19 @@ from pgsched.worker.stopping import wait_any
 class Run:
     """A job a runner is executing right now."""
 
-    __slots__ = ("abandoned", "cancel_requested", "ctx", "given_up", "job", "runner", "spec", "started", "stopped")
+    __slots__ = (
+        "abandoned",
+        "cancel_requested",
+        "ctx",
+        "given_up",
+        "job",
+        "left_behind",
+        "runner",
+        "spec",
+        "started",
+        "stopped",
+        "stopped_at",
+    )
 
     def __init__(self, job: ClaimedJob, spec: TaskSpec, ctx: JobContext, runner: asyncio.Task) -> None:
         self.job = job
@@ -49,6 +61,8 @@ class Run:
         self.started: float | None = None
         self.cancel_requested = False
         self.stopped: StopReason | None = None  # why the runner stopped waiting for the handler
+        self.stopped_at = 0.0
+        self.left_behind = False  # an async handler that did not stop when cancelled, no longer waited for
         self.given_up = False  # a sync run the runner no longer waits for (guarded by the threads' lock)
         self.abandoned = False  # ...and whose handler was still running then
 
@@ -100,6 +114,11 @@ class Executor:
     """The slots: jobs claimed and waiting for a runner (``ready``), runs in progress (``running``), and the
     count of both (``in_flight``) that the fetcher fills up to the concurrency."""
 
+    # How long an async handler may take to unwind after its cancellation (timeout, shutdown, cancel request)
+    # before the worker stops waiting for it: one that swallows the cancellation, or whose cleanup hangs, must
+    # not hold its slot, its job's outcome or the worker's shutdown (docs/protocol.md, "Timeouts").
+    ABANDON_AFTER_S = 1.0
+
     def __init__(
         self,
         config: WorkerConfig,
@@ -124,6 +143,9 @@ class Executor:
         self._progress: dict[int, tuple[int, int, str]] = {}  # lease -> (job id, lease, latest report)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.threads = SyncThreads(config.concurrency) if any(not s.is_async for s in tasks.values()) else None
+        self.abandoned_tasks = 0  # async handlers left behind, still running
+        self._runners: set[asyncio.Task] = set()  # the slots' runners
+        self.spare_runners: set[asyncio.Task] = set()  # runners started in place of one left with its handler
 
     @property
     def abandoned_threads(self) -> int:
@@ -167,8 +189,9 @@ class Executor:
         loop = self._loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         assert me is not None
+        self._runners.add(me)
         ready = self.ready
-        while True:
+        while me in self._runners:  # a runner left with a stubborn handler retires once that handler ends
             if not ready:
                 waiter = loop.create_future()
                 self._idle_runners.append(waiter)
@@ -223,19 +246,54 @@ class Executor:
         except Exception as exc:
             error = exc
         finally:
-            del self.running[key]
-            self._progress.pop(key, None)
-            self.in_flight -= 1
-            if self._ahead is not None:
-                self._ahead.finished += 1
-            self.slot_freed.set()
-        end = RunEnd(job, spec, run.cancel_requested, run.stopped, result, error)
+            if run.left_behind:
+                self.abandoned_tasks -= 1
+            else:
+                self._free_slot(run)
+        if run.left_behind:  # its end was recorded when the worker stopped waiting for it
+            return
+        self._finish(RunEnd(job, spec, run.cancel_requested, run.stopped, result, error), began)
+
+    def _free_slot(self, run: Run) -> None:
+        key = run.job.lease
+        del self.running[key]
+        self._progress.pop(key, None)
+        self.in_flight -= 1
+        if self._ahead is not None:
+            self._ahead.finished += 1
+        self.slot_freed.set()
+
+    def _finish(self, end: RunEnd, began: float) -> None:
+        job = end.job
         outcome = outcome_of(end, self._max_result_bytes)
         if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:  # a quiet success logs nothing: skip the call
             log_outcome(end, outcome, debug=self._debug)
         if self._metrics is not None:
             self._metrics.finished(job, time.monotonic() - began)
         self._outcomes.add(outcome)
+
+    def _leave_behind_stuck(self, now: float) -> None:
+        """Stop waiting for async handlers still running ABANDON_AFTER_S after their cancellation: record their
+        run's end as stopped (timed out, released, cancelled) and give their slot a fresh runner."""
+        for run in [r for r in self.running.values() if r.stopped is not None and r.spec.is_async]:
+            if now < run.stopped_at + self.ABANDON_AFTER_S:
+                continue
+            run.left_behind = True
+            self.abandoned_tasks += 1
+            self._free_slot(run)
+            job = run.job
+            logger.bind(job_id=job.id).warning(
+                "job {} {}: its handler did not stop within {:g}s of its cancellation; no longer waiting for it",
+                job.id,
+                job.task,
+                self.ABANDON_AFTER_S,
+            )
+            self._finish(RunEnd(job, run.spec, run.cancel_requested, run.stopped), run.started or run.stopped_at)
+            if run.runner in self._runners:
+                self._runners.discard(run.runner)
+                spare = asyncio.get_running_loop().create_task(self.runner(), name="sched-runner-spare")
+                self.spare_runners.add(spare)
+                spare.add_done_callback(self.spare_runners.discard)
 
     def stop(self, run: Run, reason: StopReason) -> None:
         """Stop one run. Its handler sees ``ctx.cancelled``. An async handler is cancelled. A sync handler
@@ -249,6 +307,7 @@ class Executor:
         if run.stopped is not None:
             return
         run.stopped = reason
+        run.stopped_at = time.monotonic()
         if self.threads is not None and not run.spec.is_async:
             self.threads.give_up(run)
         run.runner.cancel()
@@ -312,6 +371,7 @@ class Executor:
         for run in list(self.running.values()):
             if run.stopped is None and run.started is not None and now > run.started + run.job.timeout_s:
                 self.stop(run, StopReason.TIMEOUT)
+        self._leave_behind_stuck(now)
         if self.ready:
             self._give_back_held(now)
         if not (self._progress and progress_due):
@@ -356,6 +416,7 @@ class Executor:
             while self.running:
                 self.slot_freed.clear()
                 await wait_any(self.slot_freed, timeout=0.1)
+                self._leave_behind_stuck(time.monotonic())
 
     def wake_idle_runners(self) -> None:
         for waiter in self._idle_runners:
