@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
-from pgsched.cli import jobs, ops, queues, schedules, worker
+import pgsched
+from pgsched.cli import core, jobs, ops, queues, schedules, worker
+from pgsched.completions import enable_runtime_completion
 from pgsched.errors import DatabaseUnavailable, SchedError
 
 HELP = "A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."
@@ -23,9 +25,7 @@ _debug = {"on": False}
 
 def _print_version(value: bool) -> None:
     if value:
-        from pgsched import __version__
-
-        sys.stdout.write(f"sched {__version__}\n")
+        sys.stdout.write(f"sched {pgsched.__version__}\n")
         raise typer.Exit()
 
 
@@ -95,8 +95,6 @@ def main() -> None:
     """Run the CLI; every SchedError becomes one ``Error:`` line on stderr and its exit code."""
     code = 0
     if COMPLETE_VAR in os.environ:  # a shell asking for completions (see completions/)
-        from pgsched.completions import enable_runtime_completion
-
         enable_runtime_completion()
     try:
         result = app_for(sys.argv[1:])(standalone_mode=False)
@@ -125,10 +123,9 @@ def _with_hint(exc: SchedError) -> str:
 
 
 def _report(exc: BaseException, message: str) -> None:
-    from pgsched.db import redact
-
+    redact = core.db.redact
     if _debug["on"]:
-        import traceback
+        import traceback  # only here: it costs sched --help a tenth of its start-up
 
         sys.stderr.write(redact("".join(traceback.format_exception(exc))))
     line = " ".join(message.split())

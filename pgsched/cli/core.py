@@ -21,8 +21,10 @@ if TYPE_CHECKING:
         db,
         demo,
         doctor,
+        jobspec,
         logs,
         migrate,
+        models,
         render,
         repository,
         roles,
@@ -42,8 +44,10 @@ __all__ = [
     "db",
     "demo",
     "doctor",
+    "jobspec",
     "logs",
     "migrate",
+    "models",
     "render",
     "repository",
     "roles",
@@ -53,12 +57,8 @@ __all__ = [
     "why",
     "worker",
 ]
-_MODULES = {
-    name: f"pgsched.{name}"
-    for name in (
-        "admin bench client dashboard db demo doctor logs migrate render repository roles schedules web why worker"
-    ).split()
-} | {"supervisor": "pgsched.worker.supervisor"}
+_ELSEWHERE = {"supervisor": "pgsched.worker.supervisor"}
+_MODULES = {name: _ELSEWHERE.get(name, f"pgsched.{name}") for name in __all__ if name != "connect"}
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -9,11 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pgsched import jobspec
 from pgsched.cli import core
 from pgsched.cli.options import Interval, JsonOutput, Payload, QueueName, QueueOption, group, print_json, usage
 from pgsched.durations import parse_duration
-from pgsched.models import check_queue
 from pgsched.settings import load_settings
 
 commands = group()
@@ -47,7 +45,7 @@ def add(
 ) -> None:
     """Add a job (or many with --jsonl) and print each new job's id."""
     settings = load_settings()
-    defaults = jobspec.JobDefaults.from_settings(settings)
+    defaults = core.jobspec.JobDefaults.from_settings(settings)
     options = {
         "task": task,
         "queue": queue,
@@ -59,18 +57,18 @@ def add(
         "key": key,
         "group": job_group,
     }
-    defaults = replace(defaults, payload_json=jobspec.read_payload_argument(payload, settings.max_payload_bytes))
+    defaults = replace(defaults, payload_json=core.jobspec.read_payload_argument(payload, settings.max_payload_bytes))
     if jsonl is None:
-        jobs = [jobspec.build_job({**options, "after": after}, defaults, jobspec.COMMAND_LINE)]
+        jobs = [core.jobspec.build_job({**options, "after": after}, defaults, core.jobspec.COMMAND_LINE)]
     else:
         if after:
             raise usage("--after cannot be combined with --jsonl")
         # The options are every line's defaults.
-        for_lines = jobspec.merge(defaults, options, jobspec.COMMAND_LINE)
-        lines: Iterable[str] = jobspec.read_lines(jsonl)
+        for_lines = core.jobspec.merge(defaults, options, core.jobspec.COMMAND_LINE)
+        lines: Iterable[str] = core.jobspec.read_lines(jsonl)
         if sys.stderr.isatty() and len(lines) > 1000:
             lines = core.render.progress(lines, "validating")
-        jobs = list(jobspec.jobs_from_jsonl(lines, for_lines))
+        jobs = list(core.jobspec.jobs_from_jsonl(lines, for_lines))
     with core.connect(settings) as conn:
         results = core.client.enqueue_jobs(conn, jobs)
     for result in results:
@@ -90,27 +88,28 @@ def status(
 ) -> None:
     """Show per-queue counts and workers, or one job's detail."""
     if queue is not None:
-        check_queue(queue)
+        core.models.check_queue(queue)
     settings = load_settings()
     if watch:
         if job_id is not None or as_json:
             raise usage("--watch shows every queue live; it cannot be combined with ID or --json")
         core.dashboard.watch(lambda: core.connect(settings), _refresh_interval(interval), queue)
         return
-    with core.connect(settings) as conn:
-        if job_id is not None:
-            job = core.why.describe_job(conn, jobspec.existing_job_id(job_id), settings.stale_after)
+    if job_id is not None:
+        with core.connect(settings) as conn:
+            job = core.why.describe_job(conn, core.jobspec.existing_job_id(job_id), settings.stale_after)
+        if as_json:
+            print_json(core.render.job_json(job))
         else:
-            queues = core.repository.count_by_queue(conn, queue)
-            workers = core.repository.list_workers(conn)
-    if job_id is None and as_json:
+            core.render.print_job(job)
+        return
+    with core.connect(settings) as conn:
+        queues = core.repository.count_by_queue(conn, queue)
+        workers = core.repository.list_workers(conn)
+    if as_json:
         print_json({"queues": queues, "workers": workers})
-    elif job_id is None:
-        core.render.print_summary(queues, workers)
-    elif as_json:
-        print_json(core.render.job_json(job))
     else:
-        core.render.print_job(job)
+        core.render.print_summary(queues, workers)
 
 
 def _refresh_interval(text: str) -> float:
@@ -124,7 +123,7 @@ def _refresh_interval(text: str) -> float:
 def cancel(job_id: JobId, as_json: JsonOutput = False) -> None:
     """Cancel a waiting or queued job (and its dependents), or ask the worker running it to stop it."""
     with core.connect(load_settings()) as conn:
-        result = core.repository.cancel_job(conn, jobspec.existing_job_id(job_id))
+        result = core.repository.cancel_job(conn, core.jobspec.existing_job_id(job_id))
     running = result.state == "running"
     if as_json:
         print_json(
@@ -159,10 +158,10 @@ def retry(
     if job_id is None and not (failed or cancelled):
         raise usage("give an ID, or --failed and/or --cancelled")
     if queue is not None:
-        check_queue(queue)
+        core.models.check_queue(queue)
     with core.connect(load_settings()) as conn:
         if job_id is not None:
-            result = core.repository.retry_job(conn, jobspec.existing_job_id(job_id))
+            result = core.repository.retry_job(conn, core.jobspec.existing_job_id(job_id))
         else:
             states = [s for s, wanted in (("failed", failed), ("cancelled", cancelled)) if wanted]
             result = core.repository.retry_matching(conn, states, queue)

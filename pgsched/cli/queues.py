@@ -9,7 +9,6 @@ import typer
 
 from pgsched.cli import core
 from pgsched.cli.options import JsonOutput, QueueArgument, group, print_json
-from pgsched.models import check_queue
 from pgsched.settings import load_settings
 
 commands = group("queue", "Queue controls shared by all workers: pause, rate limit, backlog cap, concurrency limits.")
@@ -28,7 +27,7 @@ def queue_resume(name: QueueArgument) -> None:
 
 
 def _set_paused(name: str, paused: bool) -> None:
-    check_queue(name)
+    core.models.check_queue(name)
     with core.connect(load_settings()) as conn:
         core.repository.set_queue_paused(conn, name, paused)
     sys.stderr.write(f"queue {name} {'paused' if paused else 'resumed'}\n")
@@ -58,7 +57,7 @@ def queue_limit(
     clear: Annotated[bool, typer.Option("--clear", help="Remove every limit of the queue.")] = False,
 ) -> None:
     """Set or remove QUEUE's global rate limit (a token bucket), backlog cap and concurrency limits."""
-    check_queue(name)
+    core.models.check_queue(name)
     limits = core.admin.QueueLimits.parse(
         rate, burst, max_backlog, clear, max_running=max_running, group_concurrency=group_concurrency
     )

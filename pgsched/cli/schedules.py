@@ -9,7 +9,6 @@ import typer
 
 from pgsched.cli import core
 from pgsched.cli.options import JsonOutput, Payload, QueueName, group, print_json
-from pgsched.jobspec import read_payload_argument
 from pgsched.settings import load_settings
 
 commands = group("schedule", "Recurring jobs: enqueue a task at each tick of a cron expression.")
@@ -36,7 +35,7 @@ def schedule_add(
         cron,
         task,
         queue=queue,
-        payload_json=read_payload_argument(payload, settings.max_payload_bytes),
+        payload_json=core.jobspec.read_payload_argument(payload, settings.max_payload_bytes),
         tz=tz,
         catch_up=catch_up,
     )

@@ -10,7 +10,6 @@ import typer
 from pgsched.cli import core
 from pgsched.cli.options import JsonOutput, group, print_json
 from pgsched.durations import parse_duration
-from pgsched.models import check_queue
 from pgsched.settings import load_settings, resolve_dsn
 
 commands = group()
@@ -73,7 +72,7 @@ def worker(
     settings = load_settings(
         app=app_module, poll_interval=poll_interval, stale_after=stale_after, listen_url=listen_url
     )
-    queues = [check_queue(q) for q in (queue or ["default"])]
+    queues = [core.models.check_queue(q) for q in (queue or ["default"])]
     shutdown_s = parse_duration(shutdown_timeout, what="shutdown timeout")
     level = core.logs.configure(verbose - quiet, json_lines=log_json)
     if processes > 1 and process_index is None:
