@@ -132,7 +132,7 @@ def test_a_full_queue_refuses_adds_with_the_exact_error(sched, dsn: str) -> None
     [
         (["q", "--rate", "fast"], "Error: invalid rate 'fast'"),
         (["q", "--rate", "0/s"], "Error: invalid rate '0/s'"),
-        (["q"], "Error: give --rate, --max-backlog or --clear"),
+        (["q"], "Error: give --rate, --max-backlog, --max-running, --group-concurrency or --clear"),
         (["q", "--clear", "--rate", "1/s"], "Error: --clear cannot be combined"),
         (["q", "--burst", "5"], "Error: --burst needs --rate"),
         (["bad queue!", "--rate", "1/s"], "Error: invalid queue name"),
