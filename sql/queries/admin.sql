@@ -23,6 +23,11 @@ SELECT pg_advisory_xact_lock(hashtext('sched_migrate'));
 -- Mark one migration applied, in the same transaction as its DDL.
 INSERT INTO sched_migrations (version, name, checksum) VALUES (%(version)s, %(name)s, %(checksum)s);
 
+-- name: MigrationSetLockTimeout
+-- How long a migration's statements wait for a table lock, for this transaction only: a lock request queued
+-- behind a long transaction holds up every claim and add that comes after it.
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
 -- name: MigrationTableExists
 -- Whether any migration was ever applied here.
 SELECT to_regclass('sched_migrations') IS NOT NULL;
