@@ -452,24 +452,27 @@ RETURNING j.lease, j.id, j.has_dependents;
 -- asked for) while attempts remain and the failure is retryable, otherwise fail for good; a job whose cancel
 -- was requested is cancelled instead, never queued again. Per-job values sit at the position of the run's
 -- lease. Backoff (docs/protocol.md, "Retries"): min(cap, base * 2^(attempt-1)) * a factor from [0.5, 1].
+-- The cancel request is read from j, never from o: a cancel that commits while this statement waits for the
+-- row is seen in j's newest version, while o keeps the statement's older snapshot (a job would end
+-- 'cancelled' with the columns of a retry, which the table refuses).
 UPDATE sched_jobs j
 SET state = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
                  WHEN o.retryable AND j.attempt < j.max_attempts THEN 'queued'
                  ELSE 'failed' END::sched_job_state,
-    run_at = CASE WHEN o.again
+    run_at = CASE WHEN o.again AND j.cancel_requested_at IS NULL
                   THEN now() + make_interval(secs => coalesce(o.after,
                                                               least(o.cap, o.base * power(2, j.attempt - 1))
                                                               * (0.5 + random() * 0.5)))
                   ELSE j.run_at END,
-    deferred = o.again,
-    finished_at = CASE WHEN o.again THEN NULL ELSE now() END,
-    worker_id = CASE WHEN o.again THEN NULL ELSE j.worker_id END,
+    deferred = o.again AND j.cancel_requested_at IS NULL,
+    finished_at = CASE WHEN o.again AND j.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+    worker_id = CASE WHEN o.again AND j.cancel_requested_at IS NULL THEN NULL ELSE j.worker_id END,
     error = CASE WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled on request (the run failed: ' || o.error || ')'
                  ELSE o.error END
 FROM (SELECT j2.lease, (%(errors)s::text[])[p] AS error,
              (%(retryable)s::bool[])[p] AS retryable, (%(base)s::float8[])[p] AS base, (%(cap)s::float8[])[p] AS cap,
              (%(after)s::float8[])[p] AS after,
-             (%(retryable)s::bool[])[p] AND j2.attempt < j2.max_attempts AND j2.cancel_requested_at IS NULL AS again
+             (%(retryable)s::bool[])[p] AND j2.attempt < j2.max_attempts AS again
       FROM sched_jobs j2, array_position(%(leases)s::bigint[], j2.lease) AS p
       WHERE j2.id = ANY(%(ids)s::bigint[]) AND j2.lease = ANY(%(leases)s::bigint[])) AS o
 WHERE j.lease = o.lease AND j.id = ANY(%(ids)s::bigint[]) AND j.state::text = 'running'
