@@ -22,6 +22,8 @@ class Migrated:
 
     applied: list[migrate.Migration]
     granted: bool
+    # The installation's group roles (suffixed with its schema outside public).
+    roles: tuple[str, str] = ("sched_producer", "sched_worker")
 
 
 def apply_migrations(conn: Connection, *, grant_roles: bool = False) -> Migrated:
@@ -31,7 +33,7 @@ def apply_migrations(conn: Connection, *, grant_roles: bool = False) -> Migrated
     granted = grant_roles or (bool(done) and roles.installed(conn))
     if granted:
         roles.apply_roles(conn)
-    return Migrated(done, granted)
+    return Migrated(done, granted, roles.names())
 
 
 @dataclass

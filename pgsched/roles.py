@@ -1,4 +1,5 @@
-"""Least-privilege group roles (``sched_producer``, ``sched_worker``) and their grants, from ``sql/roles.sql``."""
+"""Least-privilege group roles (``sched_producer``, ``sched_worker``, suffixed with the schema outside ``public``)
+and their grants, from ``sql/roles.sql``."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ from pgsched.db import Connection
 from pgsched.errors import DatabaseError
 from pgsched.migrate import use_schema
 from pgsched.repository import reads
-from pgsched.sqlfiles import query, sql_dir
+from pgsched.sqlfiles import name_roles, query, role_name, sql_dir
 
-ROLES = ("sched_producer", "sched_worker")
+
+def names() -> tuple[str, str]:
+    """The producer and worker roles of this process's installation."""
+    return role_name("sched_producer"), role_name("sched_worker")
 
 
 def installed(conn: Connection) -> bool:
-    """Whether both group roles exist on this server."""
-    return len(reads.existing_roles(conn, list(ROLES))) == len(ROLES)
+    """Whether both group roles of this installation exist on the server."""
+    return len(reads.existing_roles(conn, list(names()))) == 2
 
 
 def check_privileges(conn: Connection) -> None:
@@ -21,8 +25,9 @@ def check_privileges(conn: Connection) -> None:
 
     Creating a role needs CREATEROLE, which managed servers rarely give an application's owner; granting to
     roles that exist needs only ownership of sched's objects and of the database."""
-    existing = reads.existing_roles(conn, list(ROLES))
-    missing = [role for role in ROLES if role not in existing]
+    wanted = names()
+    existing = reads.existing_roles(conn, list(wanted))
+    missing = [role for role in wanted if role not in existing]
     caller = reads.caller_privileges(conn)
     user = caller.user
     if missing and not caller.can_create_roles:
@@ -40,7 +45,7 @@ def check_privileges(conn: Connection) -> None:
 
 def apply_roles(conn: Connection) -> None:
     """Create the group roles if missing and set their grants on this database, in one transaction."""
-    script = (sql_dir() / "roles.sql").read_text()
+    script = name_roles((sql_dir() / "roles.sql").read_text())
     # The migrate lock: grants must not interleave with a migration creating the tables they name.
     conn.run(query("MigrationLock"))
     try:

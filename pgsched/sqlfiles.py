@@ -23,6 +23,7 @@ _OBJECTS = re.compile(
     r"|claim_limited))\b"
 )
 _SCHEMA_TOKEN = re.compile(r"\bsched_schema\b")
+_ROLES = re.compile(r"\b(sched_(?:producer|worker))\b")
 # Names shared by every session of a database: notification channels and advisory-lock keys.
 _SHARED_NAMES = re.compile(r"'(sched_(?:wakeup|cancel|reaper|migrate))'")
 
@@ -88,6 +89,19 @@ def shared_name(name: str, schema_name: str | None = None) -> str:
     schemas existed), suffixed with the schema elsewhere, so installations never hear or block each other."""
     schema_name = schema_name or schema()
     return name if schema_name == DEFAULT_SCHEMA else f"{name}.{schema_name}"
+
+
+def role_name(name: str, schema_name: str | None = None) -> str:
+    """A group role of the installation in ``schema_name``: ``sched_worker`` in ``public`` (as before schemas
+    existed), ``sched_worker_<schema>`` elsewhere, so a login given one installation's role reaches no other's
+    tables. (Roles are server-wide: installations in ``public`` of several databases share theirs.)"""
+    schema_name = schema_name or schema()
+    return name if schema_name == DEFAULT_SCHEMA else f"{name}_{schema_name}"
+
+
+def name_roles(text: str, schema_name: str | None = None) -> str:
+    """``text`` (the roles script) with the installation's own role names."""
+    return _ROLES.sub(lambda m: role_name(m.group(1), schema_name), text)
 
 
 def qualify(text: str, schema_name: str) -> str:

@@ -21,7 +21,7 @@ commands = group()
 def migrate(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if any migration is pending; change nothing.")] = False,
     roles: Annotated[
-        bool, typer.Option("--roles", help="Also create the sched_producer and sched_worker roles and grant them.")
+        bool, typer.Option("--roles", help="Also create the group roles (sched_producer, sched_worker) and grant them.")
     ] = False,
     as_json: JsonOutput = False,
 ) -> None:
@@ -43,7 +43,7 @@ def migrate(
     if as_json:
         return
     if not check and result.granted:
-        sys.stderr.write("granted sched_producer and sched_worker their privileges\n")
+        sys.stderr.write(f"granted {' and '.join(result.roles)} their privileges\n")
     sys.stderr.write(f"applied {len(names)} migration(s)\n" if names and not check else "schema is current\n")
 
 

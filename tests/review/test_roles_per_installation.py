@@ -1,7 +1,7 @@
 """Two installations in one database are independent (README, "A schema of its own"), and so are their
-least-privilege roles: a login given sched_worker (or sched_producer) for one installation must not read or
-change the jobs of another. Today the roles are server-wide names shared by every installation, and every
-`sched migrate` grants them on its installation once they exist anywhere on the server."""
+least-privilege roles: a login given the worker (or producer) role of one installation must not read or change
+the jobs of another. Outside public the roles carry the schema (sched_worker_tenant_a), and `sched migrate`
+grants only the roles of its own installation."""
 
 from __future__ import annotations
 
@@ -29,15 +29,10 @@ def sched(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the roles sched_producer/sched_worker are shared by every installation on the server; migrate grants "
-    "them on an installation that never asked for roles (fix: roles named per installation, as channel and lock "
-    "names are, and grants only where `migrate --roles` was asked for)",
-)
 def test_a_worker_login_of_one_installation_cannot_read_another(empty_dsn: str, server_dsn: str) -> None:
     done = sched(empty_dsn, "tenant_a", "migrate", "--roles")
     assert done.returncode == 0, done.stderr
+    assert "granted sched_producer_tenant_a and sched_worker_tenant_a their privileges" in done.stderr
     # Another team's installation in the same database, migrated without --roles.
     assert sched(empty_dsn, "tenant_b", "migrate").returncode == 0
     secret = sched(empty_dsn, "tenant_b", "add", "t", "--payload", '{"card": "4111"}')
@@ -47,9 +42,12 @@ def test_a_worker_login_of_one_installation_cannot_read_another(empty_dsn: str, 
             f"DO $$ BEGIN CREATE ROLE {LOGIN} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; "
             "END $$"
         )
-        admin.execute(f"GRANT sched_worker TO {LOGIN}")
+        admin.execute(f"GRANT sched_worker_tenant_a TO {LOGIN}")
     with (
         psycopg.connect(make_conninfo(empty_dsn, user=LOGIN), autocommit=True) as tenant_a_worker,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         tenant_a_worker.execute("SELECT payload FROM tenant_b.sched_jobs").fetchall()
+    with psycopg.connect(make_conninfo(empty_dsn, user=LOGIN), autocommit=True) as tenant_a_worker:
+        # Its own installation's jobs it reads; the other's it cannot.
+        assert tenant_a_worker.execute("SELECT count(*) FROM tenant_a.sched_jobs").fetchone() == (0,)
