@@ -20,7 +20,10 @@ def supervise(n: int, child_args: Callable[[int], list[str]]) -> int:
     exit_codes: dict[int, int] = {}
 
     def start(i: int) -> None:
-        children[i] = subprocess.Popen([sys.executable, "-m", "pgsched", *child_args(i)])
+        # A process group of its own: a signal sent to the supervisor's whole group (Ctrl-C in a terminal,
+        # `kill -TERM -PGID`) reaches the child once, forwarded, rather than twice, which it would take for a
+        # second signal and release its running jobs at once (docs/protocol.md, "Shutdown").
+        children[i] = subprocess.Popen([sys.executable, "-m", "pgsched", *child_args(i)], process_group=0)
         logger.info("worker process {} started (pid {})", i, children[i].pid)
 
     def forward(sig: int, _frame: object) -> None:
@@ -32,6 +35,8 @@ def supervise(n: int, child_args: Callable[[int], list[str]]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # A terminal that closes hangs up its foreground group only, which no longer holds the children.
+    signal.signal(signal.SIGHUP, forward)
     for i in range(n):
         start(i)
     pending_restart: dict[int, float] = {}
