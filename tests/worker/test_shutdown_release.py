@@ -3,32 +3,22 @@ taken back, and no handler ever ran them."""
 
 from __future__ import annotations
 
-import os
 import signal
-from pathlib import Path
 
 import psycopg
 from harness import query, wait_for, worker_rows
 
 CONCURRENCY = 4
-# The worker runs this checkout's code, whatever the environment's installed copy holds.
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_sigterm_gives_back_jobs_claimed_ahead_but_not_started(dsn, app_dir, start_worker, add_jobs) -> None:
+def test_sigterm_gives_back_jobs_claimed_ahead_but_not_started(dsn, start_worker, add_jobs) -> None:
     # Thousands of no-op jobs first teach the worker a high finishing rate, so it claims ahead; the long jobs
     # behind them fill its slots and the ones it holds ahead wait for a slot that does not free up.
     add_jobs("sched.noop", 3000, priority=10)
     long_ids = add_jobs("sleepy", 3 * CONCURRENCY, payload='{"seconds": 60}')
     # A short shutdown timeout: the running jobs are let go at once, so nothing waits out the worker's own
     # give-back of jobs held too long, which would hide a shutdown that forgot them.
-    worker = start_worker(
-        "--concurrency",
-        str(CONCURRENCY),
-        "--shutdown-timeout",
-        "0.05s",
-        env={"PYTHONPATH": f"{app_dir}{os.pathsep}{ROOT}"},
-    )
+    worker = start_worker("--concurrency", str(CONCURRENCY), "--shutdown-timeout", "0.05s")
     with psycopg.connect(dsn, autocommit=True) as watcher:
 
         def rows(sql: str) -> set[int]:
