@@ -10,7 +10,7 @@ from pgsched.db import Connection
 from pgsched.durations import format_duration
 
 
-def describe_job(conn: Connection, job_id: int, stale_after_s: float) -> dict[str, Any]:
+def describe_job(conn: Connection, job_id: int) -> dict[str, Any]:
     """One job's detail with its ``why`` filled in; NotFound if there is no such job."""
     from pgsched import repository
 
@@ -20,7 +20,7 @@ def describe_job(conn: Connection, job_id: int, stale_after_s: float) -> dict[st
     if job["state"] == "waiting":
         deps = repository.dependency_states(conn, job_id)
     elif job["state"] == "queued":
-        facts = repository.explain_facts(conn, job, stale_after_s)
+        facts = repository.explain_facts(conn, job)
     job["why"] = explain(job, deps, facts)
     return job
 

@@ -97,7 +97,7 @@ def status(
         return
     if job_id is not None:
         with core.connect(settings) as conn:
-            job = core.why.describe_job(conn, core.jobspec.existing_job_id(job_id), settings.stale_after)
+            job = core.why.describe_job(conn, core.jobspec.existing_job_id(job_id))
         if as_json:
             print_json(core.render.job_json(job))
         else:

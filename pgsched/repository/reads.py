@@ -18,7 +18,7 @@ def count_by_queue(conn: Connection, queue: str | None = None) -> list[dict[str,
     return conn.records(query("JobCountByQueue"), {"queue": queue})
 
 
-def explain_facts(conn: Connection, job: dict[str, Any], stale_after_s: float) -> dict[str, Any]:
+def explain_facts(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
     """The facts that decide whether a ready job runs: queue settings, serving workers, their load, jobs ahead."""
     rows = conn.records(
         query("JobExplainFacts"),
@@ -28,7 +28,6 @@ def explain_facts(conn: Connection, job: dict[str, Any], stale_after_s: float) -
             "task": job["task"],
             "priority": job["priority"],
             "run_at": job["run_at"],
-            "stale_after": timedelta(seconds=stale_after_s),
         },
     )
     return rows[0] if rows else {}

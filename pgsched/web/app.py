@@ -114,7 +114,7 @@ def create_app(
         # (the page lists them), and once.
         job = repository.get_job(conn, job_id)
         job["dependencies"] = repository.dependency_states(conn, job_id) if job["depends_on"] else []
-        facts = repository.explain_facts(conn, job, stale_after_s) if job["state"] == "queued" else {}
+        facts = repository.explain_facts(conn, job) if job["state"] == "queued" else {}
         job["why"] = explain(job, job["dependencies"], facts)
         return job
 

@@ -15,7 +15,7 @@ def add(conn: db.Connection, **fields: object) -> int:
 
 
 def why(conn: db.Connection, job_id: int) -> str | None:
-    return describe_job(conn, job_id, stale_after_s=30)["why"]
+    return describe_job(conn, job_id)["why"]
 
 
 def register(conn: db.Connection, queues: list[str], tasks: list[str], concurrency: int = 2, running: int = 0) -> None:
