@@ -161,8 +161,12 @@ class Executor:
     def dispatch(self, jobs: list[ClaimedJob]) -> None:
         """Take claimed jobs; idle runners pick them up."""
         now = time.monotonic()
+        running = self.running
+        ready_leases = {job.lease for job in self.ready} if self.ready else ()
         for job in jobs:
             job.claimed_at = now
+            if job.lease in running or job.lease in ready_leases:
+                self._disown(job.lease)
         self.ready.extend(jobs)
         self.in_flight += len(jobs)
         if self._metrics is not None:
@@ -289,11 +293,42 @@ class Executor:
                 self.ABANDON_AFTER_S,
             )
             self._finish(RunEnd(job, run.spec, run.cancel_requested, run.stopped), run.started or run.stopped_at)
-            if run.runner in self._runners:
-                self._runners.discard(run.runner)
-                spare = asyncio.get_running_loop().create_task(self.runner(), name="sched-runner-spare")
-                self.spare_runners.add(spare)
-                spare.add_done_callback(self.spare_runners.discard)
+            self._replace_runner(run)
+
+    def _replace_runner(self, run: Run) -> None:
+        # The run's runner stays with its handler (and retires once that ends); a spare takes its slot.
+        if run.runner in self._runners:
+            self._runners.discard(run.runner)
+            spare = asyncio.get_running_loop().create_task(self.runner(), name="sched-runner-spare")
+            self.spare_runners.add(spare)
+            spare.add_done_callback(self.spare_runners.discard)
+
+    def _disown(self, lease: int) -> None:
+        """A claim handed out a lease this worker still holds: the older claim was lost in a server crash that
+        also set the lease sequence back (claims commit asynchronously by default), so the lease now belongs
+        to the new claim. The older run is stopped and left behind, and nothing it did is ever written
+        (docs/protocol.md, "Leases and fencing")."""
+        logger.warning(
+            "a claim reissued lease {} that a run of this worker held (a server crash lost that claim)", lease
+        )
+        self._outcomes.forget(lease)
+        for job in [job for job in self.ready if job.lease == lease]:
+            self.ready.remove(job)
+            self.in_flight -= 1
+        run = self.running.get(lease)
+        if run is None:
+            return
+        run.left_behind = True
+        self.abandoned_tasks += 1
+        self._free_slot(run)
+        run.ctx.cancelled = True
+        if run.stopped is None:
+            run.stopped = StopReason.SHUTDOWN
+            run.stopped_at = time.monotonic()
+            if self.threads is not None and not run.spec.is_async:
+                self.threads.give_up(run)
+            run.runner.cancel()
+        self._replace_runner(run)
 
     def stop(self, run: Run, reason: StopReason) -> None:
         """Stop one run. Its handler sees ``ctx.cancelled``. An async handler is cancelled. A sync handler

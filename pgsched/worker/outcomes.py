@@ -252,6 +252,10 @@ class OutcomeBuffer:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def forget(self, lease: int) -> None:
+        """Drop the unwritten outcomes of the run that held ``lease`` (its claim no longer exists)."""
+        self._pending = [o for o in self._pending if o.lease != lease]
+
     async def run(self) -> None:
         """The flusher: write outcomes as they come, a few milliseconds' worth per statement."""
         config = self._config
