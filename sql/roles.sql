@@ -81,9 +81,10 @@ GRANT SELECT ON sched_job_deps TO sched_worker;
 -- change nothing, and it re-registers at its next heartbeat.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sched_workers TO sched_worker;
 GRANT SELECT ON sched_migrations TO sched_worker;
--- The claim charges a rate-limited queue's token bucket; pausing and limits stay with the operator.
+-- The claim charges a rate-limited queue's token bucket and moves its turn between groups; pausing and limits stay
+-- with the operator.
 GRANT SELECT ON sched_queues TO sched_worker;
-GRANT UPDATE (tokens, refilled_at) ON sched_queues TO sched_worker;
+GRANT UPDATE (tokens, refilled_at, rr_group) ON sched_queues TO sched_worker;
 -- Workers record the schedules their handlers declare in code and advance schedules as they fire; they do
 -- not delete schedules.
 GRANT SELECT, INSERT, UPDATE ON sched_schedules TO sched_worker;

@@ -44,14 +44,17 @@ def test_a_claim_takes_at_most_the_free_slots_of_the_queue_and_of_each_group(dsn
     ids = add(conn, ["a", "a", "a", "b", "b", "c", None])
     repository.set_queue_concurrency(conn, "q", max_running=4, group_concurrency=2)
     first = claim(dsn)
-    # Claim order (id here), skipping the third job of a: a, a, b, b, then the queue is at 4.
-    assert [j.id for j in first] == [ids[0], ids[1], ids[3], ids[4]]
+    # Turns between groups (docs/protocol.md, "Fair sharing"): the first jobs of a, b and c, then a's second;
+    # then the queue is at 4.
+    assert sorted(j.id for j in first) == [ids[0], ids[1], ids[3], ids[5]]
     assert claim(dsn) == []
     conn.run("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE id = %s", (ids[0],))
+    # One free slot: the turn after c comes round to a (b has a job too, but its turn comes after a's).
     assert [j.id for j in claim(dsn)] == [ids[2]]
     repository.set_queue_concurrency(conn, "q", max_running=None, set_group_concurrency=False)
-    # Without max_running: c and the job without a group; a and b stay at their limit of 2.
-    assert sorted(j.id for j in claim(dsn)) == [ids[5], ids[6]]
+    # Without max_running: b's second job and the job without a group; a and b are then at their limit of 2.
+    assert sorted(j.id for j in claim(dsn)) == [ids[4], ids[6]]
+    assert claim(dsn) == []
     assert running_by_group(conn) == {"a": 2, "b": 2, "c": 1, None: 1}
 
 
@@ -101,7 +104,7 @@ def test_every_way_a_run_ends_gives_its_slot_back(dsn: str, conn: db.Connection)
 
 
 def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection) -> None:
-    groups = [f"g{i % 10}" for i in range(1200)]
+    groups = [f"g{i % 4}" for i in range(1200)]
     add(conn, groups)
     repository.set_queue_concurrency(conn, "q", max_running=7, group_concurrency=2)
     stop = threading.Event()
@@ -160,6 +163,28 @@ def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection
     assert seen["group"] == 2, seen
 
 
+def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection) -> None:
+    # docs/protocol.md, "Fair sharing": a group with 500 queued jobs, added first, and five groups of 5 behind it.
+    add(conn, ["big"] * 500 + [f"small{i}" for i in range(5) for _ in range(5)])
+    repository.set_queue_concurrency(conn, "q", group_concurrency=1000)
+    worker = str(uuid.uuid4())
+    big_before_last_small = 0
+    small_left = 25
+    while small_left:
+        jobs = claim(dsn, limit=3, worker=worker)
+        assert jobs, "a claim took nothing while jobs were ready"
+        groups = [
+            g for (g,) in conn.rows("SELECT group_name FROM sched_jobs WHERE id = ANY(%s)", ([j.id for j in jobs],))
+        ]
+        small_left -= sum(g != "big" for g in groups)
+        big_before_last_small += groups.count("big")
+        conn.run("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE state = 'running'")
+    # Six groups take turns three jobs at a time: the big group has one turn in six.
+    assert big_before_last_small <= 6, big_before_last_small
+    # Work-conserving: once the small groups are done, the big group takes every job asked for.
+    assert len(claim(dsn, limit=3, worker=worker)) == 3
+
+
 def test_limits_combine_with_pause_and_the_rate_limit(dsn: str, conn: db.Connection) -> None:
     add(conn, ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
     repository.set_queue_concurrency(conn, "q", group_concurrency=2)
@@ -198,8 +223,9 @@ def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: s
 
 @pytest.mark.slow
 def test_the_limited_claim_reads_the_ready_index_with_10000_groups(dsn: str, conn: db.Connection) -> None:
-    # 300,000 queued jobs in 10,000 groups, 50 of them at their limit: the limited claim reads the ready index in
-    # claim order (no sort of the ready set, no scan of the table), whatever the backlog.
+    # 300,000 queued jobs in 10,000 groups, 50 of them at their limit: the limited claim reads the indexes of
+    # ready jobs (a few rows per job it takes, no sort of the ready set, no scan of the table), whatever the
+    # backlog or the number of groups.
     conn.run(
         "INSERT INTO sched_jobs (queue, task, group_name) SELECT 'q', 't', 'g' || (i % 10000) "
         "FROM generate_series(1, 300000) i"
@@ -227,7 +253,10 @@ def test_the_limited_claim_reads_the_ready_index_with_10000_groups(dsn: str, con
     assert len(claimed) == 50
     # Job i is in group g(i % 10000); groups g0 to g49 are at their limit.
     assert all(r[0] % 10000 >= 50 for r in claimed)
-    inner = "\n".join(p for p in plans if "Index Scan using sched_jobs_ready" in p)
-    assert inner, plans
+    everything = "\n".join(plans)
+    assert "Index Scan using sched_jobs_ready on sched_jobs" in everything
+    # The turns between groups: a skip scan and the heads of the groups, both on the index of grouped jobs.
+    assert "Index Only Scan using sched_jobs_ready_group on sched_jobs" in everything
+    assert "Index Scan using sched_jobs_ready_group on sched_jobs" in everything
     assert "Seq Scan on sched_jobs" not in "\n".join(plans)
     assert "Bitmap Heap Scan on sched_jobs" not in "\n".join(plans)
