@@ -66,8 +66,10 @@ class Client:
     def _connect(self) -> Connection:
         conn = connect(self._dsn, application_name="sched-client")
         # Behind a transaction pooler a session setting would stay with a server connection that other clients
-        # then use: there the client's commits keep the server's durability.
-        if not self._durable and not conn.pooled:
+        # then use: there each of the client's transactions sets it for itself.
+        if not self._durable and conn.pooled:
+            conn.commit_level_each_transaction("off")
+        elif not self._durable:
             repository.commit_without_flush_wait(conn)
         return conn
 

@@ -125,25 +125,42 @@ class Connection:
     def __init__(self, raw: psycopg.Connection, *, pooled: bool = False) -> None:
         self.raw = raw
         self.pooled = pooled
+        self.commit_level: str | None = None
+
+    def commit_level_each_transaction(self, level: str) -> None:
+        """As AsyncConnection.commit_level_each_transaction: for a producer behind a transaction pooler."""
+        self.commit_level = level
+
+    @contextmanager
+    def _committing(self) -> Iterator[None]:
+        # With a commit level, a statement outside a transaction gets one of its own that sets the level.
+        if self.commit_level is None or self.raw.info.transaction_status != _IDLE:
+            yield
+            return
+        with self.transaction():
+            yield
 
     def rows(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple]:
         try:
-            cur = self.raw.execute(sql, params)
-            return cur.fetchall() if _has_rows(cur) else []
+            with self._committing():
+                cur = self.raw.execute(sql, params)
+                return cur.fetchall() if _has_rows(cur) else []
         except psycopg.Error as exc:
             raise translate(exc) from None
 
     def row(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> tuple | None:
         try:
-            cur = self.raw.execute(sql, params)
-            return cur.fetchone() if _has_rows(cur) else None
+            with self._committing():
+                cur = self.raw.execute(sql, params)
+                return cur.fetchone() if _has_rows(cur) else None
         except psycopg.Error as exc:
             raise translate(exc) from None
 
     def run(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> int:
         """Execute and return the number of rows affected."""
         try:
-            return self.raw.execute(sql, params).rowcount
+            with self._committing():
+                return self.raw.execute(sql, params).rowcount
         except psycopg.Error as exc:
             raise translate(exc) from None
 
@@ -176,7 +193,12 @@ class Connection:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
+        outermost = self.raw.info.transaction_status == _IDLE
         with translated(), self.raw.transaction():
+            if self.commit_level is not None and outermost:
+                from pgsched.sqlfiles import query
+
+                self.raw.execute(query("TransactionSetSynchronousCommit"), {"level": self.commit_level})
             yield self
 
     @property

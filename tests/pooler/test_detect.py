@@ -112,8 +112,14 @@ def test_worker_commit_level_holds_for_its_own_transactions_only(one_connection_
 
 
 def test_a_client_that_is_not_durable_leaves_no_setting_behind(one_connection_pool: str) -> None:
+    """Its own transactions commit without the flush wait; the next client on the same server connection
+    finds the server's setting."""
     with Client(one_connection_pool, durable=False) as client:
         client.enqueue("t")
+        client.enqueue_many([{"task": "t"}, {"task": "t"}])
+        assert client._conn.commit_level == "off"
+        with client._conn.transaction() as conn:
+            assert conn.row("SHOW synchronous_commit") == ("off",)
     assert _synchronous_commit(one_connection_pool) == "on"
 
 
