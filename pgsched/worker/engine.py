@@ -196,11 +196,7 @@ class Worker:
             task.cancel()
         # Bounded: a runner left with an async handler that ignores cancellation never ends (executor.py).
         await asyncio.wait(runners, timeout=1.0)
-        flush_timeout = max(5.0, self.config.stale_after / 2)
-        if self.outcome_link.unreachable:
-            # The database is out of reach: wait for it only as long as the shutdown timeout leaves.
-            flush_timeout = max(1.0, give_up_at - time.monotonic())
-        flushed = await self.outcomes.flush_all(timeout=flush_timeout)
+        flushed = await self._flush_until_given_up(timeout=max(5.0, self.config.stale_after / 2))
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -215,6 +211,20 @@ class Worker:
         except (SchedError, TimeoutError) as exc:
             logger.error("could not deregister: {}", getattr(exc, "message", exc) or type(exc).__name__)
         return flushed and deregistered
+
+    async def _flush_until_given_up(self, timeout: float) -> bool:
+        """Flush the outcomes left, for up to ``timeout``, but no longer once the outcome connection has given up
+        (the database stayed out of reach past the shutdown timeout): nothing could be written after that."""
+        flushing = asyncio.create_task(self.outcomes.flush_all(timeout=timeout))
+        gave_up = asyncio.create_task(self.outcome_link.gave_up.wait())
+        await asyncio.wait({flushing, gave_up}, return_when=asyncio.FIRST_COMPLETED)
+        gave_up.cancel()
+        if flushing.done():
+            return flushing.result()
+        flushing.cancel()
+        await asyncio.gather(flushing, return_exceptions=True)
+        logger.error("the database is out of reach: outcomes left unwritten; the reaper will requeue those jobs")
+        return False
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -54,7 +54,8 @@ class Link:
         self._delay = self.FIRST_DELAY_S
         self._failures = 0
         self._down_since: float | None = None
-        self._gave_up = False
+        # Set while the link has given up (a stopping worker), until a connection succeeds again.
+        self.gave_up = asyncio.Event()
 
     @property
     def up(self) -> bool:
@@ -71,7 +72,7 @@ class Link:
         it gives up (see the class's doc)."""
         if self.conn is not None and not self.conn.broken:
             return self.conn
-        if self._gave_up:
+        if self.gave_up.is_set():
             # Someone calls again after a give-up: make them wait a pause, whatever the stop says.
             await asyncio.sleep(self._next_delay())
         while True:
@@ -88,7 +89,7 @@ class Link:
                         self.MAX_DELAY_S,
                     )
                 if self._giving_up():
-                    self._gave_up = True
+                    self.gave_up.set()
                     raise
                 await self._pause(self._next_delay())
                 continue
@@ -98,7 +99,7 @@ class Link:
                 await conn.close()
                 raise
             self.conn = conn
-            self._gave_up = False
+            self.gave_up.clear()
             self._delay = self.FIRST_DELAY_S
             if self._failures:
                 logger.info(

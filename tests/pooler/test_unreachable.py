@@ -12,6 +12,8 @@ import pytest
 from harness import query, wait_for
 from pgbouncer import free_port
 
+from pgsched.client import Client
+
 pytestmark = pytest.mark.slow
 
 
@@ -55,3 +57,25 @@ def test_a_worker_that_never_reached_its_database_stops_at_once(dsn, start_poole
     log = worker.log()
     assert reconnect_lines(log) == 1, log
     assert "stopped before it could reach the database" in log
+
+
+def test_a_worker_with_running_jobs_stops_within_its_shutdown_timeout_when_the_database_is_gone(
+    dsn, pooled_dsn, pgbouncer, start_pooled_worker
+) -> None:
+    """Its jobs have the whole shutdown timeout to finish; then, with nothing to write their outcomes to, it
+    leaves them to the reaper instead of waiting longer for the database."""
+    with Client(pooled_dsn) as client:
+        for _ in range(2):
+            client.enqueue("hold", {"seconds": 30})
+    worker = start_pooled_worker("--concurrency", "2", "--shutdown-timeout", "2s")
+    wait_for(lambda: query(dsn, "SELECT count(*) FROM executions") == [(2,)], 20, "both jobs to start")
+    pgbouncer.process.kill()
+    pgbouncer.process.wait(timeout=10)
+    worker.send(signal.SIGTERM)
+    sent = time.monotonic()
+    assert worker.wait(timeout=20) == 1, worker.log()[-3000:]
+    took = time.monotonic() - sent
+    log = worker.log()
+    assert took <= 2.0 + 2.5, f"took {took:.1f}s to stop\n{log[-3000:]}"
+    assert "outcomes left unwritten" in log and "could not deregister" in log, log[-3000:]
+    assert reconnect_lines(log) <= 4, log
