@@ -11,7 +11,7 @@ from itertools import repeat
 from pgsched.db import Connection
 from pgsched.errors import InvalidInput
 from pgsched.models import Enqueued, NewJob
-from pgsched.repository.queues import _admit
+from pgsched.repository.queues import _admit, _lock_cap
 from pgsched.sqlfiles import query
 
 
@@ -44,7 +44,14 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         if row is not None:
             return Enqueued(row[0])
     with conn.transaction():
-        _admit(conn, job.queue, 1)
+        cap = _lock_cap(conn, job.queue)
+        if cap is not None:
+            # The cap governs new jobs only: a keyed add whose key a live job holds returns that job, full or not.
+            if job.key is not None and (
+                held := conn.row(query("JobGetLiveByKey"), {"queue": job.queue, "key": job.key})
+            ):
+                return Enqueued(held[0], deduplicated=True)
+            _admit(conn, job.queue, 1, cap)
         params["admitted"] = True
         params["pending_deps"] = _lock_dependencies(conn, job.after) if job.after else 0
         # A duplicate key can finish between our skipped insert and the look-up; then insert again.
@@ -88,7 +95,9 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         raise InvalidInput("dependencies (--after) cannot be used with bulk inserts")
     with conn.transaction():
         for queue, count in sorted(Counter(job.queue for job in jobs).items()):
-            _admit(conn, queue, count)
+            cap = _lock_cap(conn, queue)
+            if cap is not None:
+                _admit(conn, queue, count - _already_held(conn, queue, jobs), cap)
         ids, now = conn.row(query("JobIdReserveMany"), {"count": len(jobs)})  # type: ignore[misc]
         rows = (_copy_row(new_id, job, now) for new_id, job in zip(ids, jobs, strict=True))
         if any(job.key for job in jobs):
@@ -102,6 +111,16 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
             result = _all_new(ids)
         conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
         return result
+
+
+def _already_held(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> int:
+    """How many of ``jobs`` on ``queue`` will be deduplicated rather than added: their key is held by a live job
+    or by an earlier line of the batch. The backlog cap counts only the others."""
+    keys = [job.key for job in jobs if job.queue == queue and job.key is not None]
+    if not keys:
+        return 0
+    live = {row[1] for row in conn.rows(query("JobGetLiveByKeys"), {"queues": [queue] * len(keys), "keys": keys})}
+    return len(keys) - len(set(keys) - live)
 
 
 def _all_new(ids: list[int]) -> list[Enqueued]:

@@ -10,13 +10,22 @@ from pgsched.errors import QueueFull
 from pgsched.sqlfiles import query
 
 
-def _admit(conn: Connection, queue: str, count: int) -> None:
-    """Refuse ``count`` new jobs on ``queue`` when that would pass its max backlog; call inside the insert's
-    transaction, which then holds the capped queue's row until it commits, so concurrent adds take turns."""
+def _lock_cap(conn: Connection, queue: str) -> int | None:
+    """The backlog cap of ``queue``, its row locked until the insert's transaction ends (so concurrent adds take
+    turns); None for a queue without a cap, which locks nothing."""
     row = conn.row(query("QueueAdmitLock"), {"queue": queue})
-    if row is None:
+    return None if row is None else row[0]
+
+
+def _admit(conn: Connection, queue: str, count: int, max_backlog: int | None = None) -> None:
+    """Refuse ``count`` new jobs on ``queue`` when that would pass its max backlog (read and locked here unless
+    given); call inside the insert's transaction."""
+    if count <= 0:
         return
-    max_backlog = row[0]
+    if max_backlog is None:
+        max_backlog = _lock_cap(conn, queue)
+        if max_backlog is None:
+            return
     queued = conn.row(query("QueueCountQueued"), {"queue": queue})[0]  # type: ignore[index]
     if queued >= max_backlog:
         raise QueueFull(f"queue {queue} is full ({queued} jobs)")
