@@ -57,6 +57,12 @@ def _explain_queued(job: dict[str, Any], facts: dict[str, Any]) -> str:
     if facts["rate"] is not None and facts["tokens"] < 1:
         next_token = format_duration((1 - facts["tokens"]) / facts["rate"])
         return f"rate-limited: queue {queue} allows {_rate(facts['rate'])}; next slot in {next_token}"
+    # Concurrency limits (docs/protocol.md, "Concurrency limits").
+    if facts.get("max_running") is not None and facts["queue_running"] >= facts["max_running"]:
+        return f"queue {queue} is at its max of {facts['max_running']} running"
+    limit = facts.get("group_concurrency")
+    if limit is not None and job.get("group") is not None and facts["group_running"] >= limit:
+        return f"group {job['group']} is at its limit of {limit} running job{'s' if limit != 1 else ''}"
     if facts["task_workers"] == 0:
         if facts["queue_workers"] == 0:
             return f"no live worker serves queue {queue}"

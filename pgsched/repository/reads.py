@@ -19,7 +19,8 @@ def count_by_queue(conn: Connection, queue: str | None = None) -> list[dict[str,
 
 
 def explain_facts(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
-    """The facts that decide whether a ready job runs: queue settings, serving workers, their load, jobs ahead."""
+    """The facts that decide whether a ready job runs: queue settings, running jobs against the queue's limits,
+    serving workers, their load, jobs ahead."""
     rows = conn.records(
         query("JobExplainFacts"),
         {
@@ -28,6 +29,7 @@ def explain_facts(conn: Connection, job: dict[str, Any]) -> dict[str, Any]:
             "task": job["task"],
             "priority": job["priority"],
             "run_at": job["run_at"],
+            "group": job.get("group"),
         },
     )
     return rows[0] if rows else {}

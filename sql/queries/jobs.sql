@@ -163,11 +163,18 @@ INSERT INTO sched_job_deps (job_id, depends_on)
 SELECT %(job_id)s, unnest(%(depends_on)s::bigint[]);
 
 -- name: JobExplainFacts
--- What decides whether a ready job runs: its queue's settings and bucket level, the live workers that serve
--- its queue (and its task), their load, and how many ready jobs the claim order puts before it.
+-- What decides whether a ready job runs: its queue's settings and bucket level, its queue's and its group's
+-- running jobs against their limits (counted only when the queue has them), the live workers that serve its
+-- queue (and its task), their load, and how many ready jobs the claim order puts before it.
 SELECT coalesce(q.paused, false) AS paused, q.rate,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
+       q.max_running, q.group_concurrency,
+       (SELECT count(*) FROM sched_jobs j
+        WHERE q.max_running IS NOT NULL AND j.state = 'running' AND j.queue = %(queue)s) AS queue_running,
+       (SELECT count(*) FROM sched_jobs j
+        WHERE q.group_concurrency IS NOT NULL AND j.state = 'running' AND j.queue = %(queue)s
+          AND j.group_name = %(group)s::text) AS group_running,
        (SELECT count(*) FROM sched_workers w
         WHERE w.heartbeat_at > now() - w.stale_after AND %(queue)s = ANY(w.queues)) AS queue_workers,
        (SELECT count(*) FROM sched_workers w

@@ -185,6 +185,19 @@ def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection)
     assert len(claim(dsn, limit=3, worker=worker)) == 3
 
 
+def test_status_says_which_limit_holds_a_job_back(dsn: str, conn: db.Connection) -> None:
+    from pgsched.why import describe_job
+
+    ids = add(conn, ["tenant:42", "tenant:42", "tenant:7", "tenant:7"])
+    repository.set_queue_concurrency(conn, "q", group_concurrency=1)
+    claim(dsn, limit=1)
+    # Turns: tenant:42 first (its name comes first), then tenant:7 is still free.
+    assert describe_job(conn, ids[1])["why"] == "group tenant:42 is at its limit of 1 running job"
+    assert not describe_job(conn, ids[2])["why"].startswith("group")
+    repository.set_queue_concurrency(conn, "q", max_running=1, set_group_concurrency=False)
+    assert describe_job(conn, ids[2])["why"] == "queue q is at its max of 1 running"
+
+
 def test_limits_combine_with_pause_and_the_rate_limit(dsn: str, conn: db.Connection) -> None:
     add(conn, ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
     repository.set_queue_concurrency(conn, "q", group_concurrency=2)
