@@ -44,6 +44,17 @@ async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[st
     return found
 
 
+async def held_back(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, str, int]]:
+    """Ready jobs held back by each concurrency limit, as (queue, control, count), for the queues that have
+    limits (docs/protocol.md, "Concurrency limits")."""
+    found = []
+    for queue in queues:
+        row = await conn.row(query("QueueHeldBack"), {"queue": queue})
+        if row is not None:
+            found += [(queue, "max_running", row[0]), (queue, "group_concurrency", row[1])]
+    return found
+
+
 async def apply_task_limits(conn: AsyncConnection, worker_id: str, jobs: Sequence[ClaimedJob]) -> None:
     """Store the max_attempts/timeout a task declares on jobs just claimed, so the reaper uses them too."""
     await conn.rows(

@@ -46,6 +46,12 @@ class WorkerMetrics:
         self.queue_lag = Gauge(
             "sched_queue_oldest_ready_age_seconds", "Age of the oldest ready job", ("queue",), registry=self.registry
         )
+        self.held_back = Gauge(
+            "sched_queue_held_back_jobs",
+            "Ready jobs held back by a concurrency limit of their queue (max_running, group_concurrency)",
+            ("queue", "control"),
+            registry=self.registry,
+        )
         self.running = Gauge("sched_worker_running_jobs", "Jobs running in this worker", registry=self.registry)
         self.abandoned_threads = Gauge(
             "sched_worker_abandoned_threads",
@@ -116,6 +122,8 @@ class WorkerMetrics:
         for queue, depth, lag in await repository.ready_depth(conn, queues):
             self.queue_depth.labels(queue).set(depth)
             self.queue_lag.labels(queue).set(lag)
+        for queue, control, count in await repository.held_back(conn, queues):
+            self.held_back.labels(queue, control).set(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -29,6 +29,26 @@ DELETE FROM sched_queues
 WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL AND max_running IS NULL
   AND group_concurrency IS NULL;
 
+-- name: QueueHeldBack
+-- Ready jobs of a queue that its concurrency limits hold back, for metrics: all of them while the queue is at
+-- its max_running, and those of groups at their group_concurrency (docs/protocol.md, "Concurrency limits").
+-- No row for a queue without limits, which reads nothing more.
+SELECT CASE WHEN q.max_running IS NOT NULL
+                 AND (SELECT count(*) FROM sched_jobs r WHERE r.state = 'running' AND r.queue = q.queue)
+                     >= q.max_running
+            THEN (SELECT count(*) FROM sched_jobs j
+                  WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now())
+            ELSE 0 END AS by_max_running,
+       (SELECT count(*) FROM sched_jobs j
+        WHERE q.group_concurrency IS NOT NULL AND j.state = 'queued' AND NOT j.deferred AND j.queue = q.queue
+          AND j.group_name IS NOT NULL
+          AND j.group_name IN (SELECT r.group_name FROM sched_jobs r
+                               WHERE r.state = 'running' AND r.queue = q.queue AND r.group_name IS NOT NULL
+                               GROUP BY r.group_name
+                               HAVING count(*) >= q.group_concurrency)) AS by_group_concurrency
+FROM sched_queues q
+WHERE q.queue = %(queue)s AND (q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL);
+
 -- name: QueueList
 -- Every queue that has jobs or settings, with its settings, current bucket level and backlog.
 WITH names AS (

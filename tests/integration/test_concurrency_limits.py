@@ -198,6 +198,35 @@ def test_status_says_which_limit_holds_a_job_back(dsn: str, conn: db.Connection)
     assert describe_job(conn, ids[2])["why"] == "queue q is at its max of 1 running"
 
 
+def test_metrics_count_the_jobs_each_limit_holds_back(dsn: str, conn: db.Connection) -> None:
+    from pgsched.worker.metrics import WorkerMetrics
+
+    add(conn, ["a"] * 4 + ["b"] * 2 + [None] * 3)
+    add(conn, [None] * 2, queue="plain")
+    repository.set_queue_concurrency(conn, "q", group_concurrency=2)
+    claim(dsn, limit=2)  # a's first job and b's: no group is at its limit yet
+
+    async def scrape() -> tuple[list, bytes]:
+        c = await db.connect_async(dsn)
+        try:
+            counts = await repository.held_back(c, ["q", "plain"])
+            metrics = WorkerMetrics()
+            await metrics.refresh(c, ["q", "plain"])
+            return counts, metrics.render()
+        finally:
+            await c.close()
+
+    counts, _ = asyncio.run(scrape())
+    assert counts == [("q", "max_running", 0), ("q", "group_concurrency", 0)]
+    claim(dsn, limit=2)  # a's and b's second jobs: both groups at their limit, a's 2 other jobs held back
+    repository.set_queue_concurrency(conn, "q", max_running=4, set_group_concurrency=False)
+    counts, text = asyncio.run(scrape())
+    # At its max of 4 running, the queue holds back all 5 ready jobs; a's limit holds back 2 of them.
+    assert counts == [("q", "max_running", 5), ("q", "group_concurrency", 2)]
+    assert b'sched_queue_held_back_jobs{control="group_concurrency",queue="q"} 2.0' in text
+    assert b'queue="plain"' not in text.split(b"sched_queue_held_back_jobs", 1)[1].split(b"# HELP", 1)[0]
+
+
 def test_limits_combine_with_pause_and_the_rate_limit(dsn: str, conn: db.Connection) -> None:
     add(conn, ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
     repository.set_queue_concurrency(conn, "q", group_concurrency=2)
