@@ -399,7 +399,7 @@ def _finish(dsn: str, fleet: WorkerFleet, figures: ChaosFigures, stale_after: st
             figures.survivors_exit_codes.append(-999)
     # Worker rows left by the last kills go once their heartbeat is stale.
     time.sleep(2.5)
-    reaped = run_cli(dsn, "reap", "--stale-after", stale_after)
+    reaped = run_cli(dsn, "reap")
     if reaped.returncode != 0:
         figures.errors_logged.append(f"sched reap: {reaped.stderr.strip()}")
     figures.worker_rows_after_reap = scalar(dsn, "SELECT count(*) FROM sched_workers")

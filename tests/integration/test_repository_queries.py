@@ -22,9 +22,10 @@ def _positional(text: str) -> str:
 def test_every_query_prepares(conn: db.Connection) -> None:
     problems: dict[str, str] = {}
     checked = 0
+    conn.run(query("BenchCommitTableCreate"))  # the scratch table bench makes in its own database
     for name, text in sorted(queries().items()):
-        # COPY, CREATE, DROP and SET cannot be prepared; the tests of their callers run them instead.
-        if text.split()[0].upper() in ("COPY", "CREATE", "DROP", "SET"):
+        # COPY, CREATE, DROP, SET and VACUUM cannot be prepared; the tests of their callers run them instead.
+        if text.split()[0].upper() in ("COPY", "CREATE", "DROP", "SET", "VACUUM"):
             continue
         positional = _positional(text)
         assert "%(" not in positional, name
