@@ -3,7 +3,7 @@ the lease sequence's advance: the job is queued again and the next claim hands o
 worker claims that job again it holds two runs under one lease; the older run's claim no longer exists, so its
 end must change nothing, and the newer run must end normally (docs/protocol.md, "Leases and fencing").
 
-The crash is shown for real in tests/review/test_lease_after_crash.py; here its effect on the database (claim
+The crash is shown for real in tests/chaos/test_lease_after_crash.py; here its effect on the database (claim
 rolled back, sequence set back) is reproduced on the shared server."""
 
 from __future__ import annotations
