@@ -48,7 +48,8 @@ BEGIN
     -- Every claim draws its runs' leases from this sequence (a worker's only use of it).
     EXECUTE format('REVOKE ALL ON SEQUENCE %s FROM sched_producer, sched_worker',
                    to_regclass('sched_job_lease_seq'));
-    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO sched_worker', to_regclass('sched_job_lease_seq'));
+    -- USAGE draws leases; UPDATE lets a claimer's new connection skip the sequence ahead (JobLeaseSkipAhead).
+    EXECUTE format('GRANT USAGE, UPDATE ON SEQUENCE %s TO sched_worker', to_regclass('sched_job_lease_seq'));
 END $$;
 
 -- sched_producer: add jobs and read status. No DELETE anywhere, no claim, no state changes.

@@ -44,6 +44,7 @@ from pgsched.repository.runs import (
     running_for_worker,
     set_commit_durability,
     set_progress,
+    skip_leases_ahead,
 )
 from pgsched.repository.schedules import (
     delete_schedule,
@@ -113,6 +114,7 @@ __all__ = [
     "set_queue_max_backlog",
     "set_queue_paused",
     "set_queue_rate",
+    "skip_leases_ahead",
     "tick_schedules",
     "upsert_code_schedules",
     "upsert_schedule",

@@ -29,6 +29,12 @@ async def claim_jobs(
     return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6]) for r in rows]
 
 
+async def skip_leases_ahead(conn: AsyncConnection) -> None:
+    """On a claimer's new connection: move the lease sequence past any value a server crash may have taken back,
+    so that a lease never repeats (docs/protocol.md, "Leases and fencing")."""
+    await conn.rows(query("JobLeaseSkipAhead"))
+
+
 async def promote_due(conn: AsyncConnection, limit: int = 5000) -> int:
     """Move deferred jobs that fell due into the ready index (at most ``limit`` per queue); returns how many.
     The claim is correct without it; with it, the claim's sort of due rows stays small."""

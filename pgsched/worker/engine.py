@@ -63,7 +63,7 @@ class Worker:
         # then replaces), which the protocol already handles: at worst a job runs once more, never is it lost.
         # Enqueues stay durable. On this class of disk the flush wait, not the statements, would otherwise
         # bound the drain rate; "on" or "remote_write" trade that rate for no re-run after a failover.
-        self.claim_link = Link(dsn, "claim", self.stop, commit=config.commit)
+        self.claim_link = Link(dsn, "claim", self.stop, commit=config.commit, claims=True)
         # Outcomes and the control connection (heartbeats, deregistering) are still needed while shutting down;
         # _shut_down bounds how long they keep trying. Claims and LISTEN stop at once.
         self.outcome_link = Link(dsn, "outcomes", self.stop, commit=config.commit, needed_in_shutdown=True)

@@ -38,6 +38,7 @@ class Link:
         stop: Stop,
         *,
         commit: str | None = None,
+        claims: bool = False,
         needed_in_shutdown: bool = False,
         mode: str | None = None,
     ) -> None:
@@ -47,6 +48,8 @@ class Link:
         # synchronous_commit for this connection's transactions; None keeps the server's (see engine.py).
         self._commit = commit
         self._needed_in_shutdown = needed_in_shutdown
+        # A connection that claims first moves the lease sequence past anything a server crash took back.
+        self._claims = claims
         self.give_up_at: float | None = None  # a time.monotonic() past which a stopping worker stops trying
         # SCHED_POOL_MODE for this URL; None reads the setting (see db.pool_mode).
         self._mode = mode
@@ -113,6 +116,8 @@ class Link:
             return conn
 
     async def _prepare(self, conn: AsyncConnection) -> None:
+        if self._claims:
+            await repository.skip_leases_ahead(conn)
         if self._commit is None:
             return
         if conn.pooled:

@@ -291,6 +291,14 @@ WITH ins AS (
 )
 SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
 
+-- name: JobLeaseSkipAhead
+-- Move the lease sequence a billion values ahead. A claimer runs this on every new connection, before its first
+-- claim: a server crash can lose claims committed without waiting for their WAL together with the sequence's
+-- advance (at most the last moments before the crash), and the values they drew would be drawn again. Every
+-- connection to a restarted server is new, so no claim after a crash draws from the lost range; a billion is
+-- hours of claims at any rate sched reaches, and bigint holds billions of such skips (docs/protocol.md).
+SELECT setval('sched_job_lease_seq', nextval('sched_job_lease_seq') + 1000000000);
+
 -- name: JobListCancelRequested
 -- The leases of a worker's running jobs that someone asked to cancel (the polling fallback for the NOTIFY).
 SELECT lease FROM sched_jobs

@@ -1,6 +1,7 @@
 """A server crash with asynchronous commit (SCHED_WORKER_COMMIT=off, the default) can lose a claim together with
-the lease sequence's advance: the job is queued again and the next claim hands out the same lease. If the same
-worker claims that job again it holds two runs under one lease; the older run's claim no longer exists, so its
+the lease sequence's advance. A claimer's new connection skips the sequence ahead, so the next claim draws a new
+lease (tests/chaos/test_lease_after_crash.py); should a lease come back all the same and the same worker claim that
+job again, it holds two runs under one lease: the older run's claim no longer exists, so its
 end must change nothing, and the newer run must end normally (docs/protocol.md, "Leases and fencing").
 
 The crash is shown for real in tests/chaos/test_lease_after_crash.py; here its effect on the database (claim
@@ -35,10 +36,12 @@ async def test_a_claim_reissuing_a_lease_the_worker_holds_disowns_the_older_run(
         [first] = await worker.claim(1)
         old = worker.start_next()
         await until(lambda: started == [1], message="the first run")
-        # The crash: the claim and the sequence's advance were never written.
+        # The crash: the claim was never written. A new session, as after a restart (its connection skips the
+        # lease sequence ahead); then the sequence is set back anyway, to show the worker's own second line.
         conn.run("UPDATE sched_jobs SET state = 'queued', attempt = 0, worker_id = NULL, started_at = NULL")
+        await worker.worker.claim_link.close()
+        await worker.worker.claim_link.get()
         conn.run("SELECT setval('sched_job_lease_seq', %s, false)", [first.lease])
-        await worker.worker.claim_link.close()  # a new session, as after a restart: no cached lease values
         [second] = await worker.claim(1)
         assert (second.id, second.lease) == (job_id, first.lease)
         new = worker.start_next()
