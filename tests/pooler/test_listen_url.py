@@ -70,9 +70,34 @@ def test_a_listen_url_gives_fast_pickup_behind_the_pooler(dsn, pooled_dsn, start
         f" polling every 1s p50 {poll_p50 * 1000:.0f} ms p95 {poll_p95 * 1000:.0f} ms;"
         f" with --listen-url p50 {listen_p50 * 1000:.0f} ms p95 {listen_p95 * 1000:.0f} ms"
     )
-    assert listen_p95 < 0.25, woken
-    assert poll_p50 > 3 * listen_p50, (polled, woken)
+    # Bounds loose enough for a loaded machine, yet far from what polling every second gives.
+    assert listen_p50 < 0.2 and listen_p95 < 0.5, woken
+    assert poll_p50 > 2 * listen_p50, (polled, woken)
     assert polling.log().count("transaction pooler") == 1
     assert "transaction pooler" not in listening.log()
     for log in (polling.log(), listening.log()):
         assert " ERROR " not in log, log[-3000:]
+
+
+def test_behind_a_session_mode_pool_pool_mode_session_keeps_listen(dsn, server_dsn, start_pooled_worker) -> None:
+    """A session-mode pool gives each client a whole server session: told so (SCHED_POOL_MODE=session), the
+    worker listens through it and prepares its claim as it does on a direct connection."""
+    from pgbouncer import PgBouncer
+
+    # A server connection per client in session mode: the worker's four and the producer's.
+    bouncer = PgBouncer(server_dsn, pool_size=8, pool_mode="session").start()
+    try:
+        url = bouncer.url(dsn)
+        worker = start_pooled_worker("--poll-interval", "30s", url=url, env={"SCHED_POOL_MODE": "session"})
+        wait_for(
+            lambda: query(dsn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'") == [(1,)],
+            20,
+            "the worker to listen through the pool",
+        )
+        woken = pickup_latencies(dsn, url)
+        assert max(woken) < 1.0, woken  # a NOTIFY, not the 30 s poll
+        worker.send(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0, worker.log()[-3000:]
+        assert "transaction pooler" not in worker.log()
+    finally:
+        bouncer.stop()
