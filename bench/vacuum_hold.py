@@ -30,14 +30,15 @@ QUEUE = "vacuum"
 TASKS = ["sched.noop"]
 
 
-async def drain(dsn: str, batch: int) -> tuple[int, float]:
-    """Claim and finish every ready job of the queue; return (jobs, seconds)."""
+async def drain(dsn: str, batch: int, marks: repository.ReadyMarks | None) -> tuple[int, float]:
+    """Claim and finish every ready job of the queue, as a worker does (with ``marks``, where its claims start
+    reading the ready index, kept from round to round as a long-lived worker keeps them); return (jobs, seconds)."""
     conn = await db.connect_async(dsn)
     worker = str(uuid.uuid4())
     await repository.register_worker(conn, worker, "bench", 0, [QUEUE], TASKS, 1, stale_after_s=300, timeout_grace_s=10)
     done = 0
     started = time.perf_counter()
-    while jobs := await repository.claim_jobs(conn, worker, QUEUE, TASKS, batch):
+    while jobs := await repository.claim_jobs(conn, worker, QUEUE, TASKS, batch, marks):
         await repository.record_outcomes(conn, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs])
         done += len(jobs)
     elapsed = time.perf_counter() - started
@@ -46,9 +47,11 @@ async def drain(dsn: str, batch: int) -> tuple[int, float]:
     return done, elapsed
 
 
-def claim_buffers(conn: db.Connection, batch: int) -> int:
-    """Shared buffers (hit + read) that one claim of ``batch`` jobs touches, the claim rolled back."""
-    params = {"queue": QUEUE, "tasks": TASKS, "limit": batch, "worker_id": str(uuid.uuid4())}
+def claim_buffers(conn: db.Connection, batch: int, marks: repository.ReadyMarks | None, full: bool) -> int:
+    """Shared buffers (hit + read) that one claim of ``batch`` jobs touches, the claim rolled back: a worker's
+    usual claim (from its marks), or its periodic full pass (``full``)."""
+    segments = marks.segments(float("-inf")) if marks is not None and not full else repository.FULL_PASS
+    params = repository.claim_params(QUEUE, TASKS, batch, str(uuid.uuid4()), segments)
     conn.raw.execute("BEGIN")
     try:
         (plan,) = conn.row("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params)  # type: ignore[misc]
@@ -64,6 +67,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument(
+        "--no-marks", action="store_true", help="every claim reads the ready index from its beginning (as before)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -84,13 +90,15 @@ def main() -> None:
         holder.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         holder.raw.execute("SELECT count(*) FROM sched_jobs")
         conns = {mode: db.connect(dsn) for mode, dsn in dsns.items()}
+        marks = {mode: None if args.no_marks else repository.ReadyMarks() for mode in dsns}
         for number in range(1, args.rounds + 1):
             row: dict[str, float] = {"round": number, "jobs_before": (number - 1) * args.jobs}
             for mode in ("vacuumed", "held"):
                 conn = conns[mode]
                 repository.enqueue_many(conn, [NewJob(task="sched.noop", queue=QUEUE) for _ in range(args.jobs)])
-                row[f"{mode}_claim_buffers"] = claim_buffers(conn, args.batch)
-                jobs, seconds = asyncio.run(drain(dsns[mode], args.batch))
+                row[f"{mode}_claim_buffers"] = claim_buffers(conn, args.batch, marks[mode], full=False)
+                row[f"{mode}_full_pass_buffers"] = claim_buffers(conn, args.batch, marks[mode], full=True)
+                jobs, seconds = asyncio.run(drain(dsns[mode], args.batch, marks[mode]))
                 row[f"{mode}_per_s"] = round(jobs / seconds)
                 if mode == "vacuumed":
                     conn.run("VACUUM sched_jobs")
@@ -102,7 +110,8 @@ def main() -> None:
                 print(
                     f"round {number:3d} ({row['jobs_before']:>9,.0f} jobs before): "
                     f"vacuumed {row['vacuumed_per_s']:>7,.0f}/s, {row['vacuumed_claim_buffers']:>6,} buffers | "
-                    f"held back {row['held_per_s']:>7,.0f}/s, {row['held_claim_buffers']:>6,} buffers, "
+                    f"held back {row['held_per_s']:>7,.0f}/s, {row['held_claim_buffers']:>6,} buffers "
+                    f"(full pass {row['held_full_pass_buffers']:>6,}), "
                     f"{dead:>9,} dead tuples | {row['held_vs_vacuumed_pct']}%",
                     flush=True,
                 )

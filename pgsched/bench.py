@@ -92,7 +92,7 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     report(f"bulk enqueue of {config.jobs:,} jobs through `sched add --jsonl`, median of {_REPEAT}")
     results["jsonl_cli_enqueue_per_s"] = _jsonl_enqueue(conn, dsn, config.jobs)
     report(f"drain of {2 * config.jobs:,} no-op jobs by one worker process")
-    repository.enqueue_many(conn, _noop_jobs(2 * config.jobs))
+    repository.enqueue_many(conn, noop_jobs(2 * config.jobs))
     drain = _drain(conn, dsn, config)
     results.update(drain)
     report(f"baseline: a pure-SQL claim/complete loop on {config.jobs:,} jobs, same batch size")
@@ -116,7 +116,7 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     return results
 
 
-def _noop_jobs(count: int, queue: str = "default") -> list[NewJob]:
+def noop_jobs(count: int, queue: str = "default") -> list[NewJob]:
     return [NewJob(task="sched.noop", queue=queue) for _ in range(count)]
 
 
@@ -150,7 +150,7 @@ def _bulk_enqueue(conn: db.Connection, dsn: str, count: int) -> int:
 
 def _copy_baseline(conn: db.Connection, count: int) -> int:
     """The insert alone: jobs already built and checked, straight into the COPY."""
-    jobs = _noop_jobs(count, queue="prebuilt")
+    jobs = noop_jobs(count, queue="prebuilt")
     return _median_rate(conn, "prebuilt", count, lambda: repository.enqueue_many(conn, jobs))
 
 
@@ -178,7 +178,7 @@ def _sched(dsn: str, *args: str, stdout: Any = None) -> None:
         raise DatabaseError(f"`sched {args[0]}` failed during the benchmark: {proc.stderr.strip()[-300:]}")
 
 
-def _spawn_worker(dsn: str, *args: str) -> subprocess.Popen:
+def spawn_worker(dsn: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "SCHED_DATABASE_URL": dsn}
     return subprocess.Popen([sys.executable, "-m", "pgsched", "worker", "-q", *args], env=env)
 
@@ -187,7 +187,7 @@ def _drain(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]
     ready = measured.ready_count(conn, "default")
     measured.vacuum_jobs(conn)
     started = time.perf_counter()
-    worker = _spawn_worker(
+    worker = spawn_worker(
         dsn, "--burst", "--concurrency", str(config.concurrency), "--batch-size", str(config.batch_size)
     )
     if worker.wait() != 0:
@@ -210,7 +210,7 @@ def _sql_baseline(conn: db.Connection, dsn: str, config: BenchConfig) -> int:
     import asyncio
     import uuid
 
-    repository.enqueue_many(conn, _noop_jobs(config.jobs, queue="baseline"))
+    repository.enqueue_many(conn, noop_jobs(config.jobs, queue="baseline"))
     measured.vacuum_jobs(conn)
 
     async def loop() -> float:
@@ -289,7 +289,7 @@ def _concurrent_enqueue(dsn: str, count: int, producers: int) -> int:
     return round(per_producer * producers / elapsed)
 
 
-def _wait_for_worker(conn: db.Connection, worker: subprocess.Popen, timeout: float = 30.0) -> None:
+def wait_for_worker(conn: db.Connection, worker: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if measured.worker_registered(conn, worker.pid):
@@ -308,9 +308,9 @@ def _rss_mb(pid: int) -> float:
 
 
 def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
-    worker = _spawn_worker(dsn, "--queue", "latency", "--concurrency", "10")
+    worker = spawn_worker(dsn, "--queue", "latency", "--concurrency", "10")
     try:
-        _wait_for_worker(conn, worker)
+        wait_for_worker(conn, worker)
         time.sleep(2.0)
         idle_rss = _rss_mb(worker.pid)
         job = NewJob(task="sched.noop", queue="latency")
@@ -348,7 +348,7 @@ def _io_bound(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, A
         repository.enqueue_many(
             conn, [NewJob(task="sched.sleep", queue=queue, payload_json=payload) for _ in range(config.io_jobs)]
         )
-        worker = _spawn_worker(dsn, "--burst", "--queue", queue, "--concurrency", str(config.io_concurrency), *extra)
+        worker = spawn_worker(dsn, "--burst", "--queue", queue, "--concurrency", str(config.io_concurrency), *extra)
         if worker.wait() != 0:
             raise DatabaseError("the I/O-bound benchmark worker failed")
         done, seconds = measured.succeeded_window(conn, queue)

@@ -269,6 +269,40 @@ def print_bench(figures: dict[str, Any], verdicts: dict[str, bool], console: Con
     console.print(table)
 
 
+def print_vacuum_bench(figures: dict[str, Any], console: Console | None = None) -> None:
+    """Drain rates per round with vacuum held back and with vacuum working, side by side."""
+    console = console or Console()
+    config = figures["config"]
+    table = Table(
+        title=f"sched bench --vacuum-blocked: {config['jobs_per_round']:,} jobs per round", title_justify="left"
+    )
+    for name in ("jobs before", "vacuumed", "held back", "held / vacuumed", "dead row versions", "table + indexes"):
+        table.add_column(name, justify="right")
+    for row in figures["rounds"]:
+        table.add_row(
+            f"{row['jobs_before']:,}",
+            f"{row['vacuumed_per_s']:,} /s",
+            f"{row['held_per_s']:,} /s",
+            f"{row['held_vs_vacuumed_pct']}%",
+            f"{row['held_dead_tuples']:,}",
+            f"{row['held_table_mb'] + row['held_index_mb']:,.1f} MB",
+        )
+    console.print(table)
+    latency, after = figures["latency_ms"], figures["after_vacuum"]
+    console.print(
+        f"held back / vacuumed, median of the last rounds: {figures['held_vs_vacuumed_pct_last_rounds']}%\n"
+        f"enqueue-to-start p50/p99: vacuumed {latency['vacuumed']['p50']}/{latency['vacuumed']['p99']} ms, "
+        f"held back {latency['held']['p50']}/{latency['held']['p99']} ms",
+        highlight=False,
+    )
+    for number, sizes in enumerate(after, start=1):
+        console.print(
+            f"after the snapshot ended, VACUUM and round {number}: table {sizes['table_mb'][0]} -> "
+            f"{sizes['table_mb'][1]} MB, indexes {sizes['index_mb'][0]} -> {sizes['index_mb'][1]} MB",
+            highlight=False,
+        )
+
+
 def print_demo_summary(result: dict[str, Any], console: Console | None = None) -> None:
     """What the demo did, per task, and where to look next."""
     console = console or Console()

@@ -128,10 +128,31 @@ def bench(
         Optional[str], typer.Option("--dsn", help="Server to measure on [SCHED_DATABASE_URL]; a database is made.")
     ] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the benchmark database afterwards.")] = False,
+    vacuum_blocked: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum-blocked",
+            help="Instead: drain rounds of --jobs jobs while a long transaction holds vacuum back, side by side "
+            "with the same rounds while vacuum runs.",
+        ),
+    ] = False,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of --vacuum-blocked.")] = 25,
     as_json: JsonOutput = False,
 ) -> None:
     """Measure enqueue, drain, latency, I/O-bound efficiency and worker memory in a throwaway database."""
     server = dsn or resolve_dsn(load_settings())
+    if vacuum_blocked:
+        from pgsched import bench_vacuum
+
+        vacuum_config = bench_vacuum.VacuumBenchConfig(
+            rounds=rounds, jobs=jobs, concurrency=concurrency, batch_size=batch_size
+        )
+        figures = bench_vacuum.run(server, vacuum_config, lambda line: sys.stderr.write(f"- {line}\n"))
+        if as_json:
+            print_json(figures)
+        else:
+            core.render.print_vacuum_bench(figures)
+        return
     config = core.bench.BenchConfig(jobs=jobs, concurrency=concurrency, batch_size=batch_size, keep_database=keep)
     figures = core.bench.run(server, config, lambda line: sys.stderr.write(f"- {line}\n"))
     if as_json:

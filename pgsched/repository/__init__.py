@@ -30,11 +30,15 @@ from pgsched.repository.queues import (
 )
 from pgsched.repository.reads import count_by_queue, explain_facts
 from pgsched.repository.runs import (
+    FULL_PASS,
+    ReadyMarks,
     ReapResult,
     RecordResult,
+    Segments,
     apply_task_limits,
     cancel_requested,
     claim_jobs,
+    claim_params,
     held_back,
     promote_due,
     rate_limited_backlog,
@@ -69,18 +73,22 @@ def cancel_channel() -> str:
 
 __all__ = [
     "BROWSE_STATES",
+    "FULL_PASS",
     "CancelResult",
     "CleanupCounts",
     "JobPage",
+    "ReadyMarks",
     "ReapResult",
     "RecordResult",
     "RetryResult",
+    "Segments",
     "apply_task_limits",
     "browse_jobs",
     "cancel_channel",
     "cancel_job",
     "cancel_requested",
     "claim_jobs",
+    "claim_params",
     "commit_without_flush_wait",
     "count_by_queue",
     "count_finished",

@@ -3,8 +3,11 @@ due-job promotion (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pgsched.db import AsyncConnection
 from pgsched.models import ClaimedJob, JobState, Outcome, OutcomeKind
@@ -16,17 +19,161 @@ async def set_commit_durability(conn: AsyncConnection, level: str) -> None:
     await conn.rows(query("SessionSetSynchronousCommit"), {"level": level})
 
 
+# The lowest and highest priorities a segment can name (the column is an integer; the domain allows -1000..1000),
+# and the earliest and latest run_at.
+_LOWEST, _HIGHEST = -(2**31), 2**31 - 1
+_BEGINNING, _END = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Segments:
+    """JobClaim's segments of the ready index, in claim order, as parallel lists: each covers the priority levels
+    hi..lo, from (run_at, id) on and before run_at ``until``."""
+
+    hi: list[int] = field(default_factory=list)
+    lo: list[int] = field(default_factory=list)
+    run_at: list[datetime] = field(default_factory=list)
+    id: list[int] = field(default_factory=list)
+    until: list[datetime] = field(default_factory=list)
+    full: bool = False
+
+    def add(self, hi: int, lo: int, run_at: datetime = _BEGINNING, id: int = 0, until: datetime = _END) -> None:
+        self.hi.append(hi)
+        self.lo.append(lo)
+        self.run_at.append(run_at)
+        self.id.append(id)
+        self.until.append(until)
+
+    def covers(self, priority: int, run_at: datetime, id: int) -> bool:
+        """Whether a claim with these segments reads the ready job at that position."""
+        return any(
+            lo <= priority <= hi and (run_at, id) >= (from_run_at, from_id) and run_at < until
+            for hi, lo, from_run_at, from_id, until in zip(
+                self.hi, self.lo, self.run_at, self.id, self.until, strict=True
+            )
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "seg_hi": self.hi,
+            "seg_lo": self.lo,
+            "seg_run_at": self.run_at,
+            "seg_id": self.id,
+            "seg_until": self.until,
+            "seg_full": self.full,
+        }
+
+
+def _full_pass() -> Segments:
+    segments = Segments(full=True)
+    segments.add(_HIGHEST, _LOWEST)
+    return segments
+
+
+# The segments of a claim that reads the whole ready index from its beginning.
+FULL_PASS = _full_pass()
+
+
+class ReadyMarks:
+    """Where one worker's claims of one queue start reading the ready index (docs/protocol.md, "Where a claim
+    starts reading").
+
+    A claimed job leaves a dead entry in the ready index, which a scan must step over and check in the table
+    until vacuum removes it; while a long transaction holds vacuum back nothing removes it, and a claim that
+    reads each priority level from its beginning walks every job claimed since. Claims take each level in
+    (run_at, id) order, so the entries before the first job a claim took at a level are, but for a few, of jobs
+    already claimed: the next claim reads that level from there, and the jobs of the MARGIN before it (a
+    producer's transaction that began earlier but committed later).
+
+    A job can still sit further back: one whose producer's transaction committed long after it began (its run_at
+    is that transaction's start), one given back by a stopping or dead worker, or a due job promoted into the
+    ready index. The periodic full pass, which reads every level from its beginning, finds such jobs; its period
+    follows its own cost (FULL_PASS_COST_SHARE times its duration, between FULL_PASS_MIN_S and FULL_PASS_MAX_S),
+    so it stays a small share of the claims while vacuum is held back and is frequent when it is cheap."""
+
+    MARGIN = timedelta(milliseconds=50)
+    MAX_LEVELS = 16
+    FULL_PASS_MIN_S = 0.05
+    FULL_PASS_MAX_S = 5.0
+    FULL_PASS_COST_SHARE = 20
+
+    __slots__ = ("_levels", "_next_full")
+
+    def __init__(self) -> None:
+        # priority -> (run_at, id) of the first job the last claim at that level took, most recent last.
+        self._levels: dict[int, tuple[datetime, int]] = {}
+        self._next_full = 0.0
+
+    def segments(self, now: float) -> Segments:
+        """The segments of a claim made at ``now`` (monotonic seconds): the full pass when it is due."""
+        if now >= self._next_full or not self._levels:
+            return FULL_PASS
+        segments = Segments()
+        above = _HIGHEST
+        for level in sorted(self._levels, reverse=True):
+            if above > level:  # the levels between the previous one and this, from their beginning
+                segments.add(above, level + 1)
+            run_at, id = self._levels[level]
+            segments.add(level, level, run_at - self.MARGIN, 0, run_at)
+            segments.add(level, level, run_at, id)
+            above = level - 1
+        if above >= _LOWEST:
+            segments.add(above, _LOWEST)
+        return segments
+
+    def rewind(self) -> None:
+        """Make the next claim a full pass (after this worker gave jobs back: they sit before its positions)."""
+        self._next_full = 0.0
+
+    def learn(self, rows: Sequence[Sequence[Any]], *, full: bool, took_s: float, now: float) -> None:
+        """Move each level's position to the first job this claim took there; after a full pass, set the next."""
+        first: dict[int, tuple[datetime, int]] = {}
+        for row in rows:
+            level, run_at = row[7], row[8]
+            if level is None:  # claimed by sched_claim_limited, which reads the index its own way
+                continue
+            position = (run_at, row[0])
+            if level not in first or position < first[level]:
+                first[level] = position
+        levels = self._levels
+        for level, position in first.items():
+            levels.pop(level, None)
+            levels[level] = position
+        while len(levels) > self.MAX_LEVELS:
+            del levels[next(iter(levels))]
+        if full:
+            period = min(max(took_s * self.FULL_PASS_COST_SHARE, self.FULL_PASS_MIN_S), self.FULL_PASS_MAX_S)
+            self._next_full = now + period
+
+
 async def claim_jobs(
-    conn: AsyncConnection, worker_id: str, queue: str, tasks: list[str], limit: int
+    conn: AsyncConnection,
+    worker_id: str,
+    queue: str,
+    tasks: list[str],
+    limit: int,
+    marks: ReadyMarks | None = None,
 ) -> list[ClaimedJob]:
     """Claim up to ``limit`` ready jobs of ``queue`` whose task is in ``tasks``, each under a new lease
-    (docs/protocol.md, "Claim")."""
+    (docs/protocol.md, "Claim"). With ``marks`` (one per worker and queue), the claim starts reading each
+    priority level where the worker's previous claims left off; without, it reads from the beginning."""
+    started = time.monotonic()
+    segments = marks.segments(started) if marks is not None else FULL_PASS
     rows = await conn.rows(
         query("JobClaim"),
-        {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id},
+        {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id, **segments.params()},
         prepare=True,
     )
+    if marks is not None:
+        now = time.monotonic()
+        marks.learn(rows, full=segments.full, took_s=now - started, now=now)
     return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6]) for r in rows]
+
+
+def claim_params(queue: str, tasks: list[str], limit: int, worker_id: str, segments: Segments = FULL_PASS) -> dict:
+    """JobClaim's parameters (for callers that run the query themselves: plans, benchmarks); a full pass unless
+    ``segments`` says otherwise."""
+    return {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id, **segments.params()}
 
 
 async def skip_leases_ahead(conn: AsyncConnection) -> None:

@@ -137,6 +137,8 @@ class Fetcher:
         self._stop = stop
         self._ahead = ahead
         self._claim_answer_lost = False
+        # Where this worker's claims of each queue start reading the ready index (repository.ReadyMarks).
+        self._marks = {queue: repository.ReadyMarks() for queue in config.queues}
 
     async def run(self) -> None:
         """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
@@ -195,7 +197,12 @@ class Fetcher:
         claimed = 0
         for queue in self._config.queues:
             jobs = await repository.claim_jobs(
-                conn, self._worker_id, queue, self._task_names, min(free - claimed, self._config.batch_size)
+                conn,
+                self._worker_id,
+                queue,
+                self._task_names,
+                min(free - claimed, self._config.batch_size),
+                self._marks[queue],
             )
             if jobs:
                 if self._tasks_with_limits:
@@ -220,6 +227,9 @@ class Fetcher:
             logger.warning("giving back {} job(s) claimed by a query whose answer was lost", len(lost))
             for job_id, lease in lost:
                 self._outcomes.add(released_unknown(job_id, lease))
+            # They go back before where this worker's claims start reading: read everything next time.
+            for marks in self._marks.values():
+                marks.rewind()
 
     async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:
         # A task's declared max_attempts/timeout win over the job's; write them so the reaper agrees.

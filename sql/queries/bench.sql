@@ -19,6 +19,24 @@ DROP TABLE sched_bench_commits;
 -- Empty one benchmark queue between repeated runs.
 DELETE FROM sched_jobs WHERE queue = %(queue)s;
 
+-- name: BenchJobsSince
+-- Jobs with an id above a mark: how many succeeded, the seconds from the first start to the last finish, and
+-- the enqueue-to-start latency of each started one, in milliseconds.
+SELECT count(*) FILTER (WHERE state = 'succeeded') AS done,
+       coalesce(extract(epoch FROM max(finished_at) - min(started_at)), 0)::float8 AS seconds,
+       coalesce(array_agg(extract(epoch FROM started_at - created_at)::float8 * 1000
+                          ORDER BY started_at - created_at) FILTER (WHERE started_at IS NOT NULL),
+                '{}') AS latencies_ms
+FROM sched_jobs
+WHERE id > %(after)s;
+
+-- name: BenchJobsTableSize
+-- The job table's dead row versions and its size with its indexes, in bytes.
+SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'sched_jobs'::regclass), 0) AS dead,
+       pg_table_size('sched_jobs') AS table_bytes,
+       pg_indexes_size('sched_jobs') AS index_bytes,
+       (SELECT coalesce(max(id), 0) FROM sched_jobs) AS last_id;
+
 -- name: BenchJobsVacuum
 -- Vacuum and analyze sched_jobs before a timed drain, so each run starts from the same table state.
 VACUUM ANALYZE sched_jobs;

@@ -30,6 +30,12 @@ RETURNING state::text;
 -- A queue with a concurrency limit (max_running, group_concurrency) is claimed by sched_claim_limited instead
 -- (docs/protocol.md, "Concurrency limits"), which this statement calls only for such a queue: the other parts
 -- then take nothing, and for every other queue the call is never executed.
+-- The ready index is read in segments (docs/protocol.md, "Where a claim starts reading"): the worker passes, in
+-- claim order, ranges of priority levels, each read from a position (run_at, id) up to a run_at. A level it has claimed from
+-- before starts near where its last claim there started, past the entries of jobs claimed since the oldest
+-- snapshot still open, which vacuum cannot remove while a long transaction holds it back; the other ranges, and
+-- every range in the worker's periodic full pass, start at their beginning. Rows come back with their priority
+-- and run_at for the worker to move its positions.
 WITH bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
     -- while it waited, not the older row of its snapshot). greatest(): a claimer that waited for the lock may
@@ -51,23 +57,51 @@ allowed AS (
                        AND (paused OR max_running IS NOT NULL OR group_concurrency IS NOT NULL)),
                     %(limit)s) AS n
 ),
+-- One index range scan per segment, in order, until enough rows are locked: the nested loop keeps the segments'
+-- order, and the outer LIMIT stops it, so later segments are never read once the claim is full. A segment of one
+-- level compares priority for equality, so that its bounds on (run_at, id) start and end the scan; a segment of
+-- several levels is read from its beginning.
 ready AS (
-    SELECT id, priority, run_at FROM sched_jobs
-    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
-      AND task = ANY(%(tasks)s::text[])
-    ORDER BY priority DESC, run_at, id
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(seg_hi)s::int[], %(seg_lo)s::int[], %(seg_run_at)s::timestamptz[], %(seg_id)s::bigint[],
+                %(seg_until)s::timestamptz[])
+        AS s(hi, lo, from_run_at, from_id, until_run_at)
+    CROSS JOIN LATERAL (
+        SELECT * FROM (
+         SELECT id, priority, run_at FROM sched_jobs
+         WHERE s.hi = s.lo
+           AND state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now() AND priority = s.hi
+           AND (run_at, id) >= (s.from_run_at, s.from_id) AND run_at < s.until_run_at
+           AND task = ANY(%(tasks)s::text[])
+         ORDER BY run_at, id
+         LIMIT (SELECT n FROM allowed)
+         FOR UPDATE SKIP LOCKED) AS one_level
+        UNION ALL
+        SELECT * FROM (
+         SELECT id, priority, run_at FROM sched_jobs
+         WHERE s.hi > s.lo
+           AND state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
+           AND priority <= s.hi AND priority >= s.lo
+           AND task = ANY(%(tasks)s::text[])
+         ORDER BY priority DESC, run_at, id
+         LIMIT (SELECT n FROM allowed)
+         FOR UPDATE SKIP LOCKED) AS levels
+    ) AS c
     LIMIT (SELECT n FROM allowed)
-    FOR UPDATE SKIP LOCKED
 ),
 -- Deferred jobs that have fallen due, highest priority first like every ready job. The earliest due rows are
 -- read in index order (an index scan that stops at the first future row, and that marks the dead entries of
 -- claimed jobs so later scans skip them, which a bitmap scan would not), then sorted by priority. The window
 -- bounds the sort; JobPromoteDue moves due rows into the ready index every second, so the due rows left here
--- are few and the window holds them all.
+-- are few and the window holds them all. Only a full pass reads rows due more than 2 s ago: the others were
+-- promoted by then, and the entries of promoted and claimed rows, which vacuum may be unable to remove, are
+-- not walked again.
 due AS (
     SELECT id, priority, run_at FROM sched_jobs
     WHERE id = ANY(ARRAY(SELECT id FROM sched_jobs
                          WHERE state = 'queued' AND deferred AND queue = %(queue)s AND run_at <= now()
+                           AND run_at >= CASE WHEN %(seg_full)s::bool THEN '-infinity'::timestamptz
+                                              ELSE now() - interval '2 seconds' END
                            AND task = ANY(%(tasks)s::text[])
                          ORDER BY run_at, id
                          LIMIT 1000))
@@ -96,11 +130,12 @@ claimed AS (
         lease = nextval('sched_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task::text, j.payload::jsonb, j.attempt::int, j.max_attempts::int,
-              extract(epoch FROM j.timeout)::float8, j.lease
+              extract(epoch FROM j.timeout)::float8, j.lease, j.priority::int, j.run_at
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT * FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid)
+SELECT l.*, NULL::int, NULL::timestamptz
+FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid) AS l
 WHERE EXISTS (SELECT 1 FROM sched_queues
               WHERE queue = %(queue)s AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL));
 

@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from pgsched import db
+from pgsched import db, repository
 from pgsched.sqlfiles import query
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def _plan(raw: psycopg.Connection, name: str, params: dict) -> str:
 def test_the_claim_reads_the_partial_indexes_not_the_table(crowded: str) -> None:
     worker = str(uuid.uuid4())
     with psycopg.connect(crowded) as raw:
-        plan = _plan(raw, "JobClaim", {"queue": "default", "tasks": ["sched.noop"], "limit": 500, "worker_id": worker})
+        plan = _plan(raw, "JobClaim", repository.claim_params("default", ["sched.noop"], 500, worker))
         raw.rollback()
     assert "Index Scan using sched_jobs_ready on sched_jobs" in plan
     assert "Index Scan using sched_jobs_deferred on sched_jobs" in plan
@@ -54,7 +54,7 @@ def test_an_outcome_batch_stays_on_the_primary_key(crowded: str) -> None:
     worker = str(uuid.uuid4())
     with psycopg.connect(crowded) as raw:
         claimed = raw.execute(
-            query("JobClaim"), {"queue": "default", "tasks": ["sched.noop"], "limit": 500, "worker_id": worker}
+            query("JobClaim"), repository.claim_params("default", ["sched.noop"], 500, worker)
         ).fetchall()
         assert len(claimed) == 500
         params = {

@@ -100,7 +100,7 @@ def test_the_claim_of_an_unconfigured_queue_reads_the_ready_index_and_locks_no_q
     fill(conn, 500)
     repository.set_queue_rate(conn, "elsewhere", 10.0)
     conn.run("ANALYZE sched_jobs")
-    params = {"queue": "default", "tasks": ["t"], "limit": 10, "worker_id": str(uuid.uuid4())}
+    params = repository.claim_params("default", ["t"], 10, str(uuid.uuid4()))
     with psycopg.connect(dsn) as raw:
         plan = "\n".join(r[0] for r in raw.execute("EXPLAIN (ANALYZE, COSTS OFF) " + query("JobClaim"), params))
         # While this claim's transaction is open, another session can still lock every sched_queues row.

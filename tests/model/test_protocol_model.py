@@ -60,6 +60,13 @@ CLOCK_SLACK_S = 0.002
 
 
 # The arguments of a claim and of an outcome, shared by the rules that draw them more often.
+class ModelMarks(repository.ReadyMarks):
+    """A worker's reading positions whose full pass comes when the model says (the rule full_pass_due), not
+    with time: a real worker's claims come milliseconds apart, the model's seconds."""
+
+    FULL_PASS_MIN_S = FULL_PASS_MAX_S = 10**6
+
+
 CLAIM_ARGS = {
     "w": st.integers(0, 2),
     "queue": st.sampled_from(QUEUES),
@@ -202,6 +209,9 @@ class ProtocolModel(RuleBasedStateMachine):
         self.leases: set[int] = set()
         self.queues = {q: QueueControl() for q in QUEUES}
         self.workers = {w.id: Worker(w.id, w.stale_after_s, w.timeout_grace_s) for w in self.h.workers}
+        # Where each worker's claims of a queue start reading (as a worker's fetcher keeps them; the model's
+        # claims name varying tasks, so a position can lie past jobs of a task the last claim did not take).
+        self.marks: dict[tuple[str, str], repository.ReadyMarks] = {}
         for worker in self.workers.values():
             self._register(worker)
 
@@ -368,12 +378,43 @@ class ProtocolModel(RuleBasedStateMachine):
         if not worker.registered:
             return
         claimable = self._claimable(queue, tasks)
+        marks = self.marks.setdefault((worker.id, queue), ModelMarks())
+        skipped = self._skipped_by(marks.segments(time.monotonic()), queue, claimable)
         start = time.monotonic()
-        claimed = self.h.run(repository.claim_jobs(self.h.worker_conns[worker.id], worker.id, queue, tasks, limit))
+        claimed = self.h.run(
+            repository.claim_jobs(self.h.worker_conns[worker.id], worker.id, queue, tasks, limit, marks)
+        )
         end = time.monotonic()
-        self._check_claim(queue, claimable, claimed, limit, start, end)
+        self.h.seen["claim from marks" if skipped is not None else "claim, full pass"] += 1
+        if skipped:
+            self.h.seen["claim from marks skipped a claimable job"] += 1
+        self._check_claim(queue, claimable, claimed, limit, start, end, skipped=skipped or set())
         self._take(worker, claimed)
         self.h.seen[f"claim took {min(len(claimed), 2)}{'+' if len(claimed) >= 2 else ''}"] += 1
+
+    @rule(w=st.integers(0, 2), queue=st.sampled_from(QUEUES))
+    def full_pass_due(self, w: int, queue: str) -> None:
+        marks = self.marks.get((self._worker(w).id, queue))
+        if marks is not None:
+            marks.rewind()
+
+    def _skipped_by(self, segments: repository.Segments, queue: str, claimable: list[Job]) -> set[int] | None:
+        """The claimable jobs a claim from a worker's marks may pass over (docs/protocol.md, "Where a claim starts
+        reading"): ready jobs outside its segments, and due deferred jobs outside its 2 s window (counted from a
+        second earlier, for the time that passes before the claim). None for a full pass."""
+        control = self.queues[queue]
+        if segments.full or control.max_running is not None or control.group_concurrency is not None:
+            return None
+        rows = self.h.conn.rows(
+            "SELECT id, priority, run_at, deferred, run_at < now() - interval '1 second' FROM sched_jobs"
+            " WHERE id = ANY(%s)",
+            ([j.id for j in claimable],),
+        )
+        return {
+            job_id
+            for job_id, priority, run_at, deferred, due_long_ago in rows
+            if (due_long_ago if deferred else not segments.covers(priority, run_at, job_id))
+        }
 
     def _check_claim(
         self,
@@ -385,11 +426,18 @@ class ProtocolModel(RuleBasedStateMachine):
         end: float,
         *,
         raced_pause: bool = False,
+        skipped: set[int] = frozenset(),  # type: ignore[assignment]
     ) -> None:
         control = self.queues[queue]
         by_id = {j.id: j for j in claimable}
         for c in claimed:
             assert c.id in by_id, f"claimed job {c.id} ({self._describe(c.id)}) was not claimable"
+        if skipped:
+            # A claim from marks may pass over these (until the worker's next full pass): the counts and the
+            # order below are checked among the jobs it reads.
+            taken = {c.id for c in claimed}
+            claimable = [j for j in claimable if j.id not in skipped or j.id in taken]
+            by_id = {j.id: j for j in claimable}
         if control.paused:
             assert claimed == [], f"paused queue {queue} gave {[c.id for c in claimed]}"
             return

@@ -1,0 +1,151 @@
+"""A worker's claims start reading the ready index where its last claims left off (docs/protocol.md, "Where a
+claim starts reading"): while a snapshot holds vacuum back they step over the entries of jobs already claimed,
+yet a higher priority is still taken first and a job left behind is taken by the next full pass."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+
+from pgsched import db, repository
+from pgsched.models import NewJob, Outcome, OutcomeKind
+from pgsched.sqlfiles import query
+
+
+class NeverFull(repository.ReadyMarks):
+    """Marks whose periodic full pass never comes on its own (a test decides with rewind())."""
+
+    FULL_PASS_MIN_S = FULL_PASS_MAX_S = 3600.0
+
+
+async def _drain(dsn: str, worker: str, marks: repository.ReadyMarks, batch: int) -> int:
+    conn = await db.connect_async(dsn)
+    done = 0
+    try:
+        while jobs := await repository.claim_jobs(conn, worker, "default", ["t"], batch, marks):
+            await repository.record_outcomes(
+                conn, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
+            )
+            done += len(jobs)
+    finally:
+        await conn.close()
+    return done
+
+
+def _claim(dsn: str, worker: str, marks: repository.ReadyMarks | None, limit: int) -> list:
+    async def body() -> list:
+        conn = await db.connect_async(dsn)
+        try:
+            return await repository.claim_jobs(conn, worker, "default", ["t"], limit, marks)
+        finally:
+            await conn.close()
+
+    return asyncio.run(body())
+
+
+def _ready_scan_buffers(dsn: str, segments: repository.Segments) -> int:
+    """Shared buffers the claim's scans of the ready index touch (a claim of 10, rolled back)."""
+    params = repository.claim_params("default", ["t"], 10, str(uuid.uuid4()), segments)
+    with psycopg.connect(dsn) as raw:
+        ((plan,),) = raw.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params).fetchall()
+        raw.rollback()
+
+    def walk(node: dict) -> int:
+        own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+        if node.get("Index Name") == "sched_jobs_ready":
+            return own
+        return sum(walk(child) for child in node.get("Plans", []))
+
+    return walk(plan[0]["Plan"])
+
+
+@pytest.mark.slow
+def test_claims_step_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_back(dsn: str, conn: db.Connection) -> None:
+    worker = str(uuid.uuid4())
+    asyncio.run(_register(dsn, worker))
+    with psycopg.connect(dsn) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM sched_jobs")  # the snapshot: no row version after it can be removed
+        marks = repository.ReadyMarks()
+        for _ in range(4):
+            repository.enqueue_many(conn, [NewJob(task="t") for _ in range(5_000)])
+            assert asyncio.run(_drain(dsn, worker, marks, 500)) == 5_000
+        repository.enqueue_many(conn, [NewJob(task="t") for _ in range(100)])
+        from_marks = _ready_scan_buffers(dsn, marks.segments(float("-inf")))
+        full_pass = _ready_scan_buffers(dsn, repository.FULL_PASS)
+        holder.rollback()
+    # The full pass checks each of the 20,000 dead entries against the table; the claim from the marks starts
+    # at the last batch's first job.
+    assert full_pass > 400, full_pass
+    assert from_marks < 60, (from_marks, full_pass)
+
+
+async def _register(dsn: str, worker: str) -> None:
+    conn = await db.connect_async(dsn)
+    try:
+        await repository.register_worker(
+            conn, worker, "host", 1, ["default"], ["t"], 1, stale_after_s=300, timeout_grace_s=10
+        )
+    finally:
+        await conn.close()
+
+
+def test_a_higher_priority_job_added_later_is_claimed_first(dsn: str, conn: db.Connection) -> None:
+    worker = str(uuid.uuid4())
+    marks = NeverFull()
+    repository.enqueue_many(conn, [NewJob(task="t") for _ in range(5)])
+    assert len(_claim(dsn, worker, marks, 2)) == 2  # the first claim is a full pass; it learns level 0
+    assert not marks.segments(0.0).full
+    urgent = repository.enqueue(conn, NewJob(task="t", priority=7)).id
+    middle = repository.enqueue(conn, NewJob(task="t", priority=-3)).id
+    taken = {job.id for job in _claim(dsn, worker, marks, 4)}
+    assert urgent in taken
+    assert middle not in taken  # level 0 still has three jobs, ahead of -3
+    assert len(taken) == 4
+    assert [job.id for job in _claim(dsn, worker, marks, 4)] == [middle]
+
+
+def test_a_job_given_back_behind_the_marks_waits_only_until_the_next_full_pass(dsn: str, conn: db.Connection) -> None:
+    worker = str(uuid.uuid4())
+    marks = NeverFull()
+    first = repository.enqueue(conn, NewJob(task="t")).id
+    conn.run("UPDATE sched_jobs SET run_at = run_at - interval '1 minute' WHERE id = %s", (first,))
+    later = [repository.enqueue(conn, NewJob(task="t")).id for _ in range(3)]
+    (job,) = _claim(dsn, worker, marks, 1)  # full pass: the oldest job
+    assert job.id == first
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[0]]  # from the marks, which move to it
+    # The first job is given back (a stopping worker's release keeps its run_at): it is now behind the marks.
+    asyncio.run(_record(dsn, worker, Outcome(job.id, job.lease, OutcomeKind.RELEASED)))
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[1]]
+    marks.rewind()
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [first]
+
+
+async def _record(dsn: str, worker: str, outcome: Outcome) -> None:
+    conn = await db.connect_async(dsn)
+    try:
+        await repository.record_outcomes(conn, worker, [outcome])
+    finally:
+        await conn.close()
+
+
+def test_a_producer_that_commits_within_the_margin_is_not_left_behind(dsn: str, conn: db.Connection) -> None:
+    worker = str(uuid.uuid4())
+    marks = NeverFull()
+    repository.enqueue_many(conn, [NewJob(task="t") for _ in range(3)])
+    with psycopg.connect(dsn) as producer:
+        # The producer's transaction begins (run_at is its start) before the jobs a claim takes next...
+        producer.execute("BEGIN")
+        producer.execute("SELECT now()")
+        repository.enqueue_many(conn, [NewJob(task="t") for _ in range(2)])
+        assert len(_claim(dsn, worker, marks, 3)) == 3  # full pass
+        assert len(_claim(dsn, worker, marks, 1)) == 1  # from the marks: the fourth job
+        (late,) = producer.execute(
+            "INSERT INTO sched_jobs (queue, task) VALUES ('default', 't') RETURNING id"
+        ).fetchone()
+        producer.commit()  # ...and commits after it, within the margin
+    taken = {j.id for j in _claim(dsn, worker, marks, 5)}
+    assert late in taken and len(taken) == 2
