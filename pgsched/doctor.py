@@ -284,18 +284,16 @@ def check_horizon(
     catalog_only = [h for h in holders if not h["holds_jobs"]]
     limit = f"{format_duration(limits.horizon_age_s)} or {limits.horizon_xids:,} transactions"
     lines = [describe_holder(h) for h in blocking]
-    hidden = hidden_note(visibility, blocking, limits)
-    if hidden and hidden[1]:
-        lines.append(hidden[1])
     lines += [describe_holder(h) + ": holds back only the system catalogs, not sched's tables" for h in catalog_only]
-    notes = [hidden[0]] if hidden else []
+    hidden = hidden_note(visibility)
+    notes = [hidden] if hidden else []
     affected = describe_impact(impact) if impact else None
     data = {
         "holders": [{**h, "command": end_command(h)} for h in holders],
         "visibility": visibility,
         "impact": impact,
     }
-    if not blocking and not (hidden and hidden[1]):
+    if not blocking:
         found = f"nothing holds back vacuum of sched's tables for more than {limit}"
         detail = "; ".join([found, *lines, *notes, *([affected] if affected else [])])
         return Check("transactions", OK, detail, data=data)
@@ -338,6 +336,8 @@ def describe_holder(holder: dict[str, Any]) -> str:
         facts.append(holder["state"])
     if holder["database"] and not holder["this_database"]:
         facts.append(f"database {holder['database']}")
+    if holder["hidden"]:
+        facts.append("start, state and query hidden")
     kind, who = holder["kind"], holder["who"]
     name = f"{kind} {who}" if kind in ("session", "standby") else f"{kind} {sql_literal(who)}"
     text = name + (f" ({', '.join(facts)})" if facts else "")
@@ -385,33 +385,22 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def hidden_note(
-    visibility: dict[str, Any], blocking: list[dict[str, Any]], limits: Thresholds
-) -> tuple[str, str | None] | None:
-    """What the role cannot see (None when it sees everything): a note, and a holder line when the oldest
-    running transaction id is past the threshold and no visible holder accounts for it."""
-    hidden = visibility["hidden_here"] + visibility["hidden_elsewhere"]
-    if visibility["sees_all"] or not hidden:
+def hidden_note(visibility: dict[str, Any]) -> str | None:
+    """What the role cannot see, or None when it sees everything."""
+    if visibility["sees_all"] or not visibility["hidden_here"] + visibility["hidden_elsewhere"]:
         return None
-    note = (
+    return (
         f"{visibility['hidden_here']} session(s) of other roles in this database and "
-        f"{visibility['hidden_elsewhere']} elsewhere are hidden from {visibility['role']}: their transactions, "
-        "snapshots and queries are not shown (grant pg_read_all_stats to see them)"
+        f"{visibility['hidden_elsewhere']} elsewhere show {visibility['role']} no start time, state, address or "
+        "query, so they are judged by transaction count only (grant pg_read_all_stats to see them)"
     )
-    oldest = visibility["oldest_running_xid_age"]
-    seen = max((h["xmin_age"] or 0 for h in blocking if h["kind"] in ("session", "prepared transaction")), default=0)
-    unexplained = None
-    if oldest > limits.horizon_xids and seen < oldest:
-        unexplained = f"a transaction hidden from {visibility['role']} holds a transaction id {oldest:,} transactions old"
-    return note, unexplained
 
 
 def describe_impact(impact: dict[str, Any]) -> str:
     """How the queue is affected, as measured: sched_jobs' dead tuples and sizes, the ready index against what
     its ready jobs need, and what finding the next ready job read."""
-    text = (
-        f"sched_jobs: {impact['dead']:,} dead / {impact['live']:,} live tuples, table {format_bytes(impact['table_bytes'])}"
-    )
+    tuples = f"{impact['dead']:,} dead / {impact['live']:,} live tuples"
+    text = f"sched_jobs: {tuples}, table {format_bytes(impact['table_bytes'])}"
     if impact["ready_index_bytes"] is not None:
         text += (
             f"; ready index {format_bytes(impact['ready_index_bytes'])} for {impact['ready']:,} ready job(s), "

@@ -167,7 +167,8 @@ class TableHealth:
 class HorizonHolder:
     """Something that holds back vacuum's horizon: a session's transaction or snapshot, a prepared transaction, a
     replication slot or a standby's feedback. ``this_database`` is true when it is in the database checked;
-    ``holds_jobs`` is false for a slot holding only the system catalogs (its catalog_xmin)."""
+    ``holds_jobs`` is false for a slot holding only the system catalogs (its catalog_xmin); ``hidden`` is true
+    for another role's session whose start, state, address and query this role may not see."""
 
     kind: str
     who: str
@@ -181,19 +182,19 @@ class HorizonHolder:
     catalog_xmin_age: int | None
     this_database: bool
     holds_jobs: bool
+    hidden: bool
     query: str | None
 
 
 @dataclass(frozen=True, slots=True)
 class HorizonVisibility:
-    """What the connected role cannot see: other roles' sessions, here and in other databases, and the age in
-    transactions of the oldest transaction id still running anywhere (visible to every role)."""
+    """Whether the connected role sees every session in full, and how many of other roles' it does not, in this
+    database and in others."""
 
     sees_all: bool
     role: str
     hidden_here: int
     hidden_elsewhere: int
-    oldest_running_xid_age: int
 
 
 @dataclass(frozen=True, slots=True)

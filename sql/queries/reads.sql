@@ -102,44 +102,43 @@ SELECT 'session' AS kind, a.pid::text AS who, a.datname::text AS database, a.use
        extract(epoch FROM now() - a.xact_start)::float8 AS age_s,
        greatest(age(a.backend_xmin), age(a.backend_xid)) AS xmin_age, NULL::int AS catalog_xmin_age,
        a.datname = current_database() AS this_database, true AS holds_jobs,
-       left(regexp_replace(a.query, '\s+', ' ', 'g'), 80) AS query
+       a.query = '<insufficient privilege>' AS hidden,
+       CASE WHEN a.query <> '<insufficient privilege>' THEN left(regexp_replace(a.query, '\s+', ' ', 'g'), 80)
+       END AS query
 FROM pg_stat_activity a
-WHERE a.pid <> pg_backend_pid() AND a.backend_type NOT IN ('walsender', 'autovacuum worker')
+-- Another role's session shows no backend_type to a role without pg_read_all_stats (hence coalesce): it is
+-- judged by its transaction id and xmin, which every role sees.
+WHERE a.pid <> pg_backend_pid() AND coalesce(a.backend_type, '') NOT IN ('walsender', 'autovacuum worker')
   AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL) OR a.backend_xid IS NOT NULL)
   AND (a.xact_start < now() - %(max_age)s::interval
        OR greatest(age(a.backend_xmin), age(a.backend_xid)) > %(max_xids)s)
 UNION ALL
 SELECT 'prepared transaction', p.gid, p.database::text, p.owner::text, '', NULL, 'prepared',
        extract(epoch FROM now() - p.prepared)::float8, age(p.transaction), NULL,
-       p.database = current_database(), true, NULL
+       p.database = current_database(), true, false, NULL
 FROM pg_prepared_xacts p
 WHERE p.prepared < now() - %(max_age)s::interval OR age(p.transaction) > %(max_xids)s
 UNION ALL
 SELECT s.slot_type || ' replication slot', s.slot_name::text, s.database::text, NULL, '', NULL,
        CASE WHEN s.active THEN 'active' ELSE 'inactive' END, NULL, age(s.xmin), age(s.catalog_xmin),
-       false, coalesce(age(s.xmin) > %(max_xids)s, false), NULL
+       false, coalesce(age(s.xmin) > %(max_xids)s, false), false, NULL
 FROM pg_replication_slots s
 WHERE age(s.xmin) > %(max_xids)s OR age(s.catalog_xmin) > %(max_xids)s
 UNION ALL
 SELECT 'standby', r.pid::text, NULL, r.usename::text, coalesce(r.application_name, ''), host(r.client_addr),
-       r.state, NULL, age(r.backend_xmin), NULL, false, true, NULL
+       r.state, NULL, age(r.backend_xmin), NULL, false, true, r.state IS NULL, NULL
 FROM pg_stat_replication r
 WHERE age(r.backend_xmin) > %(max_xids)s
 ORDER BY holds_jobs DESC, xmin_age DESC NULLS LAST, catalog_xmin_age DESC NULLS LAST;
 
 -- name: DoctorHorizonVisibility
--- What this role cannot see of the horizon: without pg_read_all_stats, other roles' sessions show no
--- transaction, snapshot or query. The oldest transaction id still running anywhere (this snapshot's xmin) is
--- visible to every role, so a hidden holder with a transaction id still shows as its age.
-SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all,
-       current_user::text AS role,
-       (SELECT count(*) FROM pg_stat_activity a
-        WHERE a.datname = current_database() AND a.query = '<insufficient privilege>')::int AS hidden_here,
-       (SELECT count(*) FROM pg_stat_activity a
-        WHERE a.datname IS DISTINCT FROM current_database() AND a.query = '<insufficient privilege>')::int
-           AS hidden_elsewhere,
-       (pg_snapshot_xmax(pg_current_snapshot())::text::bigint
-        - pg_snapshot_xmin(pg_current_snapshot())::text::bigint) AS oldest_running_xid_age;
+-- What this role cannot see of the horizon: without pg_read_all_stats, other roles' sessions show their
+-- database, user, application and transaction id and xmin, but no start time, state, address or query.
+SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all, current_user::text AS role,
+       count(*) FILTER (WHERE a.datname = current_database())::int AS hidden_here,
+       count(*) FILTER (WHERE a.datname <> current_database())::int AS hidden_elsewhere
+FROM pg_stat_activity a
+WHERE a.query = '<insufficient privilege>' AND a.datname IS NOT NULL AND a.usesysid IS NOT NULL;
 
 -- name: DoctorJobTableHealth
 -- Dead and live tuples of sched_jobs, when it was last vacuumed, and the autovacuum settings that apply to it.
