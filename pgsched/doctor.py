@@ -351,7 +351,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
         ages.append(f"catalog_xmin {holder['catalog_xmin_age']:,} transactions old")
     if ages:
         text += " " + ", ".join(ages)
-    if kind == "session" and not holder["this_database"]:
+    if kind in ("session", "prepared transaction") and not holder["this_database"]:
         text += " (its transaction id pins the horizon while any statement runs here)"
     if holder["query"]:
         text += f": {holder['query']}"

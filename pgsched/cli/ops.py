@@ -90,7 +90,7 @@ def doctor(
     ] = 100_000,
     as_json: JsonOutput = False,
 ) -> None:
-    """Check the database, schema, workers, lag and vacuum health; exit 1 if any check fails.
+    """Check the database, schema, workers, lag, vacuum and what holds it back; exit 1 if any check fails.
 
     A worker is live while its heartbeat is younger than the --stale-after it was started with."""
     settings = load_settings()

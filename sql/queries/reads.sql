@@ -121,7 +121,7 @@ WHERE p.prepared < now() - %(max_age)s::interval OR age(p.transaction) > %(max_x
 UNION ALL
 SELECT s.slot_type || ' replication slot', s.slot_name::text, s.database::text, NULL, '', NULL,
        CASE WHEN s.active THEN 'active' ELSE 'inactive' END, NULL, age(s.xmin), age(s.catalog_xmin),
-       false, coalesce(age(s.xmin) > %(max_xids)s, false), false, NULL
+       coalesce(s.database = current_database(), false), coalesce(age(s.xmin) > %(max_xids)s, false), false, NULL
 FROM pg_replication_slots s
 WHERE age(s.xmin) > %(max_xids)s OR age(s.catalog_xmin) > %(max_xids)s
 UNION ALL

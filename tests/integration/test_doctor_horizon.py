@@ -5,6 +5,7 @@ connections; prepared transactions, slots and standbys are tested on private ser
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -63,6 +64,34 @@ def test_a_snapshot_and_an_idle_transaction_are_named_with_the_command_that_ends
     after = _horizon(dsn, limits)
     assert _here(after, dsn) == []
     assert all(not h["this_database"] for h in (after.data or {})["holders"])
+
+
+def test_a_running_statement_is_named_with_the_cancel_that_ends_it(dsn: str) -> None:
+    failures: list[BaseException] = []
+
+    def long_report() -> None:
+        with psycopg.connect(dsn, application_name="long-report", autocommit=True) as report:
+            try:
+                report.execute("SELECT pg_sleep(20) FROM sched_jobs LIMIT 1")
+            except psycopg.errors.QueryCanceled as exc:
+                failures.append(exc)
+
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        raw.execute("INSERT INTO sched_jobs (task) VALUES ('sched.noop')")
+    runner = threading.Thread(target=long_report)
+    runner.start()
+    try:
+        time.sleep(1.0)
+        check = _horizon(dsn, Thresholds(horizon_age_s=0.5))
+        [found] = _here(check, dsn)
+        assert (found["application_name"], found["state"]) == ("long-report", "active")
+        assert found["command"].startswith(f"SELECT pg_cancel_backend({found['who']});")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(found["command"].split("--")[0])  # the printed command ends it
+    finally:
+        runner.join(30)
+    assert len(failures) == 1
+    assert _here(_horizon(dsn, Thresholds(horizon_age_s=0.5)), dsn) == []
 
 
 def test_a_session_without_snapshot_or_transaction_id_holds_nothing(dsn: str) -> None:
