@@ -20,6 +20,8 @@ class Check:
     status: str
     detail: str
     fix: str | None = None
+    # What the check found, as plain data for --json (the horizon check's holders and their commands).
+    data: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -32,6 +34,10 @@ class Thresholds:
     """The limits the checks judge against."""
 
     max_lag_s: float = 60.0
+    # A holder of vacuum's horizon is a warning past either of these (--horizon-age, --horizon-xids) ...
+    horizon_age_s: float = 60.0
+    horizon_xids: int = 100_000
+    # ... and a failure past these, when it holds back sched's tables directly.
     max_transaction_age_s: float = 300.0
     # Vacuum is behind when dead tuples outnumber live ones and there are enough of them to matter.
     max_dead_ratio: float = 0.5
@@ -59,7 +65,8 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         """The report as plain data for ``--json``."""
-        return {"ok": self.ok, "checks": [asdict(check) for check in self.checks]}
+        checks = [{k: v for k, v in asdict(check).items() if k != "data" or v is not None} for check in self.checks]
+        return {"ok": self.ok, "checks": checks}
 
 
 def diagnose(dsn: str, thresholds: Thresholds | None = None) -> Report:
@@ -89,7 +96,9 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
     checks = [check_server_version(server_version(conn))]
     pending = migrate.pending(conn)
     checks.append(check_migrations([f"{m.version:04d}_{m.name}" for m in pending]))
-    if not reads.table_exists(conn, "sched_jobs"):
+    queues: list[dict[str, Any]] = []
+    has_jobs = reads.table_exists(conn, "sched_jobs")
+    if not has_jobs:
         skipped = "needs the sched tables"
         checks += [Check(name, SKIP, skipped) for name in ("workers", "lag", "vacuum", "autovacuum")]
     else:
@@ -102,8 +111,7 @@ def run_checks(conn: Any, limits: Thresholds) -> list[Check]:
         health = asdict(found) if found else {}
         checks.append(check_vacuum(health, limits))
         checks.append(check_autovacuum(health))
-    blockers = reads.vacuum_blockers(conn, limits.max_transaction_age_s, limits.max_xmin_age)
-    checks.append(check_transactions([asdict(b) for b in blockers], limits))
+    checks.append(check_horizon(*horizon_facts(conn, queues if has_jobs else None, limits), limits))
     return checks
 
 
@@ -202,25 +210,215 @@ def check_autovacuum(health: dict[str, Any]) -> Check:
     return Check("autovacuum", OK, f"on; {detail}")
 
 
-def check_transactions(blockers: list[dict[str, Any]], limits: Thresholds) -> Check:
-    """No old transaction, prepared transaction, standby or slot holds back vacuum."""
-    if not blockers:
-        return Check("transactions", OK, f"no transaction older than {format_duration(limits.max_transaction_age_s)}")
-    shown = []
-    for b in blockers[:3]:
-        age = f" open {format_duration(b['age_s'])}" if b["age_s"] is not None else ""
-        label = f"{b['kind']} {b['who']}"
-        if b["detail"]:
-            label += f" ({b['detail']})"
-        state = f", {b['state']}" if b["state"] else ""
-        query = f": {b['query']}" if b["query"] else ""
-        shown.append(f"{label}{age}{state}{query}")
-    more = f" and {len(blockers) - 3} more" if len(blockers) > 3 else ""
-    return Check(
-        "transactions",
-        FAIL,
-        "; ".join(shown) + more,
-        "end them (SELECT pg_terminate_backend(pid)) and fix the client that leaves transactions open; "
-        "set idle_in_transaction_session_timeout; drop unused replication slots. They stop vacuum, and dead "
-        "jobs slow every claim",
+# What vacuum of sched's tables has to wait for, by PostgreSQL's rules (docs/design.md, "Vacuum horizon").
+HORIZON_RULES = (
+    "vacuum of sched's tables may not remove what these may still see: this database's open transactions and "
+    "snapshots; transaction ids held in any database (a session's or a prepared transaction's: every snapshot "
+    "taken here counts them as running, so any statement running here pins the horizon at them); replication "
+    "slots' xmin and standbys' hot_standby_feedback, server-wide. Other databases' snapshots without a "
+    "transaction id hold nothing here, and a slot's catalog_xmin holds back only the system catalogs"
+)
+# An entry of sched_jobs_ready (queue, priority, run_at, id) with a short queue name takes about 44 bytes with
+# its tuple header and line pointer; B-tree leaves are filled to 90%, so about 160 fit in an 8 kB page.
+READY_ENTRY_BYTES = 44
+LEAF_FILL = 0.9
+
+
+def horizon_facts(
+    conn: Any, queues: list[dict[str, Any]] | None, limits: Thresholds
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
+    """What holds vacuum's horizon, what the role cannot see of it, and (with the sched tables) how the queue
+    is affected: sched_jobs' dead tuples and sizes, and, while something holds sched's tables, what finding the
+    next ready job of the busiest queue reads. Each is one short autocommit statement: no snapshot outlives it."""
+    from pgsched.repository import reads
+
+    # The failure limits may be the lower ones: what is past them must be found too.
+    max_age_s = min(limits.horizon_age_s, limits.max_transaction_age_s)
+    max_xids = min(limits.horizon_xids, limits.max_xmin_age)
+    holders = [asdict(h) for h in reads.horizon_holders(conn, max_age_s, max_xids)]
+    visibility = asdict(reads.horizon_visibility(conn))
+    if queues is None:
+        return holders, visibility, None
+    impact: dict[str, Any] = asdict(reads.ready_index_size(conn))
+    impact["ready"] = sum(q["ready"] for q in queues)
+    block = impact["block_size"]
+    per_page = int((block - 40) * LEAF_FILL) // READY_ENTRY_BYTES
+    # The meta page and a root, then the leaves the live entries need.
+    impact["ready_index_needed_bytes"] = (2 + -(-impact["ready"] // per_page)) * block
+    impact["probe"] = None
+    if queues and any(h["holds_jobs"] for h in holders):
+        busiest = max(queues, key=lambda q: q["ready"])["queue"]
+        impact["probe"] = probe_summary(busiest, reads.ready_index_probe(conn, busiest))
+    return holders, visibility, impact
+
+
+def probe_summary(queue: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """The pages (index and table) that finding the next ready job of ``queue`` touched, the time it took, and
+    the index the plan walked, from EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)."""
+    top = plan.get("Plan", {})
+    indexes = []
+    stack = [top]
+    while stack:
+        node = stack.pop()
+        if "Index Name" in node:
+            indexes.append(node["Index Name"])
+        stack.extend(node.get("Plans", []))
+    return {
+        "queue": queue,
+        "pages": top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0),
+        "ms": plan.get("Execution Time"),
+        "index": indexes[0] if indexes else None,
+    }
+
+
+def check_horizon(
+    holders: list[dict[str, Any]],
+    visibility: dict[str, Any],
+    impact: dict[str, Any] | None,
+    limits: Thresholds,
+) -> Check:
+    """Nothing holds back vacuum of sched's tables for longer than the horizon thresholds: a warning naming each
+    holder and the command that would end it (printed, never run); a failure when one in this database, a slot
+    or a standby is past --max-transaction-age or 10M transactions."""
+    blocking = [h for h in holders if h["holds_jobs"]]
+    catalog_only = [h for h in holders if not h["holds_jobs"]]
+    limit = f"{format_duration(limits.horizon_age_s)} or {limits.horizon_xids:,} transactions"
+    lines = [describe_holder(h) for h in blocking]
+    lines += [describe_holder(h) + ": holds back only the system catalogs, not sched's tables" for h in catalog_only]
+    hidden = hidden_note(visibility)
+    notes = [hidden] if hidden else []
+    affected = describe_impact(impact) if impact else None
+    data = {
+        "holders": [{**h, "command": end_command(h)} for h in holders],
+        "visibility": visibility,
+        "impact": impact,
+    }
+    if not blocking:
+        found = f"nothing holds back vacuum of sched's tables for more than {limit}"
+        detail = "; ".join([found, *lines, *notes, *([affected] if affected else [])])
+        return Check("transactions", OK, detail, data=data)
+    head = f"held back for more than {limit} by:"
+    detail = "\n".join([head, *(f"- {line}" for line in lines), *notes, *([affected] if affected else [])])
+    commands = [end_command(h) for h in blocking]
+    fix = "\n".join(
+        [
+            *commands,
+            "(printed, never run: check what each one is first; then fix the client that leaves transactions "
+            "open, e.g. with idle_in_transaction_session_timeout)",
+            HORIZON_RULES[0].upper() + HORIZON_RULES[1:] + ".",
+        ]
     )
+    severe = [h for h in blocking if directly_holds(h) and past_failure_limit(h, limits)]
+    return Check("transactions", FAIL if severe else WARN, detail, fix, data=data)
+
+
+def directly_holds(holder: dict[str, Any]) -> bool:
+    """Whether ``holder`` pins sched's tables by itself, not only while a statement runs here."""
+    return holder["this_database"] or holder["kind"] == "standby" or holder["kind"].endswith("replication slot")
+
+
+def past_failure_limit(holder: dict[str, Any], limits: Thresholds) -> bool:
+    """Whether ``holder`` is older than the failure limits (--max-transaction-age, or 10M transactions)."""
+    old = holder["age_s"] is not None and holder["age_s"] > limits.max_transaction_age_s
+    return old or (holder["xmin_age"] or 0) > limits.max_xmin_age
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """One line for people: what the holder is, who runs it, how old it is, and its query's head."""
+    facts = []
+    if holder["application_name"]:
+        facts.append(holder["application_name"])
+    if holder["role"]:
+        facts.append(f"user {holder['role']}")
+    if holder["client_addr"]:
+        facts.append(holder["client_addr"])
+    if holder["state"]:
+        facts.append(holder["state"])
+    if holder["database"] and not holder["this_database"]:
+        facts.append(f"database {holder['database']}")
+    if holder["hidden"]:
+        facts.append("start, state and query hidden")
+    kind, who = holder["kind"], holder["who"]
+    name = f"{kind} {who}" if kind in ("session", "standby") else f"{kind} {sql_literal(who)}"
+    text = name + (f" ({', '.join(facts)})" if facts else "")
+    ages = []
+    if holder["age_s"] is not None:
+        verb = "prepared" if kind == "prepared transaction" else "transaction open"
+        ages.append(f"{verb} {format_duration(holder['age_s'])}")
+    if holder["xmin_age"] is not None:
+        ages.append(f"xmin {holder['xmin_age']:,} transactions old")
+    if holder["catalog_xmin_age"] is not None:
+        ages.append(f"catalog_xmin {holder['catalog_xmin_age']:,} transactions old")
+    if ages:
+        text += " " + ", ".join(ages)
+    if kind in ("session", "prepared transaction") and not holder["this_database"]:
+        text += " (its transaction id pins the horizon while any statement runs here)"
+    if holder["query"]:
+        text += f": {holder['query']}"
+    return text
+
+
+def end_command(holder: dict[str, Any]) -> str:
+    """The statement that would end ``holder``, for an operator to run after checking what it is."""
+    kind, who = holder["kind"], holder["who"]
+    elsewhere = f" -- connected to database {holder['database']}" if not holder["this_database"] else ""
+    if kind == "session":
+        if holder["state"] == "active":
+            return f"SELECT pg_cancel_backend({who});  -- ends its statement; pg_terminate_backend({who}) if not"
+        return f"SELECT pg_terminate_backend({who});"
+    if kind == "prepared transaction":
+        return f"ROLLBACK PREPARED {sql_literal(who)};{elsewhere}"
+    if kind.endswith("replication slot"):
+        note = "  -- once the standby or subscriber using it is stopped" if holder["state"] == "active" else ""
+        if kind.startswith("logical") and holder["database"] and not holder["this_database"]:
+            note = elsewhere + (" once its subscriber is stopped" if holder["state"] == "active" else "")
+        return f"SELECT pg_drop_replication_slot({sql_literal(who)});{note}"
+    where = holder["application_name"] or holder["client_addr"] or "the standby"
+    return (
+        f"-- on standby {where}: end its long query (pg_stat_activity there, oldest backend_xmin), "
+        "or set hot_standby_feedback = off there"
+    )
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def hidden_note(visibility: dict[str, Any]) -> str | None:
+    """What the role cannot see, or None when it sees everything."""
+    if visibility["sees_all"] or not visibility["hidden_here"] + visibility["hidden_elsewhere"]:
+        return None
+    return (
+        f"{visibility['hidden_here']} session(s) of other roles in this database and "
+        f"{visibility['hidden_elsewhere']} elsewhere show {visibility['role']} no start time, state, address or "
+        "query, so they are judged by transaction count only (grant pg_read_all_stats to see them)"
+    )
+
+
+def describe_impact(impact: dict[str, Any]) -> str:
+    """How the queue is affected, as measured: sched_jobs' dead tuples and sizes, the ready index against what
+    its ready jobs need, and what finding the next ready job read."""
+    tuples = f"{impact['dead']:,} dead / {impact['live']:,} live tuples"
+    text = f"sched_jobs: {tuples}, table {format_bytes(impact['table_bytes'])}"
+    if impact["ready_index_bytes"] is not None:
+        text += (
+            f"; ready index {format_bytes(impact['ready_index_bytes'])} for {impact['ready']:,} ready job(s), "
+            f"which need about {format_bytes(impact['ready_index_needed_bytes'])}"
+        )
+    probe = impact.get("probe")
+    if probe:
+        via = f" through {probe['index']}" if probe["index"] else " without an index"
+        ms = f" in {probe['ms']:.2f} ms" if probe["ms"] is not None else ""
+        text += f"; finding the next ready job of {probe['queue']}{via} touched {probe['pages']:,} page(s){ms}"
+    return text
+
+
+def format_bytes(size: int) -> str:
+    """Bytes for people: ``1536`` becomes ``1.5 kB``."""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"

@@ -78,15 +78,27 @@ def doctor(
     max_transaction_age: Annotated[
         str, typer.Option("--max-transaction-age", help="Fail on transactions open longer than this.")
     ] = "5m",
+    horizon_age: Annotated[
+        str,
+        typer.Option("--horizon-age", help="Warn on what holds back vacuum for longer than this (a duration)."),
+    ] = "1m",
+    horizon_xids: Annotated[
+        int,
+        typer.Option(
+            "--horizon-xids", min=0, help="Warn on what holds back vacuum by more than this many transactions."
+        ),
+    ] = 100_000,
     as_json: JsonOutput = False,
 ) -> None:
-    """Check the database, schema, workers, lag and vacuum health; exit 1 if any check fails.
+    """Check the database, schema, workers, lag, vacuum and what holds it back; exit 1 if any check fails.
 
     A worker is live while its heartbeat is younger than the --stale-after it was started with."""
     settings = load_settings()
     limits = core.doctor.Thresholds(
         max_lag_s=parse_duration(max_lag, what="--max-lag"),
         max_transaction_age_s=parse_duration(max_transaction_age, what="--max-transaction-age"),
+        horizon_age_s=parse_duration(horizon_age, what="--horizon-age"),
+        horizon_xids=horizon_xids,
     )
     report = core.doctor.diagnose(resolve_dsn(settings), limits)
     if as_json:

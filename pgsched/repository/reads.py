@@ -164,16 +164,48 @@ class TableHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class VacuumBlocker:
-    """Something that holds back vacuum: an old transaction, a prepared transaction, a standby or a slot."""
+class HorizonHolder:
+    """Something that holds back vacuum's horizon: a session's transaction or snapshot, a prepared transaction, a
+    replication slot or a standby's feedback. ``this_database`` is true when it is in the database checked;
+    ``holds_jobs`` is false for a slot holding only the system catalogs (its catalog_xmin); ``hidden`` is true
+    for another role's session whose start, state, address and query this role may not see."""
 
     kind: str
     who: str
-    detail: str
+    database: str | None
+    role: str | None
+    application_name: str
+    client_addr: str | None
     state: str | None
     age_s: float | None
-    pins_horizon: bool
-    query: str
+    xmin_age: int | None
+    catalog_xmin_age: int | None
+    this_database: bool
+    holds_jobs: bool
+    hidden: bool
+    query: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonVisibility:
+    """Whether the connected role sees every session in full, and how many of other roles' it does not, in this
+    database and in others."""
+
+    sees_all: bool
+    role: str
+    hidden_here: int
+    hidden_elsewhere: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyIndexSize:
+    """Sizes of sched_jobs and its ready index, with the table's live and dead tuples from the statistics."""
+
+    table_bytes: int
+    live: int
+    dead: int
+    ready_index_bytes: int | None
+    block_size: int
 
 
 def ready_queues(conn: Connection) -> list[ReadyQueue]:
@@ -199,10 +231,27 @@ def job_table_health(conn: Connection) -> TableHealth | None:
     return rows[0] if rows else None
 
 
-def vacuum_blockers(conn: Connection, max_age_s: float, max_xmin_age: int) -> list[VacuumBlocker]:
-    """Transactions older than ``max_age_s``, and standbys or slots holding an xmin older than ``max_xmin_age``."""
-    params = {"max_age": timedelta(seconds=max_age_s), "max_xmin_age": max_xmin_age}
-    return conn.typed(VacuumBlocker, query("DoctorVacuumBlockers"), params)
+def horizon_holders(conn: Connection, max_age_s: float, max_xids: int) -> list[HorizonHolder]:
+    """Holders of vacuum's horizon older than ``max_age_s`` or ``max_xids`` transactions, oldest xmin first."""
+    params = {"max_age": timedelta(seconds=max_age_s), "max_xids": max_xids}
+    return conn.typed(HorizonHolder, query("DoctorHorizonHolders"), params)
+
+
+def horizon_visibility(conn: Connection) -> HorizonVisibility:
+    """What of the horizon the connected role cannot see."""
+    return conn.typed(HorizonVisibility, query("DoctorHorizonVisibility"))[0]
+
+
+def ready_index_size(conn: Connection) -> ReadyIndexSize:
+    """Sizes of sched_jobs and its ready index, and its dead tuples."""
+    return conn.typed(ReadyIndexSize, query("DoctorReadyIndexSize"))[0]
+
+
+def ready_index_probe(conn: Connection, queue: str) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of finding the next ready job of ``queue``: the plan's top node, with the
+    pages it touched and the time it took."""
+    row = conn.row(query("DoctorReadyIndexProbe"), {"queue": queue})
+    return row[0][0] if row else {}
 
 
 # --- the demo --------------------------------------------------------------------------------------------

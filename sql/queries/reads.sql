@@ -90,6 +90,56 @@ WHERE queue = ANY(%(queues)s::text[])
 GROUP BY task
 ORDER BY task;
 
+-- name: DoctorHorizonHolders
+-- What holds back the xmin horizon below which vacuum may remove sched's dead jobs (docs/design.md, "Vacuum
+-- horizon"): transactions and snapshots of this database's sessions; transaction ids of any database's sessions
+-- and prepared transactions (every snapshot taken here counts them as running, so any statement running here
+-- pins the horizon at them); replication slots' xmin and standbys' feedback (server-wide). A slot's
+-- catalog_xmin holds back only the system catalogs. Only what is older than %(max_age)s or more than
+-- %(max_xids)s transactions old; not this statement's own session, nor vacuum's.
+SELECT 'session' AS kind, a.pid::text AS who, a.datname::text AS database, a.usename::text AS role,
+       coalesce(a.application_name, '') AS application_name, host(a.client_addr) AS client_addr, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8 AS age_s,
+       greatest(age(a.backend_xmin), age(a.backend_xid)) AS xmin_age, NULL::int AS catalog_xmin_age,
+       a.datname = current_database() AS this_database, true AS holds_jobs,
+       a.query = '<insufficient privilege>' AS hidden,
+       CASE WHEN a.query <> '<insufficient privilege>' THEN left(regexp_replace(a.query, '\s+', ' ', 'g'), 80)
+       END AS query
+FROM pg_stat_activity a
+-- Another role's session shows no backend_type to a role without pg_read_all_stats (hence coalesce): it is
+-- judged by its transaction id and xmin, which every role sees.
+WHERE a.pid <> pg_backend_pid() AND coalesce(a.backend_type, '') NOT IN ('walsender', 'autovacuum worker')
+  AND ((a.datname = current_database() AND a.backend_xmin IS NOT NULL) OR a.backend_xid IS NOT NULL)
+  AND (a.xact_start < now() - %(max_age)s::interval
+       OR greatest(age(a.backend_xmin), age(a.backend_xid)) > %(max_xids)s)
+UNION ALL
+SELECT 'prepared transaction', p.gid, p.database::text, p.owner::text, '', NULL, 'prepared',
+       extract(epoch FROM now() - p.prepared)::float8, age(p.transaction), NULL,
+       p.database = current_database(), true, false, NULL
+FROM pg_prepared_xacts p
+WHERE p.prepared < now() - %(max_age)s::interval OR age(p.transaction) > %(max_xids)s
+UNION ALL
+SELECT s.slot_type || ' replication slot', s.slot_name::text, s.database::text, NULL, '', NULL,
+       CASE WHEN s.active THEN 'active' ELSE 'inactive' END, NULL, age(s.xmin), age(s.catalog_xmin),
+       coalesce(s.database = current_database(), false), coalesce(age(s.xmin) > %(max_xids)s, false), false, NULL
+FROM pg_replication_slots s
+WHERE age(s.xmin) > %(max_xids)s OR age(s.catalog_xmin) > %(max_xids)s
+UNION ALL
+SELECT 'standby', r.pid::text, NULL, r.usename::text, coalesce(r.application_name, ''), host(r.client_addr),
+       r.state, NULL, age(r.backend_xmin), NULL, false, true, r.state IS NULL, NULL
+FROM pg_stat_replication r
+WHERE age(r.backend_xmin) > %(max_xids)s
+ORDER BY holds_jobs DESC, xmin_age DESC NULLS LAST, catalog_xmin_age DESC NULLS LAST;
+
+-- name: DoctorHorizonVisibility
+-- What this role cannot see of the horizon: without pg_read_all_stats, other roles' sessions show their
+-- database, user, application and transaction id and xmin, but no start time, state, address or query.
+SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all, current_user::text AS role,
+       count(*) FILTER (WHERE a.datname = current_database())::int AS hidden_here,
+       count(*) FILTER (WHERE a.datname <> current_database())::int AS hidden_elsewhere
+FROM pg_stat_activity a
+WHERE a.query = '<insufficient privilege>' AND a.datname IS NOT NULL AND a.usesysid IS NOT NULL;
+
 -- name: DoctorJobTableHealth
 -- Dead and live tuples of sched_jobs, when it was last vacuumed, and the autovacuum settings that apply to it.
 -- Every finished job leaves a dead tuple behind, so a queue table lives or dies by autovacuum.
@@ -107,6 +157,27 @@ WHERE c.oid = 'sched_jobs'::regclass;
 -- name: DoctorPausedQueues
 -- Queues an operator paused: their backlog is intended, not a symptom.
 SELECT queue FROM sched_queues WHERE paused ORDER BY queue;
+
+-- name: DoctorReadyIndexProbe
+-- Read-only, what a claim reads to find the next ready job of one queue: the claim's own walk of the ready
+-- index (sched_jobs_ready), including the entries of claimed and finished jobs that vacuum has not removed yet.
+-- EXPLAIN ANALYZE runs it and reports the pages it touched.
+EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON)
+SELECT id FROM sched_jobs
+WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
+ORDER BY priority DESC, run_at, id
+LIMIT 1;
+
+-- name: DoctorReadyIndexSize
+-- Sizes of sched_jobs and of its ready index, and the table's dead tuples as the statistics collector counts
+-- them (nothing counts an index's dead entries).
+SELECT pg_relation_size('sched_jobs'::regclass) AS table_bytes,
+       coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead,
+       (SELECT pg_relation_size(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = 'sched_jobs'::regclass AND c.relname = 'sched_jobs_ready') AS ready_index_bytes,
+       current_setting('block_size')::int AS block_size
+FROM (SELECT 1) one
+LEFT JOIN pg_stat_user_tables s ON s.relid = 'sched_jobs'::regclass;
 
 -- name: DoctorReadyQueues
 -- Queues with ready jobs: how many, the oldest one's age, and how many live workers serve each.
@@ -133,30 +204,3 @@ WHERE j.state = 'queued' AND j.run_at <= now()
                     AND w.heartbeat_at > now() - w.stale_after)
 GROUP BY j.queue, j.task
 ORDER BY j.queue, j.task;
-
--- name: DoctorVacuumBlockers
--- What keeps vacuum from removing dead jobs: old open transactions of this database (their snapshot or xid
--- pins the xmin horizon), old prepared transactions, standbys' feedback and replication slots holding xmin.
--- Other databases' sessions do not hold back vacuum of this one's tables, so they are left out.
-SELECT 'session' AS kind, pid::text AS who, coalesce(application_name, '') AS detail, state,
-       extract(epoch FROM now() - xact_start)::float8 AS age_s,
-       (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL) AS pins_horizon,
-       left(regexp_replace(query, '\s+', ' ', 'g'), 60) AS query
-FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND datname = current_database() AND pid <> pg_backend_pid()
-  AND xact_start < now() - %(max_age)s::interval
-UNION ALL
-SELECT 'prepared transaction', gid, owner, 'prepared', extract(epoch FROM now() - prepared)::float8, true, ''
-FROM pg_prepared_xacts
-WHERE database = current_database() AND prepared < now() - %(max_age)s::interval
-UNION ALL
-SELECT 'standby feedback', pid::text, coalesce(application_name, ''), state,
-       extract(epoch FROM now() - backend_start)::float8, true, ''
-FROM pg_stat_activity
-WHERE backend_type = 'walsender' AND backend_xmin IS NOT NULL AND age(backend_xmin) > %(max_xmin_age)s
-UNION ALL
-SELECT 'replication slot', slot_name::text, CASE WHEN active THEN 'active' ELSE 'inactive' END, '',
-       NULL, true, ''
-FROM pg_replication_slots
-WHERE xmin IS NOT NULL AND age(xmin) > %(max_xmin_age)s
-ORDER BY age_s DESC NULLS LAST;

@@ -48,6 +48,7 @@ def test_every_query_is_a_single_clean_statement() -> None:
             "DROP",
             "SET",
             "VACUUM",
+            "EXPLAIN",
         }, name
 
 
