@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-# The private servers and chaos helpers (tests/chaos), and the worker tests' polling and health helpers.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
+# The worker tests' polling and health helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "worker"))
 
-from private_server import SYSTEM_BINARIES, SYSTEM_USER, Figures, PrivateServer, system_binaries_available
+from support.private_server import SYSTEM_BINARIES, SYSTEM_USER, Figures, PrivateServer, system_binaries_available
 
 _figures = Figures("production setup figures")
 
