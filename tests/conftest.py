@@ -5,17 +5,18 @@ restarts or cuts off its server is marked ``private_server``: its database is th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support.cli import run_sched
 from support.private_server import PrivateServer, create_database, private_server
 
 from pgsched import db, migrate
@@ -148,19 +149,6 @@ def conn(dsn: str) -> Iterator[db.Connection]:
 
 
 @pytest.fixture
-def sched(dsn: str):
-    """Run the real ``sched`` CLI in a subprocess against the test's database."""
-
-    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
-        full_env = {**os.environ, "SCHED_DATABASE_URL": dsn, **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "pgsched", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            cwd=tempfile.gettempdir(),
-        )
-
-    return run
+def sched(dsn: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``sched`` CLI in a subprocess against the test's database: ``sched("add", "t")``."""
+    return functools.partial(run_sched, dsn)
