@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,18 @@ API = Wording()
 JSONL = Wording(missing_task="missing task (give it in the line or as TASK)")
 COMMAND_LINE = Wording(delay="--delay", run_at="--at", after="--after", missing_task="missing TASK (or --jsonl FILE)")
 
+# The checks of JobDefaults' fields (see JobDefaults.checked); a job's delay, time to run and dependencies are
+# checked only where given.
+_DEFAULT_CHECKS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("task", check_task),
+    ("queue", check_queue),
+    ("priority", check_priority),
+    ("max_attempts", check_max_attempts),
+    ("timeout_s", check_timeout),
+    ("key", check_key),
+    ("group", check_group),
+)
+
 
 @dataclass(frozen=True)
 class JobDefaults:
@@ -70,6 +83,25 @@ class JobDefaults:
     group: str | None = None
     max_payload_bytes: int = _DECLARED.max_payload_bytes
 
+    @cached_property
+    def checked(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The fields a job takes from these defaults, each checked once (not once per job): the values as a
+        job stores them, and the message of each that its check refuses, in the order ``build_job`` reports
+        them (a field the job gives itself is not the default's fault). A task of None is not checked: a job
+        without one is missing its task."""
+        values: dict[str, Any] = {}
+        faults: dict[str, str] = {}
+        for name, check in _DEFAULT_CHECKS:
+            value = getattr(self, name)
+            if name == "task" and value is None:
+                continue
+            try:
+                values[name] = check(value)
+            except InvalidInput as exc:
+                values[name] = value  # never used: a job that does not give the field is refused
+                faults[name] = exc.message
+        return values, faults
+
     @classmethod
     def from_settings(cls, settings: Settings) -> JobDefaults:
         """The defaults that ``settings`` (SCHED_MAX_ATTEMPTS, SCHED_JOB_TIMEOUT, SCHED_MAX_PAYLOAD_BYTES) give."""
@@ -82,6 +114,37 @@ class JobDefaults:
 
 def merge(defaults: JobDefaults, spec: Mapping[str, Any], wording: Wording = API) -> JobDefaults:
     """``defaults`` with the fields ``spec`` gives (a field given as None is not given), each parsed and checked."""
+    changes = _given_fields(spec, defaults.max_payload_bytes, wording)
+    return replace(defaults, **changes) if changes else defaults
+
+
+def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording = API) -> NewJob:
+    """A validated NewJob from the fields ``spec`` gives and ``defaults`` for the rest."""
+    given = _given_fields(spec, defaults.max_payload_bytes, wording)
+    task = given.get("task", defaults.task)
+    if task is None:
+        raise InvalidInput(wording.missing_task)
+    checked, faults = defaults.checked
+    for name, message in faults.items():
+        if name not in given:
+            raise InvalidInput(message)
+    return NewJob(
+        task=task,
+        payload_json=given.get("payload_json", defaults.payload_json),
+        queue=given.get("queue", checked["queue"]),
+        priority=given.get("priority", checked["priority"]),
+        delay_s=given.get("delay_s", defaults.delay_s),
+        run_at=given.get("run_at", defaults.run_at),
+        max_attempts=given.get("max_attempts", checked["max_attempts"]),
+        timeout_s=given.get("timeout_s", checked["timeout_s"]),
+        key=given.get("key", checked["key"]),
+        after=list(given.get("after", defaults.after)),
+        group=given.get("group", checked["group"]),
+    )
+
+
+def _given_fields(spec: Mapping[str, Any], max_payload_bytes: int, wording: Wording) -> dict[str, Any]:
+    """The fields ``spec`` gives (not None), parsed and checked, under JobDefaults' names."""
     if not FIELDS.issuperset(spec):
         raise InvalidInput(f"unknown field {sorted(set(spec) - FIELDS)[0]!r}")
     given = {name: value for name, value in spec.items() if value is not None}
@@ -89,7 +152,7 @@ def merge(defaults: JobDefaults, spec: Mapping[str, Any], wording: Wording = API
     if "task" in given:
         changes["task"] = check_task(given["task"])
     if "payload" in given:
-        changes["payload_json"] = payload_json(given["payload"], defaults.max_payload_bytes)
+        changes["payload_json"] = payload_json(given["payload"], max_payload_bytes)
     if "queue" in given:
         changes["queue"] = check_queue(given["queue"])
     if "priority" in given:
@@ -109,27 +172,7 @@ def merge(defaults: JobDefaults, spec: Mapping[str, Any], wording: Wording = API
         changes["group"] = check_group(given["group"])
     if "after" in given:
         changes["after"] = job_ids(given["after"], wording)
-    return replace(defaults, **changes) if changes else defaults
-
-
-def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording = API) -> NewJob:
-    """A validated NewJob from the fields ``spec`` gives and ``defaults`` for the rest."""
-    job = merge(defaults, spec, wording)
-    if job.task is None:
-        raise InvalidInput(wording.missing_task)
-    return NewJob(
-        task=check_task(job.task),
-        payload_json=job.payload_json,
-        queue=check_queue(job.queue),
-        priority=check_priority(job.priority),
-        delay_s=job.delay_s,
-        run_at=job.run_at,
-        max_attempts=check_max_attempts(job.max_attempts),
-        timeout_s=check_timeout(job.timeout_s),
-        key=check_key(job.key),
-        after=list(job.after),
-        group=check_group(job.group),
-    )
+    return changes
 
 
 def payload_json(payload: Any, max_bytes: int) -> str:
@@ -262,12 +305,9 @@ def read_lines(path: str) -> list[str]:
 def jobs_from_jsonl(lines: Iterable[str], defaults: JobDefaults) -> Iterator[NewJob]:
     """Validate ``--jsonl`` lines one by one; the first bad line raises InvalidInput naming its number."""
     # Command-line options apply to every line, so a bad one is no line's fault: check them once, up front.
-    check_queue(defaults.queue)
-    check_priority(defaults.priority)
-    check_max_attempts(defaults.max_attempts)
-    check_timeout(defaults.timeout_s)
-    check_key(defaults.key)
-    check_group(defaults.group)
+    for name, message in defaults.checked[1].items():
+        if name != "task":
+            raise InvalidInput(message)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

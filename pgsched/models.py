@@ -132,28 +132,66 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+class JsonRefusal(StrEnum):
+    """Why PostgreSQL cannot store a value as JSON (see ``encode_json``)."""
+
+    NOT_JSON = "not_json"  # the encoder refused it: not a JSON type, NaN or infinity, a circular reference
+    TOO_DEEP = "too_deep"
+    NUL = "nul"  # jsonb and text refuse the NUL character
+    LONE_SURROGATE = "lone_surrogate"  # not encodable as UTF-8
+    TOO_LARGE = "too_large"
+
+
+class Unstorable(NamedTuple):
+    """A value ``encode_json`` refused: why, with the encoder's words (NOT_JSON) or the size in bytes
+    (TOO_LARGE)."""
+
+    why: JsonRefusal
+    detail: str = ""
+    size: int = 0
+
+
+def encode_json(value: Any, max_bytes: int) -> str | Unstorable:
+    """``value`` as compact JSON text no larger than ``max_bytes`` that PostgreSQL can store, or why it cannot
+    be; each caller words the refusal its own way."""
+    try:
+        text = _ENCODER.encode(value)
+    except (TypeError, ValueError) as exc:
+        return Unstorable(JsonRefusal.NOT_JSON, str(exc))
+    except RecursionError:
+        return Unstorable(JsonRefusal.TOO_DEEP)
+    # The substring test first: the regular expression only decides whether a match is an escaped backslash.
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        return Unstorable(JsonRefusal.NUL)
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        return Unstorable(JsonRefusal.LONE_SURROGATE)
+    if size > max_bytes:
+        return Unstorable(JsonRefusal.TOO_LARGE, size=size)
+    return text
+
+
+_PAYLOAD_REFUSALS = {
+    JsonRefusal.NOT_JSON: "payload is not JSON-serializable: {detail}",
+    JsonRefusal.TOO_DEEP: "payload is nested too deeply",
+    JsonRefusal.NUL: "payload must not contain NUL characters (\\u0000)",
+    JsonRefusal.LONE_SURROGATE: "payload must be valid Unicode (it holds a lone surrogate such as \\ud800)",
+    JsonRefusal.TOO_LARGE: "payload is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)",
+}
+
+
 def encode_payload(payload: Any, max_bytes: int) -> str:
     """Serialize a payload to JSON text after checking it is an object no larger than ``max_bytes``."""
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, not {_json_kind(payload)}")
     if not payload:
         return "{}"
-    try:
-        text = _ENCODER.encode(payload)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"payload is not JSON-serializable: {exc}") from None
-    except RecursionError:
-        raise InvalidInput("payload is nested too deeply") from None
-    # The substring test first: the regular expression only decides whether a match is an escaped backslash.
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise InvalidInput("payload must not contain NUL characters (\\u0000)")
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError:
-        raise InvalidInput("payload must be valid Unicode (it holds a lone surrogate such as \\ud800)") from None
-    if size > max_bytes:
-        raise InvalidInput(f"payload is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)")
-    return text
+    text = encode_json(payload, max_bytes)
+    if isinstance(text, str):
+        return text
+    message = _PAYLOAD_REFUSALS[text.why]
+    raise InvalidInput(message.format(detail=text.detail, size=text.size, max_bytes=max_bytes)) from None
 
 
 def parse_payload(text: str, max_bytes: int) -> dict[str, Any]:

@@ -1,24 +1,34 @@
 """Shared fixtures: a PostgreSQL server, a template database migrated once per session, and a fresh
-database per test (``CREATE DATABASE ... TEMPLATE``), so no test depends on another's leftovers."""
+database per test (``CREATE DATABASE ... TEMPLATE``), so no test depends on another's leftovers. A test that
+restarts or cuts off its server is marked ``private_server``: its database is then on a server of its own
+(``server``), never on the one other test runs share."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
-import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support.cli import run_sched
+from support.private_server import PrivateServer, create_database, private_server
 
 from pgsched import db, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "private_server: the test's database (dsn) is on a private server (server) the test may restart"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +109,25 @@ def _in_schema(dsn: str) -> str:
 
 
 @pytest.fixture
-def dsn(server_dsn: str, template_db: str) -> Iterator[str]:
-    """A DSN to a fresh, migrated database that is dropped after the test."""
+def server() -> Iterator[PrivateServer]:
+    """A private PostgreSQL server, which the test may restart, kill or cut off; stopped and removed after it."""
+    with private_server() as started:
+        yield started
+
+
+@pytest.fixture
+def private_dsn(server: PrivateServer) -> str:
+    """A migrated database on the test's private server."""
+    return create_database(server)
+
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest, server_dsn: str, template_db: str) -> Iterator[str]:
+    """A DSN to a fresh, migrated database that is dropped after the test (on the test's private server when
+    it is marked ``private_server``)."""
+    if request.node.get_closest_marker("private_server"):
+        yield _in_schema(request.getfixturevalue("private_dsn"))
+        return
     name = _fresh_database(server_dsn, template_db)
     yield _in_schema(make_conninfo(server_dsn, dbname=name))
     _drop_database(server_dsn, name)
@@ -122,19 +149,6 @@ def conn(dsn: str) -> Iterator[db.Connection]:
 
 
 @pytest.fixture
-def sched(dsn: str):
-    """Run the real ``sched`` CLI in a subprocess against the test's database."""
-
-    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
-        full_env = {**os.environ, "SCHED_DATABASE_URL": dsn, **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "pgsched", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            cwd=tempfile.gettempdir(),
-        )
-
-    return run
+def sched(dsn: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``sched`` CLI in a subprocess against the test's database: ``sched("add", "t")``."""
+    return functools.partial(run_sched, dsn)

@@ -4,8 +4,6 @@ writes outcomes in batches on a connection of its own while claims go on."""
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -18,16 +16,13 @@ from loguru import logger
 from pgsched import repository
 from pgsched.db import AsyncConnection
 from pgsched.errors import DatabaseError, DatabaseUnavailable, SchedError
-from pgsched.models import ClaimedJob, Outcome, OutcomeKind
+from pgsched.models import ClaimedJob, JsonRefusal, Outcome, OutcomeKind, encode_json
 from pgsched.worker.config import WorkerConfig
 from pgsched.worker.context import Fail, Retry
 from pgsched.worker.link import Link
 from pgsched.worker.registry import TaskSpec
 
 MAX_ERROR_CHARS = 4000
-# A \u0000 escape in JSON text, but not an escaped backslash followed by the letters "u0000".
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 # Errors that say the database is busy, not that an outcome is bad: serialization failures and deadlocks (40),
 # insufficient resources (53), a lock not available (55) and a statement cancelled by a timeout (57).
 _TRANSIENT_SQLSTATE_CLASSES = ("40", "53", "55", "57")
@@ -100,30 +95,28 @@ def released_unknown(job_id: int, lease: int) -> Outcome:
     return Outcome(job_id, lease, OutcomeKind.RELEASED)
 
 
+_RESULT_REFUSALS = {
+    JsonRefusal.NOT_JSON: "the handler returned a value that is not JSON ({kind}): {detail}",
+    JsonRefusal.TOO_DEEP: "the handler returned a value nested too deeply to store as JSON",
+    JsonRefusal.NUL: "the handler's result contains a NUL character (\\u0000), which cannot be stored",
+    JsonRefusal.LONE_SURROGATE: (
+        "the handler's result is not valid Unicode (it holds a lone surrogate such as \\udc80)"
+    ),
+    JsonRefusal.TOO_LARGE: (
+        "the handler's result is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)"
+    ),
+}
+
+
 def encode_result(value: Any, max_bytes: int) -> str:
     """A handler's result as JSON text, or UnstorableResult saying why PostgreSQL could not store it."""
-    try:
-        text = _ENCODER.encode(value)
-    except (TypeError, ValueError) as exc:
-        raise UnstorableResult(
-            f"the handler returned a value that is not JSON ({type(value).__name__}): {exc}"
-        ) from None
-    except RecursionError:
-        raise UnstorableResult("the handler returned a value nested too deeply to store as JSON") from None
-    # The substring test first: the regular expression only decides whether a match is an escaped backslash.
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise UnstorableResult("the handler's result contains a NUL character (\\u0000), which cannot be stored")
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError:
-        raise UnstorableResult(
-            "the handler's result is not valid Unicode (it holds a lone surrogate such as \\udc80)"
-        ) from None
-    if size > max_bytes:
-        raise UnstorableResult(
-            f"the handler's result is {size} bytes, over the limit of {max_bytes} (SCHED_MAX_PAYLOAD_BYTES)"
-        )
-    return text
+    text = encode_json(value, max_bytes)
+    if isinstance(text, str):
+        return text
+    message = _RESULT_REFUSALS[text.why]
+    raise UnstorableResult(
+        message.format(kind=type(value).__name__, detail=text.detail, size=text.size, max_bytes=max_bytes)
+    ) from None
 
 
 def storable_text(text: str) -> str:

@@ -5,8 +5,8 @@ than the kills and the restart can explain, nothing may be left running, and no 
 from __future__ import annotations
 
 import pytest
-from private_server import PrivateServer
 from scenario import run_chaos
+from support.private_server import PrivateServer
 
 pytestmark = pytest.mark.chaos
 

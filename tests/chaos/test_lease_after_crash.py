@@ -8,15 +8,10 @@ the older run: tests/worker/test_lease_reissued_after_crash.py.)"""
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
-
-from private_server import PrivateServer, create_database
+from support.private_server import PrivateServer, create_database
 
 from pgsched import db, repository
 from pgsched.models import NewJob

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from private_server import PrivateServer, create_database, private_server
 from scenario import WorkerFleet, enqueue, prepare, query, scalar, write_app
+from support.private_server import PrivateServer, create_database, private_server
 
 pytestmark = pytest.mark.chaos
 

@@ -4,33 +4,21 @@ kept and its dependents cancelled (docs/protocol.md, "Cancel", invariant 1), not
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
 
 import psycopg
+from support.connections import run_async
 
-from pgsched import db, repository
+from pgsched import repository
 from pgsched.errors import SchedError
 from pgsched.models import NewJob, Outcome, OutcomeKind
 
 
-async def _with_conn(dsn: str, body):
-    conn = await db.connect_async(dsn)
-    try:
-        return await body(conn)
-    finally:
-        await conn.close()
-
-
-def run(dsn: str, body):
-    return asyncio.run(_with_conn(dsn, body))
-
-
 def test_a_cancel_committed_while_a_failure_waits_for_the_row_ends_the_job_cancelled(dsn: str, conn) -> None:
     worker = str(uuid.uuid4())
-    run(
+    run_async(
         dsn,
         lambda c: repository.register_worker(
             c, worker, "host", 1, ["default"], ["t"], 1, stale_after_s=30, timeout_grace_s=10
@@ -38,7 +26,7 @@ def test_a_cancel_committed_while_a_failure_waits_for_the_row_ends_the_job_cance
     )
     parent = repository.enqueue(conn, NewJob(task="t", max_attempts=3)).id
     child = repository.enqueue(conn, NewJob(task="t", after=[parent])).id
-    (claimed,) = run(dsn, lambda c: repository.claim_jobs(c, worker, "default", ["t"], 1))
+    (claimed,) = run_async(dsn, lambda c: repository.claim_jobs(c, worker, "default", ["t"], 1))
     assert claimed.id == parent
 
     canceller = psycopg.connect(dsn)  # a cancel in flight: its row lock is held until it commits
@@ -48,7 +36,7 @@ def test_a_cancel_committed_while_a_failure_waits_for_the_row_ends_the_job_cance
 
     def write() -> None:
         try:
-            recorded.append(run(dsn, lambda c: repository.record_outcomes(c, worker, [failure])))
+            recorded.append(run_async(dsn, lambda c: repository.record_outcomes(c, worker, [failure])))
         except SchedError as exc:  # on the older statement: the table refuses a cancelled job without finished_at
             recorded.append(exc.message)
 

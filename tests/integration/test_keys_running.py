@@ -3,9 +3,10 @@ running one, whether it comes from ``Client.enqueue``, ``Client.enqueue_many`` o
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
+
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.client import Client
@@ -15,14 +16,10 @@ from pgsched.schedules import build_schedule
 def claim_all(dsn: str, task: str = "t") -> list[int]:
     """Claim every ready job of ``task`` for a new worker, so they are running; returns their ids."""
 
-    async def main() -> list[int]:
-        conn = await db.connect_async(dsn)
-        try:
-            return [job.id for job in await repository.claim_jobs(conn, str(uuid.uuid4()), "default", [task], 100)]
-        finally:
-            await conn.close()
+    async def main(conn: db.AsyncConnection) -> list[int]:
+        return [job.id for job in await repository.claim_jobs(conn, str(uuid.uuid4()), "default", [task], 100)]
 
-    return asyncio.run(main())
+    return run_async(dsn, main)
 
 
 def live_with_key(conn: db.Connection, key: str) -> list[tuple[int, str]]:
@@ -64,14 +61,10 @@ def test_a_schedule_tick_whose_job_is_still_running_adds_no_second_job(dsn: str,
     assert claim_all(dsn) == [running.id]
     conn.run("UPDATE sched_schedules SET next_run_at = %s, last_tick = NULL", (tick,))
 
-    async def fire() -> int:
-        aconn = await db.connect_async(dsn)
-        try:
-            return await repository.tick_schedules(aconn)
-        finally:
-            await aconn.close()
+    async def fire(aconn: db.AsyncConnection) -> int:
+        return await repository.tick_schedules(aconn)
 
-    enqueued = asyncio.run(fire())
+    enqueued = run_async(dsn, fire)
     # Every tick from the running one to now fired; only the running one's key was held.
     assert live_with_key(conn, key) == [(running.id, "running")]
     fired = conn.row("SELECT count(*) FROM sched_jobs WHERE dedupe_key LIKE %s", ("schedule:minutely:%",))[0]  # type: ignore[index]

@@ -4,30 +4,17 @@ through the repository with real connections (docs/protocol.md). Each test fails
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
 from datetime import timedelta
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import SchedError
 from pgsched.models import NewJob, Outcome, OutcomeKind
-
-
-async def _with_conn(dsn: str, body):
-    conn = await db.connect_async(dsn)
-    try:
-        return await body(conn)
-    finally:
-        await conn.close()
-
-
-def run(dsn: str, body):
-    """Run ``body(conn)`` on a fresh asyncio connection."""
-    return asyncio.run(_with_conn(dsn, body))
 
 
 def add(conn: db.Connection, **fields: object) -> int:
@@ -35,15 +22,15 @@ def add(conn: db.Connection, **fields: object) -> int:
 
 
 def claim(dsn: str, worker: str, limit: int = 10) -> list:
-    return run(dsn, lambda c: repository.claim_jobs(c, worker, "default", ["t"], limit))
+    return run_async(dsn, lambda c: repository.claim_jobs(c, worker, "default", ["t"], limit))
 
 
 def record(dsn: str, worker: str, *outcomes: Outcome) -> repository.RecordResult:
-    return run(dsn, lambda c: repository.record_outcomes(c, worker, list(outcomes)))
+    return run_async(dsn, lambda c: repository.record_outcomes(c, worker, list(outcomes)))
 
 
 def register(dsn: str, conn: db.Connection, worker: str, *, stale_after_s: float, beat_age_s: float) -> None:
-    run(
+    run_async(
         dsn,
         lambda c: repository.register_worker(
             c, worker, "host", 1, ["default"], ["t"], 4, stale_after_s=stale_after_s, timeout_grace_s=10
@@ -68,7 +55,7 @@ def test_a_retried_jobs_old_run_cannot_finish_the_new_run_of_the_same_worker(dsn
     (run_a,) = claim(dsn, worker)
     # The worker looks dead for a while: its only attempt is failed as "worker lost".
     conn.run("UPDATE sched_workers SET heartbeat_at = now() - interval '1 minute'")
-    assert run(dsn, lambda c: repository.reap_stale(c)).failed == [job_id]
+    assert run_async(dsn, lambda c: repository.reap_stale(c)).failed == [job_id]
     register(dsn, conn, worker, stale_after_s=30, beat_age_s=0)
     assert repository.retry_job(conn, job_id).queued == [job_id]
     (run_b,) = claim(dsn, worker)
@@ -88,7 +75,7 @@ def test_two_runs_of_one_job_in_one_batch_are_told_apart_by_lease(dsn: str, conn
     worker = str(uuid.uuid4())
     job_id = add(conn)
     (run_a,) = claim(dsn, worker)
-    run(dsn, lambda c: repository.reap_stale(c))  # no worker row: the run is lost and the job requeued
+    run_async(dsn, lambda c: repository.reap_stale(c))  # no worker row: the run is lost and the job requeued
     (run_b,) = claim(dsn, worker)
     result = record(
         dsn,
@@ -111,7 +98,7 @@ def test_a_reaper_never_judges_a_worker_by_a_shorter_threshold_than_it_declared(
     claim(dsn, patient)
     lost = add(conn)
     claim(dsn, hasty)
-    result = run(dsn, lambda c: repository.reap_stale(c))
+    result = run_async(dsn, lambda c: repository.reap_stale(c))
     assert (result.requeued, result.workers_removed) == ([lost], 1)
     assert job(conn, kept)["state"] == "running"
     assert [w["id"] for w in repository.list_workers(conn)] == [patient]
@@ -119,7 +106,7 @@ def test_a_reaper_never_judges_a_worker_by_a_shorter_threshold_than_it_declared(
 
 def test_an_overdue_run_is_judged_by_its_workers_grace(dsn: str, conn: db.Connection) -> None:
     worker = str(uuid.uuid4())
-    run(
+    run_async(
         dsn,
         lambda c: repository.register_worker(
             c, worker, "h", 1, ["default"], ["t"], 4, stale_after_s=30, timeout_grace_s=120
@@ -128,9 +115,9 @@ def test_an_overdue_run_is_judged_by_its_workers_grace(dsn: str, conn: db.Connec
     job_id = add(conn, timeout_s=60.0)
     claim(dsn, worker)
     conn.run("UPDATE sched_jobs SET started_at = now() - interval '100 seconds'")
-    assert run(dsn, lambda c: repository.reap_stale(c)).requeued == []  # 100 s < 60 s + 120 s grace
+    assert run_async(dsn, lambda c: repository.reap_stale(c)).requeued == []  # 100 s < 60 s + 120 s grace
     conn.run("UPDATE sched_jobs SET started_at = now() - interval '200 seconds'")
-    assert run(dsn, lambda c: repository.reap_stale(c)).requeued == [job_id]
+    assert run_async(dsn, lambda c: repository.reap_stale(c)).requeued == [job_id]
 
 
 # --- a cancel sticks -----------------------------------------------------------------------------------------
@@ -146,7 +133,7 @@ def test_a_cancelled_job_of_a_dead_worker_is_cancelled_by_the_reaper_not_run_aga
     claim(dsn, worker)
     assert repository.cancel_job(conn, job_id).state == "running"
     conn.run("UPDATE sched_workers SET heartbeat_at = now() - interval '1 minute'")
-    result = run(dsn, lambda c: repository.reap_stale(c))
+    result = run_async(dsn, lambda c: repository.reap_stale(c))
     assert (result.requeued, result.cancelled) == ([], [job_id])
     assert job(conn, job_id)["state"] == "cancelled"
     assert job(conn, job_id)["error"] == "cancelled on request (worker lost)"
@@ -191,7 +178,7 @@ def test_toggling_pause_never_lets_claimers_past_an_empty_bucket(dsn: str, conn:
                 claimed.extend(j.id for j in await repository.claim_jobs(c, worker, "default", ["t"], 100))
 
         try:
-            run(dsn, body)
+            run_async(dsn, body)
         except BaseException as exc:
             errors.append(exc)
 
@@ -229,10 +216,10 @@ def test_promotion_moves_only_due_deferred_jobs_into_the_ready_index(dsn: str, c
     due = [add(conn, delay_s=60.0, queue=q) for q in ("a", "b", "b")]
     future = add(conn, delay_s=3600.0)
     conn.run("UPDATE sched_jobs SET run_at = now() - interval '1 second' WHERE id = ANY(%s)", (due,))
-    assert run(dsn, lambda c: repository.promote_due(c)) == 3
+    assert run_async(dsn, lambda c: repository.promote_due(c)) == 3
     flags = dict(conn.rows("SELECT id, deferred FROM sched_jobs"))
     assert flags == {**dict.fromkeys(due, False), future: True}
-    assert run(dsn, lambda c: repository.promote_due(c)) == 0
+    assert run_async(dsn, lambda c: repository.promote_due(c)) == 0
 
 
 # --- keys under concurrency ------------------------------------------------------------------------------------

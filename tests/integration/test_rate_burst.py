@@ -3,24 +3,20 @@ quiet spell takes at most ``burst`` jobs, whatever limit it asks for, and the ne
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.models import NewJob
 
 
 def claim(dsn: str, limit: int) -> int:
-    async def main() -> int:
-        conn = await db.connect_async(dsn)
-        try:
-            return len(await repository.claim_jobs(conn, str(uuid.uuid4()), "default", ["t"], limit))
-        finally:
-            await conn.close()
+    async def main(conn: db.AsyncConnection) -> int:
+        return len(await repository.claim_jobs(conn, str(uuid.uuid4()), "default", ["t"], limit))
 
-    return asyncio.run(main())
+    return run_async(dsn, main)
 
 
 @pytest.mark.parametrize(("rate", "burst", "claimable"), [(2.0, 5.0, 5), (1000.0, 3.0, 3), (0.5, 2.5, 2)])

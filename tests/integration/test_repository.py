@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome
 from pgsched.sqlfiles import query
-
-T = TypeVar("T")
-
-
-def run_async(dsn: str, body: Callable[[db.AsyncConnection], Awaitable[T]]) -> T:
-    """Run ``body`` with its own asyncio connection on its own event loop."""
-
-    async def main() -> T:
-        conn = await db.connect_async(dsn)
-        try:
-            return await body(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(main())
 
 
 def add(conn: db.Connection, task: str = "t", **fields: object) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import InvalidInput
@@ -19,22 +19,18 @@ def add(conn: db.Connection, after: tuple[int, ...] = (), **fields: object) -> i
 def finish(dsn: str, outcomes: dict[int, str], *, replays: int = 0) -> list[repository.RecordResult]:
     """Claim the given jobs with one worker and record one outcome kind per job, then replay the batch."""
 
-    async def body() -> list[repository.RecordResult]:
-        conn = await db.connect_async(dsn)
-        try:
-            worker = str(uuid.uuid4())
-            await conn.rows("UPDATE sched_jobs SET priority = 1000 WHERE id = ANY(%(ids)s)", {"ids": list(outcomes)})
-            claimed = await repository.claim_jobs(conn, worker, "default", ["t"], len(outcomes))
-            assert sorted(j.id for j in claimed) == sorted(outcomes)
-            batch = [
-                Outcome(j.id, j.lease, outcomes[j.id], error="boom", retryable=False, result=f'{{"ok": {j.id}}}')
-                for j in claimed
-            ]
-            return [await repository.record_outcomes(conn, worker, batch) for _ in range(1 + replays)]
-        finally:
-            await conn.close()
+    async def body(conn: db.AsyncConnection) -> list[repository.RecordResult]:
+        worker = str(uuid.uuid4())
+        await conn.rows("UPDATE sched_jobs SET priority = 1000 WHERE id = ANY(%(ids)s)", {"ids": list(outcomes)})
+        claimed = await repository.claim_jobs(conn, worker, "default", ["t"], len(outcomes))
+        assert sorted(j.id for j in claimed) == sorted(outcomes)
+        batch = [
+            Outcome(j.id, j.lease, outcomes[j.id], error="boom", retryable=False, result=f'{{"ok": {j.id}}}')
+            for j in claimed
+        ]
+        return [await repository.record_outcomes(conn, worker, batch) for _ in range(1 + replays)]
 
-    return asyncio.run(body())
+    return run_async(dsn, body)
 
 
 def states(conn: db.Connection, *ids: int) -> list[str]:
@@ -115,16 +111,12 @@ def test_retry_does_not_touch_dependents(dsn: str, conn: db.Connection) -> None:
     root = add(conn, max_attempts=3)
     child = add(conn, after=(root,))
 
-    async def fail_once() -> None:
-        c = await db.connect_async(dsn)
-        try:
-            worker = str(uuid.uuid4())
-            (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
-            await repository.record_outcomes(c, worker, [Outcome(claimed.id, claimed.lease, "failed")])
-        finally:
-            await c.close()
+    async def fail_once(c: db.AsyncConnection) -> None:
+        worker = str(uuid.uuid4())
+        (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
+        await repository.record_outcomes(c, worker, [Outcome(claimed.id, claimed.lease, "failed")])
 
-    asyncio.run(fail_once())
+    run_async(dsn, fail_once)
     assert states(conn, root, child) == ["queued", "waiting"]
     assert pending(conn, child) == 1
 
@@ -133,15 +125,11 @@ def test_reaped_final_attempt_cancels_dependents(dsn: str, conn: db.Connection) 
     root = add(conn, max_attempts=1)
     child = add(conn, after=(root,))
 
-    async def crash_and_reap() -> repository.ReapResult:
-        c = await db.connect_async(dsn)
-        try:
-            await repository.claim_jobs(c, str(uuid.uuid4()), "default", ["t"], 1)
-            return await repository.reap_stale(c)
-        finally:
-            await c.close()
+    async def crash_and_reap(c: db.AsyncConnection) -> repository.ReapResult:
+        await repository.claim_jobs(c, str(uuid.uuid4()), "default", ["t"], 1)
+        return await repository.reap_stale(c)
 
-    assert asyncio.run(crash_and_reap()).failed == [root]
+    assert run_async(dsn, crash_and_reap).failed == [root]
     assert states(conn, root, child) == ["failed", "cancelled"]
 
 
@@ -160,17 +148,13 @@ def test_duplicate_outcome_within_one_batch_counts_once(dsn: str, conn: db.Conne
     a, b = add(conn), add(conn)
     child = add(conn, after=(a, b))
 
-    async def body() -> repository.RecordResult:
-        c = await db.connect_async(dsn)
-        try:
-            worker = str(uuid.uuid4())
-            await c.rows("UPDATE sched_jobs SET priority = 1000 WHERE id = %(id)s", {"id": a})
-            (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
-            outcome = Outcome(claimed.id, claimed.lease, "succeeded")
-            return await repository.record_outcomes(c, worker, [outcome, outcome])
-        finally:
-            await c.close()
+    async def body(c: db.AsyncConnection) -> repository.RecordResult:
+        worker = str(uuid.uuid4())
+        await c.rows("UPDATE sched_jobs SET priority = 1000 WHERE id = %(id)s", {"id": a})
+        (claimed,) = await repository.claim_jobs(c, worker, "default", ["t"], 1)
+        outcome = Outcome(claimed.id, claimed.lease, "succeeded")
+        return await repository.record_outcomes(c, worker, [outcome, outcome])
 
-    asyncio.run(body())
+    run_async(dsn, body)
     assert pending(conn, child) == 1
     assert states(conn, a, child) == ["succeeded", "waiting"]

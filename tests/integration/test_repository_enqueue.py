@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import InvalidInput
@@ -18,17 +18,13 @@ def all_jobs(conn: db.Connection) -> list[tuple]:
 
 
 def finish(dsn: str, queue: str, kind: str = "succeeded") -> list[int]:
-    async def body() -> list[int]:
-        c = await db.connect_async(dsn)
-        try:
-            worker = str(uuid.uuid4())
-            claimed = await repository.claim_jobs(c, worker, queue, ["t"], 100)
-            outcomes = [Outcome(j.id, j.lease, kind, retryable=False) for j in claimed]
-            return (await repository.record_outcomes(c, worker, outcomes)).written
-        finally:
-            await c.close()
+    async def body(c: db.AsyncConnection) -> list[int]:
+        worker = str(uuid.uuid4())
+        claimed = await repository.claim_jobs(c, worker, queue, ["t"], 100)
+        outcomes = [Outcome(j.id, j.lease, kind, retryable=False) for j in claimed]
+        return (await repository.record_outcomes(c, worker, outcomes)).written
 
-    return asyncio.run(body())
+    return run_async(dsn, body)
 
 
 def test_enqueue_stores_every_field(conn: db.Connection) -> None:
@@ -119,22 +115,18 @@ def test_enqueue_many_refuses_dependencies(conn: db.Connection) -> None:
 
 
 def test_enqueue_notifies_the_queue(dsn: str, conn: db.Connection) -> None:
-    async def body() -> list[tuple[str, str]]:
-        listener = await db.connect_async(dsn)
-        try:
-            await listener.listen([repository.wakeup_channel()])
-            repository.enqueue(conn, NewJob(task="t", queue="mail"))
-            repository.enqueue_many(conn, [NewJob(task="t", queue="bulk")] * 3)
-            found: list[tuple[str, str]] = []
-            for _ in range(20):
-                found += await listener.notifications(0.5)
-                if len(found) >= 2:
-                    break
-            return found
-        finally:
-            await listener.close()
+    async def body(listener: db.AsyncConnection) -> list[tuple[str, str]]:
+        await listener.listen([repository.wakeup_channel()])
+        repository.enqueue(conn, NewJob(task="t", queue="mail"))
+        repository.enqueue_many(conn, [NewJob(task="t", queue="bulk")] * 3)
+        found: list[tuple[str, str]] = []
+        for _ in range(20):
+            found += await listener.notifications(0.5)
+            if len(found) >= 2:
+                break
+        return found
 
-    notes = asyncio.run(body())
+    notes = run_async(dsn, body)
     assert [payload.split()[0] for _channel, payload in notes] == ["mail", "bulk"]
 
 

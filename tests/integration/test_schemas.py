@@ -16,6 +16,7 @@ import uuid
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from support.cli import run_sched
 
 from pgsched import db, repository, sqlfiles
 from pgsched.models import NewJob, Outcome, OutcomeKind
@@ -34,20 +35,8 @@ def test_every_query_names_sched_objects_only_through_the_schema() -> None:
     assert sqlfiles.qualify("SELECT 1 FROM sched_jobs_incoming", "tenant_b") == "SELECT 1 FROM sched_jobs_incoming"
 
 
-def sched(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCHED_DATABASE_URL": dsn, "SCHED_SCHEMA": schema}
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=tempfile.gettempdir(),
-    )
-
-
 def counts(dsn: str, schema: str) -> dict[str, int]:
-    result = sched(dsn, schema, "status", "--json")
+    result = run_sched(dsn, "status", "--json", schema=schema)
     assert result.returncode == 0, result.stderr
     (queue,) = json.loads(result.stdout)["queues"]
     return {state: queue[state] for state in ("queued", "succeeded", "cancelled")}
@@ -55,21 +44,21 @@ def counts(dsn: str, schema: str) -> dict[str, int]:
 
 def test_two_schemas_in_one_database_are_independent_installations(empty_dsn: str) -> None:
     for schema in ("public", "tenant_b"):
-        assert sched(empty_dsn, schema, "migrate").returncode == 0
-    assert sched(empty_dsn, "public", "add", "sched.noop").stdout.strip() == "1"
-    assert sched(empty_dsn, "public", "add", "sched.noop").stdout.strip() == "2"
+        assert run_sched(empty_dsn, "migrate", schema=schema).returncode == 0
+    assert run_sched(empty_dsn, "add", "sched.noop", schema="public").stdout.strip() == "1"
+    assert run_sched(empty_dsn, "add", "sched.noop", schema="public").stdout.strip() == "2"
     with psycopg.connect(empty_dsn, autocommit=True) as listener:
         listener.execute('LISTEN "sched_wakeup"')
         listener.execute('LISTEN "sched_wakeup.tenant_b"')
-        assert sched(empty_dsn, "tenant_b", "add", "sched.noop").stdout.strip() == "1"
+        assert run_sched(empty_dsn, "add", "sched.noop", schema="tenant_b").stdout.strip() == "1"
         heard = {note.channel for note in listener.notifies(timeout=2, stop_after=1)}
     assert heard == {"sched_wakeup.tenant_b"}
 
     # Job 1 of one installation is not job 1 of the other.
-    assert sched(empty_dsn, "tenant_b", "cancel", "1").returncode == 0
+    assert run_sched(empty_dsn, "cancel", "1", schema="tenant_b").returncode == 0
     assert counts(empty_dsn, "public") == {"queued": 2, "succeeded": 0, "cancelled": 0}
-    assert sched(empty_dsn, "tenant_b", "add", "sched.noop").stdout.strip() == "2"
-    drained = sched(empty_dsn, "tenant_b", "worker", "--burst")
+    assert run_sched(empty_dsn, "add", "sched.noop", schema="tenant_b").stdout.strip() == "2"
+    drained = run_sched(empty_dsn, "worker", "--burst", schema="tenant_b")
     assert drained.returncode == 0, drained.stderr
     assert counts(empty_dsn, "tenant_b") == {"queued": 0, "succeeded": 1, "cancelled": 1}
     assert counts(empty_dsn, "public") == {"queued": 2, "succeeded": 0, "cancelled": 0}
@@ -114,7 +103,7 @@ def test_no_query_depends_on_the_callers_search_path(dsn: str) -> None:
 
 
 def test_an_invalid_schema_name_is_refused_before_anything_is_written(empty_dsn: str) -> None:
-    result = sched(empty_dsn, "Tenant-B", "migrate")
+    result = run_sched(empty_dsn, "migrate", schema="Tenant-B")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "Error: invalid schema name 'Tenant-B' (SCHED_SCHEMA): use 1-48 lowercase letters, digits or _, "
@@ -131,8 +120,8 @@ def test_shared_names_are_the_bare_names_in_public_only(name: str) -> None:
 
 
 def test_the_schema_comes_from_the_option_the_environment_or_a_dot_env_file(empty_dsn: str, tmp_path) -> None:
-    assert sched(empty_dsn, "tenant_b", "migrate").returncode == 0
-    assert sched(empty_dsn, "tenant_b", "add", "sched.noop").returncode == 0
+    assert run_sched(empty_dsn, "migrate", schema="tenant_b").returncode == 0
+    assert run_sched(empty_dsn, "add", "sched.noop", schema="tenant_b").returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "SCHED_SCHEMA"}
     base = [sys.executable, "-m", "pgsched"]
     by_option = subprocess.run(

@@ -3,30 +3,15 @@ job's worker (NOTIFY and the polling fallback), fresh attempt budgets, and depen
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import psycopg
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import NotFound, WrongState
 from pgsched.models import NewJob, Outcome
-
-T = TypeVar("T")
-
-
-def run_async(dsn: str, body: Callable[[db.AsyncConnection], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = await db.connect_async(dsn)
-        try:
-            return await body(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(main())
 
 
 def add(conn: db.Connection, **fields: object) -> int:

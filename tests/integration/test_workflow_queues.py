@@ -3,13 +3,13 @@ concurrent claimers), the no-row fast path, and admission control under concurre
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
 
 import psycopg
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import QueueFull
@@ -18,14 +18,10 @@ from pgsched.sqlfiles import query
 
 
 def claim(dsn: str, limit: int = 100, queue: str = "default") -> list:
-    async def main() -> list:
-        conn = await db.connect_async(dsn)
-        try:
-            return await repository.claim_jobs(conn, str(uuid.uuid4()), queue, ["t"], limit)
-        finally:
-            await conn.close()
+    async def main(conn: db.AsyncConnection) -> list:
+        return await repository.claim_jobs(conn, str(uuid.uuid4()), queue, ["t"], limit)
 
-    return asyncio.run(main())
+    return run_async(dsn, main)
 
 
 def fill(conn: db.Connection, count: int, queue: str = "default") -> None:
@@ -70,18 +66,14 @@ def test_two_concurrent_claimers_together_stay_within_the_rate(dsn: str, conn: d
     deadline = started + 1.5
 
     def claimer() -> None:
-        async def main() -> None:
-            c = await db.connect_async(dsn)
+        async def main(c: db.AsyncConnection) -> None:
             worker = str(uuid.uuid4())
-            try:
-                while time.monotonic() < deadline:
-                    jobs = await repository.claim_jobs(c, worker, "default", ["t"], 50)
-                    with lock:
-                        claimed.extend(j.id for j in jobs)
-            finally:
-                await c.close()
+            while time.monotonic() < deadline:
+                jobs = await repository.claim_jobs(c, worker, "default", ["t"], 50)
+                with lock:
+                    claimed.extend(j.id for j in jobs)
 
-        asyncio.run(main())
+        run_async(dsn, main)
 
     threads = [threading.Thread(target=claimer) for _ in range(2)]
     for t in threads:

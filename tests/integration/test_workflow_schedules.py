@@ -4,27 +4,13 @@ many concurrent tickers, and code-declared schedules."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import pytest
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.schedules import build_schedule
-
-T = TypeVar("T")
-
-
-def run_async(dsn: str, body: Callable[[db.AsyncConnection], Awaitable[T]]) -> T:
-    async def main() -> T:
-        conn = await db.connect_async(dsn)
-        try:
-            return await body(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(main())
 
 
 def tick(dsn: str) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome
@@ -27,17 +28,13 @@ def register(conn: db.Connection, queues: list[str], tasks: list[str], concurren
 
 
 def claim_and_finish(dsn: str, kind: str, error: str | None = None, retryable: bool = True) -> None:
-    async def main() -> None:
-        c = await db.connect_async(dsn)
+    async def main(c: db.AsyncConnection) -> None:
         worker = str(uuid.uuid4())
-        try:
-            jobs = await repository.claim_jobs(c, worker, "default", ["t"], 10)
-            outcomes = [Outcome(j.id, j.lease, kind, error=error, retryable=retryable) for j in jobs]
-            await repository.record_outcomes(c, worker, outcomes)
-        finally:
-            await c.close()
+        jobs = await repository.claim_jobs(c, worker, "default", ["t"], 10)
+        outcomes = [Outcome(j.id, j.lease, kind, error=error, retryable=retryable) for j in jobs]
+        await repository.record_outcomes(c, worker, outcomes)
 
-    asyncio.run(main())
+    run_async(dsn, main)
 
 
 def test_scheduled_for_later(conn: db.Connection) -> None:
@@ -65,14 +62,10 @@ def test_rate_limited(dsn: str, conn: db.Connection) -> None:
     register(conn, ["default"], ["t"])
     repository.set_queue_rate(conn, "default", 1 / 60, burst=1)
 
-    async def take_the_token() -> None:
-        c = await db.connect_async(dsn)
-        try:
-            assert len(await repository.claim_jobs(c, str(uuid.uuid4()), "default", ["t"], 10)) == 1
-        finally:
-            await c.close()
+    async def take_the_token(c: db.AsyncConnection) -> None:
+        assert len(await repository.claim_jobs(c, str(uuid.uuid4()), "default", ["t"], 10)) == 1
 
-    asyncio.run(take_the_token())
+    run_async(dsn, take_the_token)
     assert why(conn, job_id).startswith("rate-limited: queue default allows 1/m; next slot in ")  # type: ignore[union-attr]
 
 

@@ -4,21 +4,19 @@ runs leave their figures (tests/chaos/results/, like the chaos tests)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-# The private servers and chaos helpers (tests/chaos), and the worker tests' polling and health helpers.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
+# The worker tests' polling and health helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "worker"))
 
-from private_server import SYSTEM_BINARIES, SYSTEM_USER, Figures, PrivateServer, system_binaries_available
+from support.cli import run_sched
+from support.private_server import SYSTEM_BINARIES, SYSTEM_USER, Figures, PrivateServer, system_binaries_available
 
 _figures = Figures("production setup figures")
 
@@ -47,18 +45,7 @@ CliRun = Callable[..., subprocess.CompletedProcess]
 @pytest.fixture
 def sched_at() -> CliRun:
     """Run the real ``sched`` CLI with ``SCHED_DATABASE_URL=url``: ``sched_at(url, "migrate")``."""
-
-    def run(url: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
-        return subprocess.run(
-            [sys.executable, "-m", "pgsched", *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "SCHED_DATABASE_URL": url, **(env or {})},
-            timeout=timeout,
-            cwd=tempfile.gettempdir(),
-        )
-
-    return run
+    return run_sched
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from harness import free_port, health, wait_for
-from private_server import PrivateServer, create_database
 from scenario import enqueue, query, scalar
+from support.private_server import PrivateServer, create_database
 
 from pgsched import Client
 from pgsched.errors import DatabaseUnavailable

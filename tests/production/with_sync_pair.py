@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "chaos"))
+# The tests folder, for its support package (pytest puts it on the path; a script run alone does not).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from private_server import SYSTEM_BINARIES, SYSTEM_USER, PrivateServer
+from support.private_server import SYSTEM_BINARIES, SYSTEM_USER, PrivateServer
 
 
 def main(command: list[str]) -> int:

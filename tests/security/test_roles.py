@@ -3,7 +3,6 @@ can do their job through the real CLI and nothing more (no claims for producers,
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from support.connections import run_async
 
 from pgsched import db, repository
 from pgsched.errors import DatabaseError
@@ -49,14 +49,10 @@ def _refused(conn: db.Connection, sql: str, params: dict | None = None) -> str:
 
 
 def _claim(dsn: str, queue: str = "default") -> list:
-    async def run() -> list:
-        conn = await db.connect_async(dsn)
-        try:
-            return await repository.claim_jobs(conn, "00000000-0000-0000-0000-000000000001", queue, ["t"], 10)
-        finally:
-            await conn.close()
+    async def run(conn: db.AsyncConnection) -> list:
+        return await repository.claim_jobs(conn, "00000000-0000-0000-0000-000000000001", queue, ["t"], 10)
 
-    return asyncio.run(run())
+    return run_async(dsn, run)
 
 
 DDL = [

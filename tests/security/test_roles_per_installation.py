@@ -5,37 +5,21 @@ grants only the roles of its own installation."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from support.cli import run_sched
 
 LOGIN = "sched_test_tenant_a_worker"
 
 
-def sched(dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SCHED_DATABASE_URL": dsn, "SCHED_SCHEMA": schema}
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=tempfile.gettempdir(),
-    )
-
-
 def test_a_worker_login_of_one_installation_cannot_read_another(empty_dsn: str, server_dsn: str) -> None:
-    done = sched(empty_dsn, "tenant_a", "migrate", "--roles")
+    done = run_sched(empty_dsn, "migrate", "--roles", schema="tenant_a")
     assert done.returncode == 0, done.stderr
     assert "granted sched_producer_tenant_a and sched_worker_tenant_a their privileges" in done.stderr
     # Another team's installation in the same database, migrated without --roles.
-    assert sched(empty_dsn, "tenant_b", "migrate").returncode == 0
-    secret = sched(empty_dsn, "tenant_b", "add", "t", "--payload", '{"card": "4111"}')
+    assert run_sched(empty_dsn, "migrate", schema="tenant_b").returncode == 0
+    secret = run_sched(empty_dsn, "add", "t", "--payload", '{"card": "4111"}', schema="tenant_b")
     assert secret.returncode == 0, secret.stderr
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(

@@ -4,16 +4,14 @@ never lost, and a replay is fenced (at-least-once)."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 
 import psycopg
 import pytest
 from harness import query, wait_for
+from support.private_server import PrivateServer
 
 
 def terminate(server_dsn: str, dsn: str, application_name: str) -> int:
@@ -125,10 +123,6 @@ def test_a_dropped_outcomes_connection_loses_no_outcome(dsn, server_dsn, start_w
     assert worker.wait(timeout=15) == 0
 
 
-def pg_ready() -> bool:
-    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"], check=False).returncode == 0
-
-
 def quietly(dsn: str, sql: str) -> list[tuple] | None:
     """The rows, or None while the server is down."""
     try:
@@ -138,25 +132,14 @@ def quietly(dsn: str, sql: str) -> list[tuple] | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("SCHED_TEST_DATABASE_URL") or shutil.which("pg_ctlcluster") is None,
-    reason="restarts the local cluster with pg_ctlcluster; needs SCHED_TEST_DATABASE_URL pointing at it",
-)
-def test_the_worker_rides_out_a_server_restart(dsn, start_worker, add_jobs) -> None:
+@pytest.mark.private_server
+def test_the_worker_rides_out_a_server_restart(server: PrivateServer, dsn, start_worker, add_jobs) -> None:
+    # The test's database, and so its worker, are on a private server: restarting it touches no other test run.
+    assert psycopg.conninfo.conninfo_to_dict(dsn)["port"] == str(server.port)
     ids = add_jobs("sleepy", 300, '{"seconds": 0.05}')
     worker = start_worker("--concurrency", "10", "--poll-interval", "0.5s")
     wait_for(lambda: unfinished(dsn) < 290, 20, "the worker to get going")
-    try:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart", "-m", "fast"],
-            check=True,
-            timeout=60,
-            capture_output=True,
-        )
-    finally:
-        if not pg_ready():
-            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"], check=False)
-        wait_for(pg_ready, 30, "PostgreSQL to accept connections again", interval=0.5)
+    server.restart()
     wait_for(lambda: quietly(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'") == [(0,)], 45, "all")
     assert worker.alive()
     assert_at_least_once(dsn, ids)

@@ -280,7 +280,7 @@ class Figures:
     """What test runs measured: a JSON file per run under tests/chaos/results/ and a line each for the terminal
     summary, so the figures show in CI logs without ``-s``."""
 
-    folder = Path(__file__).resolve().parent / "results"
+    folder = Path(__file__).resolve().parent.parent / "chaos" / "results"
 
     def __init__(self, title: str) -> None:
         self.title = title
