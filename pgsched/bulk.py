@@ -28,6 +28,11 @@ WALK_PER_BATCH = 20
 _DEADLOCK_TRIES = 3
 
 
+def filters_given(options: dict[str, Any]) -> bool:
+    """Whether any of ``build_filter``'s options is set: a bulk action needs at least one."""
+    return any(value not in (None, [], ()) for value in options.values())
+
+
 def build_filter(
     action: str,
     *,
@@ -168,3 +173,31 @@ def _batch(
             if "deadlock detected" not in exc.message or attempt == _DEADLOCK_TRIES - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def summary(report: BulkReport) -> str:
+    """One line saying what a bulk action did, for people."""
+    refused = len(report.refused)
+    if report.action == "retry":
+        line = (
+            f"retried {report.changed} of {report.matched} matching job(s): {len(report.queued)} queued, "
+            f"{len(report.waiting)} waiting on dependencies, {refused} refused"
+        )
+        if refused:
+            line += f" (a failed or cancelled dependency, or a live job holds the key; e.g. {_few(report.refused)})"
+        return line
+    if report.action == "cancel":
+        return (
+            f"cancelled {report.cancelled} of {report.matched} matching job(s) and "
+            f"{report.dependents_cancelled} dependent job(s); asked the workers of {report.requested} running "
+            "job(s) to stop them"
+        )
+    by_state = ", ".join(f"{n} {state}" for state, n in report.deleted.items() if n)
+    line = f"deleted {report.changed} of {report.matched} matching job(s)" + (f" ({by_state})" if by_state else "")
+    if refused:
+        line += f"; kept {refused} that remaining jobs depend on (e.g. {_few(report.refused)})"
+    return line
+
+
+def _few(ids: list[int]) -> str:
+    return ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")

@@ -34,11 +34,6 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print how many jobs mat
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, max=10_000, help="Jobs per transaction.")]
 
 
-def filters_given(**options: Any) -> bool:
-    """Whether any filter option was given."""
-    return any(value not in (None, [], ()) for value in options.values())
-
-
 def run(action: str, options: dict[str, Any], *, dry_run: bool, batch_size: int, as_json: bool) -> None:
     """Preview or perform ``action`` on the jobs the filter ``options`` match, and print what happened."""
     job_filter = core.bulk.build_filter(action, **options)
@@ -66,30 +61,7 @@ def _print_preview(report: Any) -> None:
 
 
 def _print_done(report: Any) -> None:
-    refused = len(report.refused)
-    if report.action == "retry":
-        line = (
-            f"retried {report.changed} of {report.matched} matching job(s): {len(report.queued)} queued, "
-            f"{len(report.waiting)} waiting on dependencies, {refused} refused"
-        )
-        if refused:
-            line += f" (a failed or cancelled dependency, or a live job holds the key; e.g. {_few(report.refused)})"
-    elif report.action == "cancel":
-        line = (
-            f"cancelled {report.cancelled} of {report.matched} matching job(s) and "
-            f"{report.dependents_cancelled} dependent job(s); asked the workers of {report.requested} running "
-            "job(s) to stop them"
-        )
-    else:
-        by_state = ", ".join(f"{n} {state}" for state, n in report.deleted.items() if n)
-        line = f"deleted {report.changed} of {report.matched} matching job(s)" + (f" ({by_state})" if by_state else "")
-        if refused:
-            line += f"; kept {refused} that remaining jobs depend on (e.g. {_few(report.refused)})"
-    sys.stdout.write(line + "\n")
-
-
-def _few(ids: list[int]) -> str:
-    return ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    sys.stdout.write(core.bulk.summary(report) + "\n")
 
 
 @commands.command()
@@ -116,6 +88,6 @@ def purge(
         "group": job_group,
         "key": key,
     }
-    if not filters_given(**options):
+    if not core.bulk.filters_given(options):
         raise usage("give at least one filter: --state, --queue, --task, --error-like, --since, --group or --key")
     run("purge", options, dry_run=dry_run, batch_size=batch_size, as_json=as_json)

@@ -219,7 +219,7 @@ def _bulk_or_one(
     action: str, job_id: int | None, options: dict[str, Any], dry_run: bool, batch_size: int | None
 ) -> bool:
     """Whether the command acts on the jobs its filters match (True) or on one ID; refuses both or neither."""
-    given = bulk.filters_given(**options)
+    given = core.bulk.filters_given(options)
     if job_id is not None and (given or dry_run or batch_size is not None):
         raise usage(f"give an ID or filters, not both (sched {action} ID, or sched {action} --queue Q ...)")
     if job_id is None and not given:

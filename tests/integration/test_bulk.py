@@ -180,7 +180,7 @@ def test_two_bulk_retries_at_once_change_each_job_once_and_every_job_together(ds
             with db.connect(dsn) as own:
                 start.wait()
                 reports.append(bulk.perform(own, "retry", bulk.build_filter("retry", queue="default"), batch_size=25))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=retry_all) for _ in range(2)]
