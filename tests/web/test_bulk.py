@@ -49,6 +49,10 @@ def test_a_bulk_retry_previews_then_acts_on_confirmation(client: TestClient, con
     for job_id in (seeded["failed"], *more):
         assert f'href="/jobs/{job_id}"' in preview.text
     assert "Yes, retry the 4 matching job(s)" in preview.text
+    # The other actions keep the filter but not a state they may not act on.
+    other = re.search(r'href="(/bulk/cancel\?[^"]*)"', preview.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert "state=&" in other and "queue=web" in other
+    assert client.get(other).status_code == 200
     assert states(conn) == before  # a preview changes nothing
     form = hidden_fields(preview.text)
     assert form["queue"] == "web" and form["state"] == "failed" and form["error_like"] == "ValueError: no such report"
