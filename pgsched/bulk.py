@@ -15,6 +15,8 @@ from pgsched.errors import DatabaseError, InvalidInput
 from pgsched.models import JobState, check_group, check_key, check_queue, check_task
 from pgsched.repository.bulk import FIRST_ID, LAST_ID, JobFilter
 
+__all__ = ["ACTS_ON", "BulkReport", "JobFilter", "build_filter", "filters_given", "perform", "preview", "summary"]
+
 # The states each action may act on (docs/protocol.md, "Bulk actions").
 ACTS_ON = {
     "retry": ("failed", "cancelled"),
@@ -114,6 +116,8 @@ class BulkReport:
         if self.dry_run:
             for name in (*keep, "changed", "batches"):
                 data.pop(name, None)
+        else:
+            del data["sample"]
         return data
 
 

@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pgsched import bulk, repository
+from pgsched import bulk, db, repository
 from pgsched.dashboard import compact
 from pgsched.durations import format_duration
 from pgsched.errors import DatabaseUnavailable, NotFound, SchedError, WrongState
@@ -194,7 +194,7 @@ def create_app(
         if not bulk.filters_given(options):
             raise HTTPException(400, "give at least one filter")
         job_filter = bulk.build_filter(verb, **options)
-        report = await act(lambda conn: bulk.perform(conn, verb, job_filter))
+        report = await run_in_threadpool(lambda: _perform_on_own_connection(dsn, verb, job_filter))
         return _bulk_page(request, verb, options, None, done=report, summary=bulk.summary(report))
 
     def _bulk_page(request: Request, verb: str, options: dict[str, Any], cost: Cost | None, **shown: Any) -> Response:
@@ -238,6 +238,13 @@ def _job_id(request: Request) -> int:
     if verb is not None and verb not in ("cancel", "retry"):
         raise HTTPException(404, f"no action {verb!r} on jobs: cancel or retry")
     return int(request.path_params["id"])
+
+
+def _perform_on_own_connection(dsn: str, verb: str, job_filter: bulk.JobFilter) -> bulk.BulkReport:
+    """A bulk action on a connection of its own: its batches may take a while, and the pages' shared connection
+    stays free for everyone else meanwhile."""
+    with db.connect(dsn, application_name="sched-ui") as conn:
+        return bulk.perform(conn, verb, job_filter)
 
 
 _BULK_FIELDS = ("state", "queue", "task", "error_like", "since", "group", "key")
