@@ -11,7 +11,7 @@ from typing import Any
 from pgsched import repository
 from pgsched.db import Connection
 from pgsched.durations import parse_duration
-from pgsched.errors import DatabaseError, InvalidInput
+from pgsched.errors import InvalidInput
 from pgsched.models import JobState, check_group, check_key, check_queue, check_task
 from pgsched.repository.bulk import FIRST_ID, LAST_ID, JobFilter
 
@@ -27,7 +27,6 @@ DEFAULT_BATCH = 500
 SAMPLE = 5
 # Entries of the primary key one batch examines at most: a batch of sparse matches stays short.
 WALK_PER_BATCH = 20
-_DEADLOCK_TRIES = 3
 
 
 def filters_given(options: dict[str, Any]) -> bool:
@@ -154,29 +153,20 @@ def perform(conn: Connection, action: str, job_filter: JobFilter, batch_size: in
 def _batch(
     conn: Connection, action: str, job_filter: JobFilter, cursor: int, size: int, walk: int, report: BulkReport
 ) -> repository.Batch:
-    for attempt in range(_DEADLOCK_TRIES):
-        try:
-            if action == "retry":
-                batch = repository.retry_batch(conn, job_filter, cursor, size, walk)
-                queued = set(batch.changed) - set(batch.waiting)
-                report.queued.extend(sorted(queued))
-                report.waiting.extend(batch.waiting)
-            elif action == "cancel":
-                batch = repository.cancel_batch(conn, job_filter, cursor, size, walk)
-                report.cancelled += len(batch.changed) - len(batch.requested)
-                report.requested += len(batch.requested)
-                report.dependents_cancelled += batch.dependents_cancelled
-            else:
-                batch, purged = repository.purge_batch(conn, job_filter, cursor, size, walk)
-                for state in ("succeeded", "failed", "cancelled"):
-                    report.deleted[state] = report.deleted.get(state, 0) + getattr(purged, state)
-            return batch
-        except DatabaseError as exc:
-            # Settling dependents can lock rows another host's batch holds while it waits for ours; the server
-            # then rolls one batch back, whole, and running it again is safe.
-            if "deadlock detected" not in exc.message or attempt == _DEADLOCK_TRIES - 1:
-                raise
-    raise AssertionError("unreachable")
+    if action == "retry":
+        batch = repository.retry_batch(conn, job_filter, cursor, size, walk)
+        report.queued.extend(sorted(set(batch.changed) - set(batch.waiting)))
+        report.waiting.extend(batch.waiting)
+    elif action == "cancel":
+        batch = repository.cancel_batch(conn, job_filter, cursor, size, walk)
+        report.cancelled += len(batch.changed) - len(batch.requested)
+        report.requested += len(batch.requested)
+        report.dependents_cancelled += batch.dependents_cancelled
+    else:
+        batch, purged = repository.purge_batch(conn, job_filter, cursor, size, walk)
+        for state in ("succeeded", "failed", "cancelled"):
+            report.deleted[state] = report.deleted.get(state, 0) + getattr(purged, state)
+    return batch
 
 
 def summary(report: BulkReport) -> str:
