@@ -112,10 +112,6 @@ class Purged:
     failed: int = 0
     cancelled: int = 0
 
-    @property
-    def total(self) -> int:
-        return self.succeeded + self.failed + self.cancelled
-
 
 def purge_batch(conn: Connection, job_filter: JobFilter, after: int, batch: int, walk: int) -> tuple[Batch, Purged]:
     """Delete the next batch of matching terminal jobs below id ``after``, newest first; a failed or cancelled
