@@ -117,3 +117,13 @@ def test_read_only_refuses_bulk_actions(dsn: str, conn: db.Connection, seeded) -
         assert refused.status_code == 403 and "this dashboard is read-only" in refused.text
     app.state.database.close()
     assert conn.row("SELECT state::text FROM sched_jobs WHERE id = %s", (seeded["failed"],)) == ("failed",)
+
+
+def test_a_queues_jobs_page_links_the_bulk_actions_that_fit_its_filter(client: TestClient, seeded) -> None:
+    failed = client.get("/queues/web?state=failed&task=report.build").text
+    links = [h.replace("&amp;", "&") for h in re.findall(r'class="bulk" href="([^"]*)"', failed)]
+    assert [h.split("?")[0] for h in links] == ["/bulk/retry", "/bulk/purge"]
+    preview = client.get(links[0])
+    assert re.search(r"<strong>1</strong> job\(s\) match", preview.text)
+    queued = client.get("/queues/web?state=queued").text
+    assert re.findall(r'class="bulk" href="(/bulk/\w+)', queued) == ["/bulk/cancel"]
