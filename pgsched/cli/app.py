@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 import pgsched
-from pgsched.cli import core, jobs, ops, queues, schedules, worker
+from pgsched.cli import bulk, core, jobs, ops, queues, schedules, worker
 from pgsched.completions import enable_runtime_completion
 from pgsched.errors import DatabaseUnavailable, SchedError
 
 HELP = "A PostgreSQL-backed job queue: add jobs, run workers, watch and maintain the queue."
 # In the order ``sched --help`` lists them.
-GROUPS = (jobs.commands, worker.commands, queues.commands, schedules.commands, ops.commands)
+GROUPS = (jobs.commands, bulk.commands, worker.commands, queues.commands, schedules.commands, ops.commands)
 COMPLETE_VAR = "_SCHED_COMPLETE"
 
 _debug = {"on": False}

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pgsched import (
         admin,
         bench,
+        bulk,
         client,
         dashboard,
         db,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "admin",
     "bench",
+    "bulk",
     "client",
     "connect",
     "dashboard",

@@ -1,22 +1,26 @@
-"""``sched add``, ``status``, ``cancel`` and ``retry``: the commands about jobs."""
+"""``sched add``, ``status``, ``cancel`` and ``retry``: the commands about jobs (with filters instead of an ID,
+``cancel`` and ``retry`` act on many, through cli/bulk.py)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from pgsched.cli import core
+from pgsched.cli import bulk, core
 from pgsched.cli.options import Interval, JsonOutput, Payload, QueueName, QueueOption, group, print_json, usage
 from pgsched.durations import parse_duration
 from pgsched.settings import load_settings
 
 commands = group()
 
-JobId = Annotated[int, typer.Argument(metavar="ID", help="The job to cancel.")]
+BATCH = 500
+BatchSizeOption = Annotated[
+    Optional[int], typer.Option("--batch-size", min=1, max=10_000, help="Jobs per transaction [500].")
+]
 
 
 @commands.command()
@@ -120,8 +124,34 @@ def _refresh_interval(text: str) -> float:
 
 
 @commands.command()
-def cancel(job_id: JobId, as_json: JsonOutput = False) -> None:
-    """Cancel a waiting or queued job (and its dependents), or ask the worker running it to stop it."""
+def cancel(
+    job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="The job to cancel.")] = None,
+    state: bulk.States = None,
+    queue: bulk.Queue = None,
+    task: bulk.Task = None,
+    error_like: bulk.ErrorLike = None,
+    since: bulk.Since = None,
+    job_group: bulk.Group = None,
+    key: bulk.Key = None,
+    dry_run: bulk.DryRun = False,
+    batch_size: BatchSizeOption = None,
+    as_json: JsonOutput = False,
+) -> None:
+    """Cancel a waiting or queued job (and its dependents), or ask the worker running it to stop it; with filters
+    instead of an ID, every matching waiting, queued or running job, in batches."""
+    options = {
+        "states": state,
+        "queue": queue,
+        "task": task,
+        "error_like": error_like,
+        "since": since,
+        "group": job_group,
+        "key": key,
+    }
+    if _bulk_or_one("cancel", job_id, options, dry_run, batch_size):
+        bulk.run("cancel", options, dry_run=dry_run, batch_size=batch_size or BATCH, as_json=as_json)
+        return
+    assert job_id is not None
     with core.connect(load_settings()) as conn:
         result = core.repository.cancel_job(conn, core.jobspec.existing_job_id(job_id))
     running = result.state == "running"
@@ -144,34 +174,56 @@ def cancel(job_id: JobId, as_json: JsonOutput = False) -> None:
 @commands.command()
 def retry(
     job_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="The failed or cancelled job to retry.")] = None,
-    failed: Annotated[bool, typer.Option("--failed", help="Retry every failed job (of --queue).")] = False,
-    cancelled: Annotated[bool, typer.Option("--cancelled", help="Retry every cancelled job (of --queue).")] = False,
-    queue: QueueOption = None,
+    failed: Annotated[bool, typer.Option("--failed", help="The same as --state failed.")] = False,
+    cancelled: Annotated[bool, typer.Option("--cancelled", help="The same as --state cancelled.")] = False,
+    state: bulk.States = None,
+    queue: bulk.Queue = None,
+    task: bulk.Task = None,
+    error_like: bulk.ErrorLike = None,
+    since: bulk.Since = None,
+    job_group: bulk.Group = None,
+    key: bulk.Key = None,
+    dry_run: bulk.DryRun = False,
+    batch_size: BatchSizeOption = None,
     as_json: JsonOutput = False,
 ) -> None:
-    """Put failed or cancelled jobs back in the queue with a fresh attempt budget.
+    """Put a failed or cancelled job back in the queue with a fresh attempt budget; with filters instead of an
+    ID, every matching failed or cancelled job, in batches.
 
     A job whose dependencies have not all succeeded goes back to waiting; one whose dependency failed or was
     cancelled is refused (retry that dependency first, or in the same call)."""
-    if job_id is not None and (failed or cancelled or queue is not None):
-        raise usage("give an ID, or --failed/--cancelled [--queue Q], not both")
-    if job_id is None and not (failed or cancelled):
-        raise usage("give an ID, or --failed and/or --cancelled")
-    if queue is not None:
-        core.models.check_queue(queue)
+    states = [*(state or []), *(["failed"] if failed else []), *(["cancelled"] if cancelled else [])]
+    options = {
+        "states": states,
+        "queue": queue,
+        "task": task,
+        "error_like": error_like,
+        "since": since,
+        "group": job_group,
+        "key": key,
+    }
+    if _bulk_or_one("retry", job_id, options, dry_run, batch_size):
+        bulk.run("retry", options, dry_run=dry_run, batch_size=batch_size or BATCH, as_json=as_json)
+        return
+    assert job_id is not None
     with core.connect(load_settings()) as conn:
-        if job_id is not None:
-            result = core.repository.retry_job(conn, core.jobspec.existing_job_id(job_id))
-        else:
-            states = [s for s, wanted in (("failed", failed), ("cancelled", cancelled)) if wanted]
-            result = core.repository.retry_matching(conn, states, queue)
+        result = core.repository.retry_job(conn, core.jobspec.existing_job_id(job_id))
     if as_json:
         print_json({"queued": result.queued, "waiting": result.waiting, "refused": result.refused})
         return
     for revived in [*result.queued, *result.waiting]:
         sys.stdout.write(f"{revived}\n")
-    if job_id is None:
-        sys.stderr.write(
-            f"retried {len(result.queued) + len(result.waiting)} job(s): {len(result.queued)} queued, "
-            f"{len(result.waiting)} waiting on dependencies, {len(result.refused)} refused\n"
+
+
+def _bulk_or_one(
+    action: str, job_id: int | None, options: dict[str, Any], dry_run: bool, batch_size: int | None
+) -> bool:
+    """Whether the command acts on the jobs its filters match (True) or on one ID; refuses both or neither."""
+    given = core.bulk.filters_given(options)
+    if job_id is not None and (given or dry_run or batch_size is not None):
+        raise usage(f"give an ID or filters, not both (sched {action} ID, or sched {action} --queue Q ...)")
+    if job_id is None and not given:
+        raise usage(
+            "give an ID, or at least one filter: --state, --queue, --task, --error-like, --since, --group or --key"
         )
+    return job_id is None

@@ -1,16 +1,28 @@
 """Every query sched runs at runtime goes through this package: one function per operation, each naming its
 query in ``sql/queries/`` (no SQL is built here), split by what it operates on. Callers use
 ``repository.name(...)``; the modules are producers, runs (the worker's side), jobs, workers, queues,
-schedules, reads and browse (the web dashboard's job pages). No loops over time and no sleeps: deciding when
-to call is the caller's job."""
+schedules, reads, browse (the web dashboard's job pages) and bulk (retry, cancel and purge by filter, a batch
+at a time). No loops over time and no sleeps: deciding when to call is the caller's job."""
 
 from __future__ import annotations
 
 from pgsched.repository.browse import BROWSE_STATES, JobPage, browse_jobs, failure_groups
+from pgsched.repository.bulk import (
+    Batch,
+    JobFilter,
+    Purged,
+    cancel_batch,
+    count_matching,
+    purge_batch,
+    retry_batch,
+    sample_matching,
+)
 from pgsched.repository.jobs import (
+    CancelMany,
     CancelResult,
     CleanupCounts,
     RetryResult,
+    cancel_in_transaction,
     cancel_job,
     count_finished,
     delete_finished_batch,
@@ -18,7 +30,6 @@ from pgsched.repository.jobs import (
     get_job,
     retry_job,
     retry_jobs,
-    retry_matching,
 )
 from pgsched.repository.producers import commit_without_flush_wait, enqueue, enqueue_many
 from pgsched.repository.queues import (
@@ -74,9 +85,13 @@ def cancel_channel() -> str:
 __all__ = [
     "BROWSE_STATES",
     "FULL_PASS",
+    "Batch",
+    "CancelMany",
     "CancelResult",
     "CleanupCounts",
+    "JobFilter",
     "JobPage",
+    "Purged",
     "ReadyMarks",
     "ReapResult",
     "RecordResult",
@@ -84,7 +99,9 @@ __all__ = [
     "Segments",
     "apply_task_limits",
     "browse_jobs",
+    "cancel_batch",
     "cancel_channel",
+    "cancel_in_transaction",
     "cancel_job",
     "cancel_requested",
     "claim_jobs",
@@ -92,6 +109,7 @@ __all__ = [
     "commit_without_flush_wait",
     "count_by_queue",
     "count_finished",
+    "count_matching",
     "delete_finished_batch",
     "delete_schedule",
     "dependency_states",
@@ -107,15 +125,17 @@ __all__ = [
     "list_schedules",
     "list_workers",
     "promote_due",
+    "purge_batch",
     "rate_limited_backlog",
     "ready_depth",
     "reap_stale",
     "record_outcomes",
     "register_worker",
+    "retry_batch",
     "retry_job",
     "retry_jobs",
-    "retry_matching",
     "running_for_worker",
+    "sample_matching",
     "set_commit_durability",
     "set_progress",
     "set_queue_concurrency",

@@ -58,17 +58,45 @@ def cancel_job(conn: Connection, job_id: int) -> CancelResult:
     """Cancel a waiting or queued job and, transitively, its dependents; ask the worker of a running job to
     stop it. A finished job raises WrongState, an unknown one NotFound."""
     with conn.transaction():
-        row = conn.row(query("JobCancel"), {"id": job_id})
-        if row is None:
-            state = conn.row(query("JobGetState"), {"id": job_id})
-            if state is None:
-                raise NotFound(f"job {job_id} not found")
-            raise WrongState(f"job {job_id} already {state[0]}; nothing to cancel")
-        if row[0] == "running":
-            conn.rows(query("JobNotifyCancel"), {"id": job_id})
+        done = cancel_in_transaction(conn, [job_id])
+        if done.requested:
             return CancelResult(job_id, "running")
-        settled = conn.row(query("JobSettleDependents"), {"ids": [job_id]})
-        return CancelResult(job_id, "cancelled", settled[0] if settled else 0)
+        if done.cancelled:
+            return CancelResult(job_id, "cancelled", done.dependents_cancelled)
+        state = conn.row(query("JobGetState"), {"id": job_id})
+        if state is None:
+            raise NotFound(f"job {job_id} not found")
+        raise WrongState(f"job {job_id} already {state[0]}; nothing to cancel")
+
+
+@dataclass
+class CancelMany:
+    """What cancelling several jobs did: cancelled at once, asked to stop (running), and dependents cancelled."""
+
+    cancelled: list[int] = field(default_factory=list)
+    requested: list[int] = field(default_factory=list)
+    dependents_cancelled: int = 0
+
+
+def cancel_in_transaction(conn: Connection, ids: Sequence[int]) -> CancelMany:
+    """Cancel each waiting or queued job of ``ids`` (``JobCancel``), with its dependents; record the request of
+    each running one and tell its worker. Finished or unknown ids are passed over. Runs in the caller's
+    transaction when there is one, so the notifications go out on its commit."""
+    done = CancelMany()
+    with conn.transaction():
+        for job_id in ids:
+            row = conn.row(query("JobCancel"), {"id": job_id})
+            if row is None:
+                continue
+            if row[0] == "running":
+                conn.rows(query("JobNotifyCancel"), {"id": job_id})
+                done.requested.append(job_id)
+            else:
+                done.cancelled.append(job_id)
+        if done.cancelled:
+            settled = conn.row(query("JobSettleDependents"), {"ids": done.cancelled})
+            done.dependents_cancelled = settled[0] if settled else 0
+    return done
 
 
 @dataclass
@@ -133,13 +161,6 @@ def retry_job(conn: Connection, job_id: int) -> RetryResult:
         if dep_state in ("failed", "cancelled"):
             raise WrongState(f"job {job_id} depends on job {dep_id}, which {dep_state}; retry that one first")
     raise WrongState(f"job {job_id} has a dedupe key that a live job now holds")
-
-
-def retry_matching(conn: Connection, states: Sequence[str], queue: str | None = None) -> RetryResult:
-    """Retry every job in ``states`` (failed and/or cancelled), on ``queue`` or on all queues."""
-    with conn.transaction():
-        ids = [r[0] for r in conn.rows(query("JobListRetryable"), {"states": list(states), "queue": queue})]
-        return retry_jobs(conn, ids)
 
 
 def dependency_states(conn: Connection, job_id: int) -> list[tuple[int, str]]:

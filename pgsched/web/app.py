@@ -1,5 +1,6 @@
 """The dashboard's pages and actions: queues (live), a queue's jobs, one job, workers, schedules and recent
-failures, rendered on the server; cancel, retry, pause and resume behind a confirmation page and a POST."""
+failures, rendered on the server; cancel, retry, pause and resume behind a confirmation page and a POST, and
+bulk retry, cancel and purge by filter behind a preview (a count and a sample) and a POST."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from pgsched import repository
+from pgsched import bulk, db, repository
 from pgsched.dashboard import compact
 from pgsched.durations import format_duration
 from pgsched.errors import DatabaseUnavailable, NotFound, SchedError, WrongState
@@ -176,6 +177,30 @@ def create_app(
         await act(lambda conn: repository.set_queue_paused(conn, queue, paused))
         return RedirectResponse("/", status_code=303)
 
+    async def bulk_preview(request: Request) -> Response:
+        _refuse_if_read_only()
+        verb = _bulk_verb(request)
+        options = _bulk_options(request.query_params)
+        if not bulk.filters_given(options):
+            return _bulk_page(request, verb, options, None)
+        job_filter = bulk.build_filter(verb, **options)
+        report, cost = await read(lambda conn: bulk.preview(conn, verb, job_filter))
+        return _bulk_page(request, verb, options, cost, preview=report)
+
+    async def bulk_act(request: Request) -> Response:
+        _refuse_if_read_only()
+        verb = _bulk_verb(request)
+        options = _bulk_options(request.state.form)  # read by the guard when it checked the token
+        if not bulk.filters_given(options):
+            raise HTTPException(400, "give at least one filter")
+        job_filter = bulk.build_filter(verb, **options)
+        report = await run_in_threadpool(lambda: _perform_on_own_connection(dsn, verb, job_filter))
+        return _bulk_page(request, verb, options, None, done=report, summary=bulk.summary(report))
+
+    def _bulk_page(request: Request, verb: str, options: dict[str, Any], cost: Cost | None, **shown: Any) -> Response:
+        fields = _form_fields(options)
+        return render(request, "bulk.html", cost, verb=verb, fields=fields, acts_on=bulk.ACTS_ON[verb], **shown)
+
     async def failed(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
             return render(request, "error.html", status=exc.status_code, message=exc.detail)
@@ -195,6 +220,8 @@ def create_app(
         Route("/workers", workers),
         Route("/schedules", schedules),
         Route("/failures", failures),
+        Route("/bulk/{verb:str}", bulk_preview, methods=["GET"]),
+        Route("/bulk/{verb:str}", bulk_act, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
@@ -211,6 +238,37 @@ def _job_id(request: Request) -> int:
     if verb is not None and verb not in ("cancel", "retry"):
         raise HTTPException(404, f"no action {verb!r} on jobs: cancel or retry")
     return int(request.path_params["id"])
+
+
+def _perform_on_own_connection(dsn: str, verb: str, job_filter: bulk.JobFilter) -> bulk.BulkReport:
+    """A bulk action on a connection of its own: its batches may take a while, and the pages' shared connection
+    stays free for everyone else meanwhile."""
+    with db.connect(dsn, application_name="sched-ui") as conn:
+        return bulk.perform(conn, verb, job_filter)
+
+
+_BULK_FIELDS = ("state", "queue", "task", "error_like", "since", "group", "key")
+
+
+def _bulk_verb(request: Request) -> str:
+    verb = request.path_params["verb"]
+    if verb not in bulk.ACTS_ON:
+        raise HTTPException(404, f"no bulk action {verb!r}: retry, cancel or purge")
+    return verb
+
+
+def _bulk_options(values: Any) -> dict[str, Any]:
+    """The filter of a bulk form (a query string or a posted form), as ``bulk.build_filter`` takes it."""
+    given = {name: (values.get(name) or "").strip() or None for name in _BULK_FIELDS}
+    state = given.pop("state")
+    given["states"] = [state] if state else None
+    return given
+
+
+def _form_fields(options: dict[str, Any]) -> dict[str, str]:
+    """The filter as form fields again (the preview's confirmation posts them back unchanged)."""
+    fields = {name: options.get(name) or "" for name in _BULK_FIELDS if name != "state"}
+    return {"state": (options.get("states") or [""])[0], **fields}
 
 
 def _walk_reason(state: str, task: str | None, key: str | None) -> str:

@@ -98,5 +98,7 @@ class Guard(BaseHTTPMiddleware):
         if origin is not None and origin not in (f"{request.url.scheme}://{request.url.netloc}", "null"):
             return False
         form = await request.form()
+        # The body is read once: the action that follows finds the form here.
+        request.state.form = form
         given = form.get("csrf")
         return isinstance(given, str) and hmac.compare_digest(given.encode(), request.state.csrf.encode())

@@ -346,14 +346,6 @@ FROM sched_job_deps d JOIN sched_jobs j ON j.id = d.depends_on
 WHERE d.job_id = %(id)s
 ORDER BY j.id;
 
--- name: JobListRetryable
--- Lock the failed or cancelled jobs a bulk retry will revive, oldest first (a dependency is always older
--- than its dependents, so retrying in id order revives dependencies first).
-SELECT id FROM sched_jobs
-WHERE state = ANY(%(states)s::sched_job_state[]) AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-ORDER BY id
-FOR UPDATE;
-
 -- name: JobListRunningForWorker
 -- A worker's running jobs and their leases as the database sees them: after a claim whose answer was lost
 -- with the connection, the ones the worker never received are given back.

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from support.connections import run_async
 
-from pgsched import db, repository
+from pgsched import bulk, db, repository
 from pgsched.errors import NotFound, WrongState
 from pgsched.models import NewJob, Outcome
 
@@ -25,6 +25,10 @@ def start(dsn: str, worker: str, limit: int = 10) -> list:
 def finish(dsn: str, worker: str, claimed: list, kind: str, error: str | None = None) -> None:
     outcomes = [Outcome(j.id, j.lease, kind, error=error, retryable=False) for j in claimed]
     run_async(dsn, lambda c: repository.record_outcomes(c, worker, outcomes))
+
+
+def retry_matching(conn: db.Connection, states: list[str], queue: str) -> bulk.BulkReport:
+    return bulk.perform(conn, "retry", bulk.build_filter("retry", states=states, queue=queue))
 
 
 def state(conn: db.Connection, job_id: int) -> str:
@@ -135,7 +139,7 @@ def test_a_job_whose_dependency_failed_is_refused_until_that_is_retried(dsn: str
     with pytest.raises(WrongState, match=rf"depends on job {parent}, which failed; retry that one first"):
         repository.retry_job(conn, child)
     # Retrying both in one call revives the dependency first, so the dependent waits for it.
-    result = repository.retry_matching(conn, ["failed", "cancelled"])
+    result = bulk.perform(conn, "retry", bulk.build_filter("retry"))
     assert (result.queued, result.waiting, result.refused) == ([parent], [child], [])
 
 
@@ -146,9 +150,9 @@ def test_bulk_retry_is_limited_to_a_queue_and_to_the_states_asked_for(dsn: str, 
     fail_all(dsn)
     other = add(conn, queue="other")
     repository.cancel_job(conn, other)
-    assert repository.retry_matching(conn, ["failed"], "default").queued == [failed_here]
+    assert retry_matching(conn, ["failed"], "default").queued == [failed_here]
     assert state(conn, cancelled_here) == "cancelled"
-    assert repository.retry_matching(conn, ["cancelled"], "default").queued == [cancelled_here]
+    assert retry_matching(conn, ["cancelled"], "default").queued == [cancelled_here]
     assert state(conn, other) == "cancelled"
 
 

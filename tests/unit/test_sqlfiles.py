@@ -14,7 +14,7 @@ HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 def test_every_query_name_is_unique_sorted_and_in_its_entitys_file() -> None:
     files = {path.stem: HEADER.findall(path.read_text()) for path in sqlfiles.query_files()}
-    assert set(files) == {"admin", "bench", "browse", "jobs", "queues", "reads", "schedules", "workers"}
+    assert set(files) == {"admin", "bench", "browse", "bulk", "jobs", "queues", "reads", "schedules", "workers"}
     names = [name for found in files.values() for name in found]
     assert len(names) == len(set(names))
     assert sorted(names) == sorted(queries())
@@ -22,6 +22,7 @@ def test_every_query_name_is_unique_sorted_and_in_its_entitys_file() -> None:
     prefixes["reads"] = ("Dashboard", "Database", "Demo", "Doctor")
     prefixes["bench"] = ("Bench",)
     prefixes["browse"] = ("Browse",)
+    prefixes["bulk"] = ("Bulk",)
     for stem, found in files.items():
         assert found, f"{stem}.sql declares no queries"
         assert found == sorted(found), f"{stem}.sql is not sorted by name"

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's package, driven through selenium) loads every
 page against a real database served by the app on a free port, takes a screenshot of each, sees the queues
-page refresh itself, and performs a retry and a cancel through the confirmation pages."""
+page refresh itself, performs a retry and a cancel through the confirmation pages, and a bulk retry through
+its preview."""
 
 from __future__ import annotations
 
@@ -142,3 +143,27 @@ def test_every_page_renders_and_retry_and_cancel_work(
     browser.save_screenshot(str(shots / "cancelled.png"))
     assert state_of(conn, ids["queued"]) == "cancelled"
     assert state_of(conn, ids["waiting"]) == "cancelled"
+
+
+def test_a_bulk_retry_from_the_failures_page_previews_then_retries(
+    served: str, browser: webdriver.Chrome, conn: db.Connection, tmp_path: Path
+) -> None:
+    ids = seed(conn)
+    wait = WebDriverWait(browser, 15)
+    browser.get(served + "/failures")
+    links = browser.find_elements(By.CSS_SELECTOR, "a.bulk")
+    # One group per queue with a failure: web and other.
+    assert len(links) == 2
+    web = next(link for link in links if "queue=web" in link.get_attribute("href"))
+    web.click()
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "bulk retry")
+    assert browser.find_element(By.ID, "bulk-count").text.startswith("1 job(s) match")
+    assert state_of(conn, ids["failed"]) == "failed"  # the preview changed nothing
+    assert browser.save_screenshot(str(tmp_path / "bulk-preview.png"))
+    print(f"screenshot in {tmp_path / 'bulk-preview.png'}")
+    browser.find_element(By.ID, "confirm").click()
+    wait.until(lambda d: d.find_element(By.ID, "bulk-done").text.startswith("retried 1 of 1 matching job(s)"))
+    assert state_of(conn, ids["failed"]) == "queued"
+    assert conn.row("SELECT state::text FROM sched_jobs WHERE queue = 'other'") == ("failed",)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
