@@ -410,7 +410,10 @@ def describe_impact(impact: dict[str, Any]) -> str:
     if probe:
         via = f" through {probe['index']}" if probe["index"] else " without an index"
         ms = f" in {probe['ms']:.2f} ms" if probe["ms"] is not None else ""
-        text += f"; finding the next ready job of {probe['queue']}{via} touched {probe['pages']:,} page(s){ms}"
+        text += (
+            f"; reading {probe['queue']}'s ready jobs from the front{via} (as a worker's full pass does) touched "
+            f"{probe['pages']:,} page(s){ms} to find the first"
+        )
     return text
 
 

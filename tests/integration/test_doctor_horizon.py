@@ -187,7 +187,7 @@ def test_the_queue_impact_is_measured_while_something_holds_it(dsn: str) -> None
         assert probe["queue"] == "default" and probe["index"] == "sched_jobs_ready"
         # The walk passes the dead entries of the 1990 finished jobs before it meets a ready one.
         assert probe["pages"] > 10, probe
-        assert "finding the next ready job of default through sched_jobs_ready touched" in check.detail
+        assert "reading default's ready jobs from the front through sched_jobs_ready" in check.detail
         holder.rollback()
     with psycopg.connect(dsn, autocommit=True) as raw:
         raw.execute("VACUUM sched_jobs")

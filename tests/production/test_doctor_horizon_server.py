@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from private_server import PrivateServer, create_database
+from support.private_server import PrivateServer, create_database
 
 from pgsched import doctor
 from pgsched.doctor import Thresholds
