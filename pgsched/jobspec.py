@@ -69,6 +69,8 @@ class JobDefaults:
     after: tuple[int, ...] = ()
     group: str | None = None
     max_payload_bytes: int = _DECLARED.max_payload_bytes
+    # Not a field a job gives: the trace context of the call that adds it (README, "Tracing").
+    trace_context: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobDefaults:
@@ -129,6 +131,7 @@ def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording =
         key=check_key(job.key),
         after=list(job.after),
         group=check_group(job.group),
+        trace_context=job.trace_context,
     )
 
 

@@ -26,7 +26,7 @@ async def claim_jobs(
         {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id},
         prepare=True,
     )
-    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6]) for r in rows]
+    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6], 0.0, r[7]) for r in rows]
 
 
 async def skip_leases_ahead(conn: AsyncConnection) -> None:
