@@ -68,6 +68,10 @@ class RunTracing:
     recorded when it was added (a root span for a job added outside a trace), current while the handler runs.
     Its tracer comes from the global tracer provider, so an SDK the worker's app module sets up is the one used."""
 
+    # Parents extracted lately, by their propagation fields: the jobs of one bulk add share theirs, and parsing
+    # them is most of a run's cost without an SDK.
+    _MAX_PARENTS = 1024
+
     def __init__(self) -> None:
         from opentelemetry import context, propagate, trace
 
@@ -75,13 +79,34 @@ class RunTracing:
         self._context = context
         self._extract = propagate.extract
         self._tracer = trace.get_tracer("pgsched")
+        self._no_sdk = trace.ProxyTracerProvider
         self._consumer = trace.SpanKind.CONSUMER
         self._error = trace.StatusCode.ERROR
         self._root = context.Context()
+        self._parents: dict[tuple, Context] = {}
 
-    def start(self, job_id: int, task: str, queue: str, attempt: int, carrier: Any) -> tuple[Span, Context]:
-        """Start the span of one run; returns it and the context for the handler, in which it is current."""
-        parent = self._extract(carrier, self._root) if isinstance(carrier, dict) else self._root
+    def _parent(self, carrier: dict[str, Any]) -> Context:
+        try:
+            key = tuple(carrier.items())
+            parent = self._parents.get(key)
+        except TypeError:  # a value that is not a string: not from a propagator, extracted as it is
+            return self._extract(carrier, self._root)
+        if parent is None:
+            if len(self._parents) >= self._MAX_PARENTS:
+                self._parents.clear()
+            parent = self._parents[key] = self._extract(carrier, self._root)
+        return parent
+
+    def start(
+        self, job_id: int, task: str, queue: str, attempt: int, carrier: Any
+    ) -> tuple[Span | None, Context | None]:
+        """Start the span of one run; returns it and the context for the handler, in which it is current. Until
+        an SDK is set up, a span would record nothing: there is none, and the handler runs in the stored context
+        (None: the worker's own, for a job without one)."""
+        traced = isinstance(carrier, dict)
+        if isinstance(self._trace.get_tracer_provider(), self._no_sdk):
+            return None, self._parent(carrier) if traced else None
+        parent = self._parent(carrier) if traced else self._root
         span = self._tracer.start_span(
             f"sched.run {task}",
             context=parent,

@@ -248,7 +248,8 @@ class Executor:
         token = None
         if run_tracing is not None:
             run.span, handler_context = run_tracing.start(job.id, job.task, job.queue, job.attempt, job.trace_context)
-            token = run_tracing.attach(handler_context)
+            if handler_context is not None:
+                token = run_tracing.attach(handler_context)
         began = time.monotonic()
         result: Any = None
         error: BaseException | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 from harness import scalar, states
@@ -54,6 +55,10 @@ def _registry() -> Registry:
     def sync_ok(payload, ctx):
         with tracer.start_as_current_span("inside sync"):
             pass
+
+    @registry.task("slow", timeout=0.2)
+    async def slow(payload, ctx):
+        await asyncio.sleep(30)
 
     @registry.task("flaky", backoff=0.01)
     async def flaky(payload, ctx):
@@ -127,6 +132,21 @@ async def test_each_run_of_a_retried_job_is_a_span_of_the_same_trace(dsn, spans)
     [event] = first.events
     assert event.name == "exception" and event.attributes["exception.message"] == "first attempt fails"
     assert second.status.status_code is StatusCode.UNSET and not second.events
+
+
+async def test_a_run_stopped_at_its_timeout_ends_its_span_as_timeout(dsn, spans) -> None:
+    with Client(dsn) as client:
+        client.enqueue("slow")
+    async with in_process_worker(dsn, _registry()) as worker:
+        assert len(await worker.claim(1)) == 1
+        running = worker.start_next()
+        await asyncio.sleep(0.3)
+        await worker.worker.executor.watch_once(time.monotonic())
+        await asyncio.wait_for(running, 5)
+        assert await worker.flush()
+    [run] = _named(spans, "sched.run slow")
+    assert run.attributes["sched.outcome"] == "timeout"
+    assert run.status.status_code is StatusCode.ERROR and run.status.description == "timed out after 0.2s"
 
 
 async def test_a_job_added_outside_any_trace_runs_in_a_root_span(dsn, spans) -> None:
