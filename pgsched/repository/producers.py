@@ -112,12 +112,17 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
         if any(job.key for job in jobs):
             result = _enqueue_keyed(conn, jobs, ids, rows, traced)
         else:
-            if traced:
+            if all(_uses_table_defaults(job) for job in jobs):
+                pairs = zip(ids, jobs, strict=True)
+                if traced:
+                    plain = ((i, job.queue, job.task, job.payload_json, job.trace_context) for i, job in pairs)
+                    conn.copy_rows(query("JobCopyInPlainTraced"), [*_COPY_TYPES[:4], "jsonb"], plain)
+                else:
+                    plain = ((i, job.queue, job.task, job.payload_json) for i, job in pairs)
+                    conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
+            elif traced:
                 traced_rows = ((*row, job.trace_context) for row, job in zip(rows, jobs, strict=True))
                 conn.copy_rows(query("JobCopyInTraced"), [*_COPY_TYPES, "jsonb"], traced_rows)
-            elif all(_uses_table_defaults(job) for job in jobs):
-                plain = ((i, job.queue, job.task, job.payload_json) for i, job in zip(ids, jobs, strict=True))
-                conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
             else:
                 conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = _all_new(ids)

@@ -115,6 +115,10 @@ FROM STDIN (FORMAT BINARY);
 -- fewer columns to encode and send per row, which is most of a bulk insert's cost.
 COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
 
+-- name: JobCopyInPlainTraced
+-- JobCopyInPlain for jobs that carry a trace context.
+COPY sched_jobs (id, queue, task, payload, trace_context) FROM STDIN (FORMAT BINARY);
+
 -- name: JobCopyInTraced
 -- Bulk insert without dedupe keys of jobs that carry a trace context (a plain bulk insert sends no such column).
 COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name,
