@@ -4,10 +4,11 @@ caller's psycopg transaction, so a job exists (and workers are woken) only if th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pgsched import repository
+from pgsched import repository, tracing
 from pgsched.db import Connection, begin_implicit, connect, wrap
 from pgsched.errors import InvalidInput
 from pgsched.jobspec import API, JobDefaults, build_job, payload_json
@@ -31,7 +32,16 @@ def _job_id(value: Any) -> int:
 
 
 def enqueue_jobs(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
-    """Insert built jobs, all or nothing, in order: one COPY when none has dependencies, else one by one."""
+    """Insert built jobs (``sched add``'s), all or nothing, in order: one COPY when none has dependencies, else one
+    by one. Under a valid TRACEPARENT environment variable (OpenTelemetry's environment carrier), jobs without a
+    trace context of their own record it and TRACESTATE (README, "Tracing")."""
+    context = tracing.environment_context()
+    if context is not None:
+        jobs = [job if job.trace_context is not None else replace(job, trace_context=context) for job in jobs]
+    return _insert(conn, jobs)
+
+
+def _insert(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
     if len(jobs) == 1:
         return [repository.enqueue(conn, jobs[0])]
     if not any(job.after for job in jobs):
@@ -99,7 +109,8 @@ class Client:
     ) -> Enqueued:
         """Add one job and return its id (``.id``); with ``key``, a live job of the same queue and key is
         returned instead, marked ``.deduplicated``. Unset options take their defaults: queue ``default``,
-        priority 0, SCHED_MAX_ATTEMPTS attempts, a SCHED_JOB_TIMEOUT timeout."""
+        priority 0, SCHED_MAX_ATTEMPTS attempts, a SCHED_JOB_TIMEOUT timeout. Inside an OpenTelemetry trace the
+        job records the trace context, and its runs' spans join that trace (README, "Tracing")."""
         spec = {
             "task": task,
             "payload": payload,
@@ -113,13 +124,14 @@ class Client:
             "after": after,
             "group": group,
         }
-        job = build_job(spec, self.defaults, API)
+        job = build_job(spec, self._defaults_in_trace(), API)
         self._join_transaction()
         return repository.enqueue(self._conn, job)
 
     def enqueue_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[Enqueued]:
         """Add many jobs, all or nothing, in order; each is a mapping of ``enqueue``'s arguments (``task``
         required). Without dependencies they go in through one COPY."""
+        defaults = self._defaults_in_trace()
         built = []
         # A bulk insert repeats a few shapes (task, queue, options) with many payloads: each shape is checked
         # once, and the jobs that share it differ only in their payload.
@@ -138,7 +150,7 @@ class Client:
             template = shapes.get(shape) if shape is not None else None
             try:
                 if template is None:
-                    template = build_job(rest, self.defaults, API)
+                    template = build_job(rest, defaults, API)
                     if shape is not None and len(shapes) < _MAX_SHAPES:
                         shapes[shape] = template
                 if payload is not None:
@@ -147,7 +159,12 @@ class Client:
                 raise InvalidInput(f"job {number}: {exc.message}") from None
             built.append(template)
         self._join_transaction()
-        return enqueue_jobs(self._conn, built)
+        return _insert(self._conn, built)
+
+    def _defaults_in_trace(self) -> JobDefaults:
+        # Inside a trace, the jobs of this call record its context, so their runs join it (README, "Tracing").
+        context = tracing.producer_context()
+        return self.defaults if context is None else replace(self.defaults, trace_context=context)
 
     def get(self, job_id: int) -> dict[str, Any]:
         """One job as ``sched status ID --json`` shows it (``state``, ``attempt``, ``result``, ``error``,

@@ -82,6 +82,8 @@ class JobDefaults:
     after: tuple[int, ...] = ()
     group: str | None = None
     max_payload_bytes: int = _DECLARED.max_payload_bytes
+    # Not a field a job gives: the trace context of the call that adds it (README, "Tracing").
+    trace_context: str | None = None
 
     @cached_property
     def checked(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -140,6 +142,7 @@ def build_job(spec: Mapping[str, Any], defaults: JobDefaults, wording: Wording =
         key=given.get("key", checked["key"]),
         after=list(given.get("after", defaults.after)),
         group=given.get("group", checked["group"]),
+        trace_context=defaults.trace_context,
     )
 
 

@@ -243,6 +243,8 @@ class NewJob:
     key: str | None = None
     after: list[int] = field(default_factory=list)
     group: str | None = None
+    # The trace context of the code that added it, as JSON text of propagation fields (README, "Tracing").
+    trace_context: str | None = None
 
     def with_payload(self, payload_json: str) -> NewJob:
         """The same job with another payload (positional: a bulk insert makes one per job)."""
@@ -258,6 +260,7 @@ class NewJob:
             self.key,
             self.after,
             self.group,
+            self.trace_context,
         )
 
 
@@ -283,6 +286,8 @@ class ClaimedJob:
     lease: int
     # When the worker received it (its monotonic clock); a job claimed ahead of a free slot waits from here.
     claimed_at: float = 0.0
+    # The propagation fields of the code that added it, or None (README, "Tracing").
+    trace_context: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
+from operator import attrgetter
 
 from pgsched.db import Connection
 from pgsched.errors import InvalidInput
@@ -37,10 +38,15 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         "pending_deps": 0,
         "admitted": False,
     }
+    # A job with a trace context takes the traced variant of the insert; one without keeps the plain one.
+    insert = "JobInsert"
+    if job.trace_context is not None:
+        params["trace_context"] = job.trace_context
+        insert = "JobInsertTraced"
     if not job.after:
         # The common add: one statement, no transaction of its own; leaner still for a job due now with no key.
-        now = job.key is None and job.group is None and job.run_at is None and not job.delay_s
-        row = conn.row(query("JobInsertNow" if now else "JobInsert"), params)
+        now = insert == "JobInsert" and job.key is None and job.group is None and job.run_at is None and not job.delay_s
+        row = conn.row(query("JobInsertNow" if now else insert), params)
         if row is not None:
             return Enqueued(row[0])
     with conn.transaction():
@@ -56,7 +62,7 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         params["pending_deps"] = _lock_dependencies(conn, job.after) if job.after else 0
         # A duplicate key can finish between our skipped insert and the look-up; then insert again.
         while True:
-            row = conn.row(query("JobInsert"), params)
+            row = conn.row(query(insert), params)
             if row is not None:
                 new_id = row[0]
                 break
@@ -82,6 +88,7 @@ def _lock_dependencies(conn: Connection, after: Sequence[int]) -> int:
 
 
 _COPY_TYPES = ["bigint", "text", "text", "jsonb", "integer", "timestamptz", "integer", "interval", "boolean", "text"]
+_trace_context = attrgetter("trace_context")
 
 
 def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
@@ -100,12 +107,22 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
                 _admit(conn, queue, count - _already_held(conn, queue, jobs), cap)
         ids, now = conn.row(query("JobIdReserveMany"), {"count": len(jobs)})  # type: ignore[misc]
         rows = (_copy_row(new_id, job, now) for new_id, job in zip(ids, jobs, strict=True))
+        # Jobs with a trace context go in through the traced variants; a batch without keeps the plain columns.
+        traced = any(map(_trace_context, jobs))
         if any(job.key for job in jobs):
-            result = _enqueue_keyed(conn, jobs, ids, rows)
+            result = _enqueue_keyed(conn, jobs, ids, rows, traced)
         else:
             if all(_uses_table_defaults(job) for job in jobs):
-                plain = ((i, job.queue, job.task, job.payload_json) for i, job in zip(ids, jobs, strict=True))
-                conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
+                pairs = zip(ids, jobs, strict=True)
+                if traced:
+                    plain = ((i, job.queue, job.task, job.payload_json, job.trace_context) for i, job in pairs)
+                    conn.copy_rows(query("JobCopyInPlainTraced"), [*_COPY_TYPES[:4], "jsonb"], plain)
+                else:
+                    plain = ((i, job.queue, job.task, job.payload_json) for i, job in pairs)
+                    conn.copy_rows(query("JobCopyInPlain"), _COPY_TYPES[:4], plain)
+            elif traced:
+                traced_rows = ((*row, job.trace_context) for row, job in zip(rows, jobs, strict=True))
+                conn.copy_rows(query("JobCopyInTraced"), [*_COPY_TYPES, "jsonb"], traced_rows)
             else:
                 conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = _all_new(ids)
@@ -157,10 +174,17 @@ def _uses_table_defaults(job: NewJob) -> bool:
     )
 
 
-def _enqueue_keyed(conn: Connection, jobs: Sequence[NewJob], ids: list[int], rows: Iterator) -> list[Enqueued]:
+def _enqueue_keyed(
+    conn: Connection, jobs: Sequence[NewJob], ids: list[int], rows: Iterator, traced: bool
+) -> list[Enqueued]:
     conn.run(query("JobIncomingCreate"))
-    keyed_rows = ((*row, job.key) for row, job in zip(rows, jobs, strict=True))
-    conn.copy_rows(query("JobIncomingCopyIn"), [*_COPY_TYPES, "text"], keyed_rows)
+    if traced:
+        traced_rows = ((*row, job.key, job.trace_context) for row, job in zip(rows, jobs, strict=True))
+        conn.copy_rows(query("JobIncomingCopyInTraced"), [*_COPY_TYPES, "text", "jsonb"], traced_rows)
+    else:
+        keyed_rows = ((*row, job.key) for row, job in zip(rows, jobs, strict=True))
+        conn.copy_rows(query("JobIncomingCopyIn"), [*_COPY_TYPES, "text"], keyed_rows)
+    move = query("JobInsertFromIncomingTraced" if traced else "JobInsertFromIncoming")
     key_of = {new_id: (job.queue, job.key) for new_id, job in zip(ids, jobs, strict=True)}
     inserted: set[int] = set()
     holders: dict[tuple[str, str], int] = {}
@@ -168,7 +192,7 @@ def _enqueue_keyed(conn: Connection, jobs: Sequence[NewJob], ids: list[int], row
     # A job holding a key can finish between the skipped insert and the look-up of holders: its key is free
     # then, so the staged job is inserted in the next round instead of being reported as a duplicate of nothing.
     while pending:
-        inserted.update(r[0] for r in conn.rows(query("JobInsertFromIncoming"), {"ids": pending}))
+        inserted.update(r[0] for r in conn.rows(move, {"ids": pending}))
         skipped = [new_id for new_id in pending if new_id not in inserted]
         if skipped:
             found = conn.rows(

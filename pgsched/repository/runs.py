@@ -129,7 +129,7 @@ class ReadyMarks:
         """Move each level's position to the first job this claim took there; after a full pass, set the next."""
         first: dict[int, tuple[datetime, int]] = {}
         for row in rows:
-            level, run_at = row[7], row[8]
+            level, run_at = row[8], row[9]
             if level is None:  # claimed by sched_claim_limited, which reads the index its own way
                 continue
             position = (run_at, row[0])
@@ -167,7 +167,7 @@ async def claim_jobs(
     if marks is not None:
         now = time.monotonic()
         marks.learn(rows, full=segments.full, took_s=now - started, now=now)
-    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6]) for r in rows]
+    return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6], 0.0, r[7]) for r in rows]
 
 
 def claim_params(queue: str, tasks: list[str], limit: int, worker_id: str, segments: Segments = FULL_PASS) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -18,7 +19,8 @@ from typing import Any
 
 from loguru import logger
 
-from pgsched.models import ClaimedJob, OutcomeKind
+from pgsched import tracing
+from pgsched.models import ClaimedJob, Outcome, OutcomeKind
 from pgsched.worker.config import WorkerConfig
 from pgsched.worker.context import JobContext
 from pgsched.worker.fetcher import ClaimAhead
@@ -46,6 +48,7 @@ class Run:
         "job",
         "left_behind",
         "runner",
+        "span",
         "spec",
         "started",
         "stopped",
@@ -65,6 +68,7 @@ class Run:
         self.left_behind = False  # an async handler that did not stop when cancelled, no longer waited for
         self.given_up = False  # a sync run the runner no longer waits for (guarded by the threads' lock)
         self.abandoned = False  # ...and whose handler was still running then
+        self.span: Any = None  # the run's trace span, when the worker traces (README, "Tracing")
 
 
 class SyncThreads:
@@ -79,8 +83,13 @@ class SyncThreads:
         self._lock = threading.Lock()
         self.abandoned = 0
 
-    async def call(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._in_thread, run, fn, payload, ctx)
+    async def call(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext, traced: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        if traced:  # the thread runs in the runner's context, where the run's span is current
+            return await loop.run_in_executor(
+                self._pool, contextvars.copy_context().run, self._in_thread, run, fn, payload, ctx
+            )
+        return await loop.run_in_executor(self._pool, self._in_thread, run, fn, payload, ctx)
 
     def _in_thread(self, run: Run, fn: Handler, payload: dict[str, Any], ctx: JobContext) -> Any:
         with self._lock:
@@ -132,6 +141,8 @@ class Executor:
         self._outcomes = outcomes
         self._ahead = ahead
         self._metrics = metrics
+        # None where opentelemetry is not installed: then a run costs one test of it (README, "Tracing").
+        self._tracing = tracing.run_tracing()
         self._debug = config.log_jobs
         self._max_result_bytes = config.max_payload_bytes
         self.ready: collections.deque[ClaimedJob] = collections.deque()
@@ -233,6 +244,12 @@ class Executor:
             self._metrics.started()
         if self._debug:
             logger.bind(job_id=job.id).debug("job {} {} started (attempt {})", job.id, job.task, job.attempt)
+        run_tracing = self._tracing
+        token = None
+        if run_tracing is not None:
+            run.span, handler_context = run_tracing.start(job.id, job.task, job.queue, job.attempt, job.trace_context)
+            if handler_context is not None:
+                token = run_tracing.attach(handler_context)
         began = time.monotonic()
         result: Any = None
         error: BaseException | None = None
@@ -242,7 +259,7 @@ class Executor:
                 result = await spec.fn(job.payload, ctx)
             else:
                 assert self.threads is not None
-                result = await self.threads.call(run, spec.fn, job.payload, ctx)
+                result = await self.threads.call(run, spec.fn, job.payload, ctx, token is not None)
         except asyncio.CancelledError:
             if run.stopped is None:
                 raise
@@ -250,13 +267,15 @@ class Executor:
         except Exception as exc:
             error = exc
         finally:
+            if token is not None:
+                run_tracing.detach(token)  # type: ignore[union-attr]
             if run.left_behind:
                 self.abandoned_tasks -= 1
             else:
                 self._free_slot(run)
         if run.left_behind:  # its end was recorded when the worker stopped waiting for it
             return
-        self._finish(RunEnd(job, spec, run.cancel_requested, run.stopped, result, error), began)
+        self._finish(RunEnd(job, spec, run.cancel_requested, run.stopped, result, error), began, run.span)
 
     def _free_slot(self, run: Run) -> None:
         key = run.job.lease
@@ -267,14 +286,31 @@ class Executor:
             self._ahead.finished += 1
         self.slot_freed.set()
 
-    def _finish(self, end: RunEnd, began: float) -> None:
+    def _finish(self, end: RunEnd, began: float, span: Any = None) -> None:
         job = end.job
         outcome = outcome_of(end, self._max_result_bytes)
+        if span is not None:
+            self._end_span(span, end, outcome)
         if outcome.kind is not OutcomeKind.SUCCEEDED or self._debug:  # a quiet success logs nothing: skip the call
             log_outcome(end, outcome, debug=self._debug)
         if self._metrics is not None:
             self._metrics.finished(job, time.monotonic() - began)
         self._outcomes.add(outcome)
+
+    def _end_span(self, span: Any, end: RunEnd, outcome: Outcome) -> None:
+        # The outcome as the run's span names it: a failure is "retry" when the job will run again, "timeout"
+        # when the worker stopped it at its timeout.
+        kind = outcome.kind
+        if kind is not OutcomeKind.FAILED:
+            name = kind.value
+        elif end.stopped is StopReason.TIMEOUT:
+            name = "timeout"
+        elif outcome.retryable and end.job.attempt < end.job.max_attempts:
+            name = "retry"
+        else:
+            name = "failed"
+        message = outcome.error.partition("\n")[0] if outcome.error else None
+        self._tracing.end(span, name, end.error, message)  # type: ignore[union-attr]
 
     def _leave_behind_stuck(self, now: float) -> None:
         """Stop waiting for async handlers still running ABANDON_AFTER_S after their cancellation: record their
@@ -292,7 +328,9 @@ class Executor:
                 job.task,
                 self.ABANDON_AFTER_S,
             )
-            self._finish(RunEnd(job, run.spec, run.cancel_requested, run.stopped), run.started or run.stopped_at)
+            self._finish(
+                RunEnd(job, run.spec, run.cancel_requested, run.stopped), run.started or run.stopped_at, run.span
+            )
             self._replace_runner(run)
 
     def _replace_runner(self, run: Run) -> None:
@@ -321,6 +359,8 @@ class Executor:
         run.left_behind = True
         self.abandoned_tasks += 1
         self._free_slot(run)
+        if run.span is not None:
+            self._tracing.end(run.span, "disowned")  # type: ignore[union-attr]
         run.ctx.cancelled = True
         if run.stopped is None:
             run.stopped = StopReason.SHUTDOWN

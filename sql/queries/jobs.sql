@@ -130,7 +130,7 @@ claimed AS (
         lease = nextval('sched_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task::text, j.payload::jsonb, j.attempt::int, j.max_attempts::int,
-              extract(epoch FROM j.timeout)::float8, j.lease, j.priority::int, j.run_at
+              extract(epoch FROM j.timeout)::float8, j.lease, j.trace_context, j.priority::int, j.run_at
 )
 SELECT * FROM claimed
 UNION ALL
@@ -149,6 +149,16 @@ FROM STDIN (FORMAT BINARY);
 -- carry no group:
 -- fewer columns to encode and send per row, which is most of a bulk insert's cost.
 COPY sched_jobs (id, queue, task, payload) FROM STDIN (FORMAT BINARY);
+
+-- name: JobCopyInPlainTraced
+-- JobCopyInPlain for jobs that carry a trace context.
+COPY sched_jobs (id, queue, task, payload, trace_context) FROM STDIN (FORMAT BINARY);
+
+-- name: JobCopyInTraced
+-- Bulk insert without dedupe keys of jobs that carry a trace context (a plain bulk insert sends no such column).
+COPY sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name,
+                 trace_context)
+FROM STDIN (FORMAT BINARY);
 
 -- name: JobCountByQueue
 -- Per-queue counts by state; "scheduled" is queued with run_at in the future.
@@ -269,11 +279,18 @@ COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attemp
                           group_name, dedupe_key)
 FROM STDIN (FORMAT BINARY);
 
+-- name: JobIncomingCopyInTraced
+-- Bulk load the staging table with jobs that carry a trace context.
+COPY sched_jobs_incoming (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred,
+                          group_name, dedupe_key, trace_context)
+FROM STDIN (FORMAT BINARY);
+
 -- name: JobIncomingCreate
 -- A transaction-local staging table for bulk inserts that carry dedupe keys.
+-- trace_context is filled only by JobIncomingCopyInTraced; a plain load leaves it NULL and never reads it.
 CREATE TEMP TABLE sched_jobs_incoming (
     id bigint, queue text, task text, payload jsonb, priority integer, run_at timestamptz,
-    max_attempts integer, timeout interval, deferred boolean, group_name text, dedupe_key text
+    max_attempts integer, timeout interval, deferred boolean, group_name text, dedupe_key text, trace_context jsonb
 ) ON COMMIT DROP;
 
 -- name: JobIncomingDrop
@@ -313,6 +330,17 @@ ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('wait
 DO NOTHING
 RETURNING id;
 
+-- name: JobInsertFromIncomingTraced
+-- JobInsertFromIncoming for staged jobs that carry a trace context.
+INSERT INTO sched_jobs (id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name,
+                        dedupe_key, trace_context)
+SELECT id, queue, task, payload, priority, run_at, max_attempts, timeout, deferred, group_name, dedupe_key,
+       trace_context
+FROM sched_jobs_incoming WHERE id = ANY(%(ids)s::bigint[]) ORDER BY id
+ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
+DO NOTHING
+RETURNING id;
+
 -- name: JobInsertNow
 -- The most common add, in the fewest steps: a job due now, with no key, group or dependencies, which takes the
 -- table's defaults for run_at, state and the rest. Skipped (no row) when the queue has a backlog cap: such adds
@@ -325,6 +353,28 @@ WITH ins AS (
     RETURNING id, queue
 )
 SELECT id, pg_notify('sched_wakeup', queue) FROM ins;
+
+-- name: JobInsertTraced
+-- JobInsert for a job that carries a trace context (README, "Tracing"): the same rules, one more column, so the
+-- common add without one keeps its statement as it is. Jobs due now take this path too.
+WITH ins AS (
+    INSERT INTO sched_jobs (queue, task, payload, priority, run_at, deferred, max_attempts, timeout, dedupe_key,
+                            group_name, pending_deps, state, trace_context)
+    SELECT %(queue)s::text, %(task)s::text, %(payload)s::jsonb, %(priority)s::int, t.run_at, t.run_at > now(),
+           %(max_attempts)s::int, make_interval(secs => %(timeout_s)s::float8), %(key)s::text, %(group)s::text,
+           %(pending_deps)s::int,
+           CASE WHEN %(pending_deps)s::int > 0 THEN 'waiting' ELSE 'queued' END::sched_job_state,
+           %(trace_context)s::jsonb
+    FROM (SELECT coalesce(%(run_at)s::timestamptz,
+                          now() + make_interval(secs => coalesce(%(delay_s)s::float8, 0))) AS run_at) t
+    WHERE %(admitted)s::bool
+       OR NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s::text AND max_backlog IS NOT NULL)
+    ON CONFLICT (queue, dedupe_key) WHERE dedupe_key IS NOT NULL AND state IN ('waiting', 'queued', 'running')
+    DO NOTHING
+    RETURNING id, queue, run_at, state
+)
+SELECT id, pg_notify('sched_wakeup', queue || ' ' || extract(epoch FROM run_at)::text)
+FROM ins;
 
 -- name: JobLeaseSkipAhead
 -- Move the lease sequence a billion values ahead. A claimer runs this on every new connection, before its first

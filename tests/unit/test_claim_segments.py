@@ -11,9 +11,9 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def row(job_id: int, priority: int | None, run_at: datetime | None) -> tuple:
-    """A claimed row as JobClaim returns it: id, task, payload, attempt, max_attempts, timeout, lease, priority,
-    run_at."""
-    return (job_id, "t", {}, 1, 3, 300.0, job_id, priority, run_at)
+    """A claimed row as JobClaim returns it: id, task, payload, attempt, max_attempts, timeout, lease,
+    trace_context, priority, run_at."""
+    return (job_id, "t", {}, 1, 3, 300.0, job_id, None, priority, run_at)
 
 
 def learned(*rows: tuple, now: float = 0.0) -> ReadyMarks:
