@@ -26,7 +26,9 @@ _LISTINGS = {
 _ASCENDING = {"queued", "scheduled"}
 _FIRST_PRIORITY = 1001  # above the highest priority a job can have, so a first page starts at the top level
 _LAST_ID = 2**63 - 1
-_ROW_FIELDS = "id task state deferred attempt max_attempts priority run_at created_at finished_at key error".split()
+_ROW_FIELDS = (
+    "id task state deferred attempt max_attempts priority run_at created_at finished_at key group_name error".split()
+)
 
 
 @dataclass
@@ -61,16 +63,17 @@ def browse_jobs(
     state: str = "all",
     task: str | None = None,
     key: str | None = None,
+    group: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
     walk: int = 5000,
 ) -> JobPage:
-    """A page of ``queue``'s jobs in ``state`` (one of BROWSE_STATES), optionally of one task or dedupe key,
+    """A page of ``queue``'s jobs in ``state`` (one of BROWSE_STATES), optionally of one task, group or dedupe key,
     starting after ``cursor`` (a page's ``next_cursor``); each page examines at most ``walk`` index entries."""
     if state not in _LISTINGS:
         raise InvalidInput(f"unknown state {state!r}: use one of {', '.join(BROWSE_STATES)}")
     if key is not None and state in ("all", "queued", "scheduled", "running", "waiting"):
-        return _live_holder(conn, queue, state, key, task)
+        return _live_holder(conn, queue, state, key, task, group)
     ascending = state in _ASCENDING
     priority, at, after_id = _decode(cursor) if cursor else (None, None, 0 if ascending else _LAST_ID)
     if state == "queued" and priority is None:
@@ -82,6 +85,7 @@ def browse_jobs(
             "state": state,
             "task": task,
             "key": key,
+            "group": group,
             "after_priority": priority,
             "after_at": at if at is not None else "-infinity" if ascending else "infinity",
             "after_id": after_id,
@@ -103,13 +107,15 @@ def _cursor(row: dict[str, Any]) -> str:
     return _encode(row["after_priority"], row["after_at"], row["after_id"])
 
 
-def _live_holder(conn: Connection, queue: str, state: str, key: str, task: str | None) -> JobPage:
-    """The one live job holding ``key`` on ``queue``, if it matches the page's state and task."""
+def _live_holder(conn: Connection, queue: str, state: str, key: str, task: str | None, group: str | None) -> JobPage:
+    """The one live job holding ``key`` on ``queue``, if it matches the page's state, task and group."""
     rows = conn.records(query("BrowseJobGetByKey"), {"queue": queue, "key": key})
     shown = {"queued": ("queued", False), "scheduled": ("queued", True)}
 
     def matches(job: dict[str, Any]) -> bool:
         if task is not None and job["task"] != task:
+            return False
+        if group is not None and job["group_name"] != group:
             return False
         if state == "all":
             return True

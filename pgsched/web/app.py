@@ -26,7 +26,7 @@ from pgsched import bulk, db, repository
 from pgsched.dashboard import compact
 from pgsched.durations import format_duration
 from pgsched.errors import DatabaseUnavailable, NotFound, SchedError, WrongState
-from pgsched.models import check_key, check_queue, check_task
+from pgsched.models import check_group, check_key, check_queue, check_task
 from pgsched.web.database import Cost, CountedConnection, Database
 from pgsched.web.guard import Guard
 
@@ -84,13 +84,14 @@ def create_app(
         state = params.get("state") or "all"
         task = _checked(check_task, params["task"]) if params.get("task") else None
         key = _checked(check_key, params["key"]) if params.get("key") else None
+        group = _checked(check_group, params["group"]) if params.get("group") else None
         cursor = params.get("after") or None
         page, cost = await read(
             lambda conn: repository.browse_jobs(
-                conn, queue, state=state, task=task, key=key, cursor=cursor, limit=PAGE_SIZE
+                conn, queue, state=state, task=task, key=key, group=group, cursor=cursor, limit=PAGE_SIZE
             )
         )
-        filters = {"state": state, "task": task or "", "key": key or ""}
+        filters = {"state": state, "task": task or "", "group": group or "", "key": key or ""}
         kept = {k: v for k, v in filters.items() if v}
         first_url = f"/queues/{queue}?" + urlencode(kept)
         next_url = f"/queues/{queue}?" + urlencode({**kept, "after": page.next_cursor}) if page.next_cursor else None
@@ -105,7 +106,7 @@ def create_app(
             next_url=next_url,
             first_url=first_url,
             first_page=cursor is None,
-            walk_reason=_walk_reason(state, task, key),
+            walk_reason=_walk_reason(state, task, group, key),
         )
 
     def _job(conn: CountedConnection, job_id: int) -> dict[str, Any]:
@@ -271,10 +272,12 @@ def _form_fields(options: dict[str, Any]) -> dict[str, str]:
     return {"state": (options.get("states") or [""])[0], **fields}
 
 
-def _walk_reason(state: str, task: str | None, key: str | None) -> str:
+def _walk_reason(state: str, task: str | None, group: str | None, key: str | None) -> str:
     """Why a page of this filter may examine many jobs to find a few (sql/queries/browse.sql)."""
     if task is not None:
         return "no index holds jobs by task, so the task filter is checked job by job"
+    if group is not None:
+        return "the pages walk the jobs in the listing's own order, so the group filter is checked job by job"
     if key is not None:
         return "the key index holds live jobs only, so finished jobs are checked job by job"
     if state in ("succeeded", "failed", "cancelled"):

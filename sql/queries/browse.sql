@@ -37,7 +37,8 @@ LIMIT %(groups)s;
 -- name: BrowseJobGetByKey
 -- The live job of a queue holding a dedupe key, if any: one probe of the live-key index (one live job per key).
 SELECT id, task::text AS task, state::text AS state, deferred, attempt, max_attempts, priority, run_at, created_at,
-       finished_at, dedupe_key::text AS key, left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error
+       finished_at, dedupe_key::text AS key, group_name::text AS group_name,
+       left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error
 FROM sched_jobs
 WHERE queue = %(queue)s::text AND dedupe_key = %(key)s::text AND state IN ('waiting', 'queued', 'running');
 
@@ -46,11 +47,12 @@ WHERE queue = %(queue)s::text AND dedupe_key = %(key)s::text AND state IN ('wait
 SELECT *
 FROM (
     SELECT w.*, w.queue = %(queue)s::text AND (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text)
                 AND (%(key)s::text IS NULL OR w.key = %(key)s::text) AS hit,
            row_number() OVER () AS walked
     FROM (
         SELECT id, queue::text AS queue, task::text AS task, state::text AS state, deferred, attempt, max_attempts,
-               priority, run_at, created_at, finished_at, dedupe_key::text AS key,
+               priority, run_at, created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, NULL::timestamptz AS after_at, id AS after_id
         FROM sched_jobs
@@ -69,11 +71,12 @@ SELECT *
 FROM (
     SELECT w.*, w.queue = %(queue)s::text AND w.state = %(state)s::text
                 AND (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text)
                 AND (%(key)s::text IS NULL OR w.key = %(key)s::text) AS hit,
            row_number() OVER () AS walked
     FROM (
         SELECT id, queue::text AS queue, task::text AS task, state::text AS state, deferred, attempt, max_attempts,
-               priority, run_at, created_at, finished_at, dedupe_key::text AS key,
+               priority, run_at, created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, finished_at AS after_at, id AS after_id
         FROM sched_jobs
@@ -93,13 +96,14 @@ LIMIT %(limit)s + 1;
 -- priority level, then the lower levels, each a range of the claim's ready index.
 SELECT *
 FROM (
-    SELECT w.*, (%(task)s::text IS NULL OR w.task = %(task)s::text) AS hit, row_number() OVER () AS walked
+    SELECT w.*, (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text) AS hit, row_number() OVER () AS walked
     FROM (
         -- Two ranges instead of one OR: the index is (queue, priority DESC, run_at, id), and a row comparison
         -- across a descending and an ascending column cannot bound an index scan. The branches are read in
         -- order (a plain Append), which is claim order.
         (SELECT id, task::text AS task, state::text AS state, deferred, attempt, max_attempts, priority, run_at,
-                created_at, finished_at, dedupe_key::text AS key,
+                created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                 left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                 priority AS after_priority, run_at AS after_at, id AS after_id
          FROM sched_jobs
@@ -110,7 +114,7 @@ FROM (
          LIMIT %(walk)s)
         UNION ALL
         (SELECT id, task::text, state::text, deferred, attempt, max_attempts, priority, run_at, created_at,
-                finished_at, dedupe_key::text, left(split_part(coalesce(error, ''), E'\n', 1), 200),
+                finished_at, dedupe_key::text, group_name::text, left(split_part(coalesce(error, ''), E'\n', 1), 200),
                 priority, run_at, id
          FROM sched_jobs
          WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s::text AND priority < %(after_priority)s::int
@@ -127,11 +131,12 @@ LIMIT %(limit)s + 1;
 -- bounded by the workers' slots, read whole and sorted.
 SELECT *
 FROM (
-    SELECT w.*, w.queue = %(queue)s::text AND (%(task)s::text IS NULL OR w.task = %(task)s::text) AS hit,
+    SELECT w.*, w.queue = %(queue)s::text AND (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text) AS hit,
            row_number() OVER () AS walked
     FROM (
         SELECT id, queue::text AS queue, task::text AS task, state::text AS state, deferred, attempt, max_attempts,
-               priority, run_at, created_at, finished_at, dedupe_key::text AS key,
+               priority, run_at, created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, NULL::timestamptz AS after_at, id AS after_id
         FROM sched_jobs
@@ -148,10 +153,11 @@ LIMIT %(limit)s + 1;
 -- deferred index after the cursor (run_at, id).
 SELECT *
 FROM (
-    SELECT w.*, (%(task)s::text IS NULL OR w.task = %(task)s::text) AS hit, row_number() OVER () AS walked
+    SELECT w.*, (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text) AS hit, row_number() OVER () AS walked
     FROM (
         SELECT id, task::text AS task, state::text AS state, deferred, attempt, max_attempts, priority, run_at,
-               created_at, finished_at, dedupe_key::text AS key,
+               created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, run_at AS after_at, id AS after_id
         FROM sched_jobs
@@ -171,11 +177,13 @@ LIMIT %(limit)s + 1;
 SELECT *
 FROM (
     SELECT w.*, w.queue = %(queue)s::text AND w.state = 'waiting'
-                AND (%(task)s::text IS NULL OR w.task = %(task)s::text) AS hit,
+                AND (%(task)s::text IS NULL OR w.task = %(task)s::text)
+                AND (%(group)s::text IS NULL OR w.group_name = %(group)s::text) AS hit,
            row_number() OVER () AS walked
     FROM (
         SELECT j.id, j.queue::text AS queue, j.task::text AS task, j.state::text AS state, j.deferred, j.attempt,
                j.max_attempts, j.priority, j.run_at, j.created_at, j.finished_at, j.dedupe_key::text AS key,
+               j.group_name::text AS group_name,
                left(split_part(coalesce(j.error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, NULL::timestamptz AS after_at, j.id AS after_id
         FROM (SELECT DISTINCT job_id FROM sched_job_deps

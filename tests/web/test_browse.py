@@ -58,26 +58,32 @@ def mixed(conn: db.Connection) -> db.Connection:
             "INSERT INTO sched_job_deps (job_id, depends_on) SELECT unnest(%s::bigint[]), %s",
             ([r[0] for r in waiting], ready[0]),  # type: ignore[index]
         )
+    # Three jobs in four carry one of three groups, whatever their state and task.
+    conn.run("UPDATE sched_jobs SET group_name = 'g' || (id / 4 % 3) WHERE id % 4 <> 3")
     return conn
 
 
-def expected(conn: db.Connection, state: str, task: str | None) -> list[int]:
+def expected(conn: db.Connection, state: str, task: str | None, group: str | None = None) -> list[int]:
     where, order = EXPECTED[state]
     return [
         r[0]
         for r in conn.rows(
             f"SELECT id FROM sched_jobs WHERE queue = 'q' AND {where} AND (%(task)s::text IS NULL OR task = %(task)s) "
-            f"ORDER BY {order}",
-            {"task": task},
+            f"AND (%(group)s::text IS NULL OR group_name = %(group)s) ORDER BY {order}",
+            {"task": task, "group": group},
         )
     ]
 
 
-def page_through(conn: db.Connection, state: str, task: str | None, limit: int, walk: int) -> tuple[list[int], int]:
+def page_through(
+    conn: db.Connection, state: str, task: str | None, limit: int, walk: int, group: str | None = None
+) -> tuple[list[int], int]:
     shown: list[int] = []
     cursor, pages = None, 0
     while True:
-        page = repository.browse_jobs(conn, "q", state=state, task=task, cursor=cursor, limit=limit, walk=walk)
+        page = repository.browse_jobs(
+            conn, "q", state=state, task=task, group=group, cursor=cursor, limit=limit, walk=walk
+        )
         assert len(page.jobs) <= limit
         shown += [job["id"] for job in page.jobs]
         pages += 1
@@ -88,12 +94,14 @@ def page_through(conn: db.Connection, state: str, task: str | None, limit: int, 
 
 
 @pytest.mark.parametrize("state", list(EXPECTED))
-@pytest.mark.parametrize("task", [None, "t1"])
-def test_paging_shows_every_match_once_in_index_order(mixed: db.Connection, state: str, task: str | None) -> None:
-    want = expected(mixed, state, task)
-    assert want, "the data set must hold jobs of every state and task"
+@pytest.mark.parametrize(("task", "group"), [(None, None), ("t1", None), (None, "g1"), ("t2", "g0")])
+def test_paging_shows_every_match_once_in_index_order(
+    mixed: db.Connection, state: str, task: str | None, group: str | None
+) -> None:
+    want = expected(mixed, state, task, group)
+    assert want, "the data set must hold jobs of every state, task and group"
     for limit, walk in ((7, 1000), (5, 11), (50, 5000)):
-        shown, _ = page_through(mixed, state, task, limit, walk)
+        shown, _ = page_through(mixed, state, task, limit, walk, group)
         assert shown == want, (limit, walk)
 
 
