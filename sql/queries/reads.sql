@@ -159,9 +159,9 @@ WHERE c.oid = 'sched_jobs'::regclass;
 SELECT queue FROM sched_queues WHERE paused ORDER BY queue;
 
 -- name: DoctorReadyIndexProbe
--- Read-only, what a claim reads to find the next ready job of one queue: the claim's own walk of the ready
--- index (sched_jobs_ready), including the entries of claimed and finished jobs that vacuum has not removed yet.
--- EXPLAIN ANALYZE runs it and reports the pages it touched.
+-- Read-only, what a worker's full pass reads to find the next ready job of one queue: a walk of the ready index
+-- (sched_jobs_ready) from the front, including the entries of claimed and finished jobs that vacuum has not
+-- removed yet. EXPLAIN ANALYZE runs it and reports the pages it touched.
 EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON)
 SELECT id FROM sched_jobs
 WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now()
