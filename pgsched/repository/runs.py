@@ -80,29 +80,33 @@ class ReadyMarks:
 
     A claimed job leaves a dead entry in the ready index, which a scan must step over and check in the table
     until vacuum removes it; while a long transaction holds vacuum back nothing removes it, and a claim that
-    reads each priority level from its beginning walks every job claimed since. Claims take each level in
-    (run_at, id) order, so the entries before the first job a claim took at a level are, but for a few, of jobs
-    already claimed: the next claim reads that level from there, and the jobs of the MARGIN before it (a
-    producer's transaction that began earlier but committed later).
+    reads each priority level from its beginning walks every job claimed since. A claim takes each level's
+    jobs in (run_at, id) order, so every entry it passed before the last job it took there is of a job already
+    claimed or being claimed: the next claim reads that level from that job on, and the jobs of the MARGIN before
+    it (a producer's transaction that began earlier and committed later). Levels never claimed from are read
+    from their beginning, and so is everything in a full pass: a worker's first claim, the claim after rewind(),
+    and one at least every FULL_PASS_EVERY_S seconds.
 
     A job can still sit further back: one whose producer's transaction committed long after it began (its run_at
-    is that transaction's start), one given back by a stopping or dead worker, or a due job promoted into the
-    ready index. The periodic full pass, which reads every level from its beginning, finds such jobs; its period
-    follows its own cost (FULL_PASS_COST_SHARE times its duration, between FULL_PASS_MIN_S and FULL_PASS_MAX_S),
-    so it stays a small share of the claims while vacuum is held back and is frequent when it is cheap."""
+    is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
+    index. The worker's maintenance looks for such jobs with a read-only probe of each known level from its
+    beginning (``probe_levels``, ``lower``), on its own connection so that claims never wait for it, at a period
+    that follows the probe's cost (PROBE_COST_SHARE times its duration, between PROBE_MIN_S and PROBE_MAX_S)."""
 
     MARGIN = timedelta(milliseconds=50)
     MAX_LEVELS = 16
-    FULL_PASS_MIN_S = 0.05
-    FULL_PASS_MAX_S = 5.0
-    FULL_PASS_COST_SHARE = 20
+    FULL_PASS_EVERY_S = 60.0
+    PROBE_MIN_S = 0.25
+    PROBE_MAX_S = 5.0
+    PROBE_COST_SHARE = 20
 
-    __slots__ = ("_levels", "_next_full")
+    __slots__ = ("_levels", "_next_full", "_next_probe")
 
     def __init__(self) -> None:
-        # priority -> (run_at, id) of the first job the last claim at that level took, most recent last.
+        # priority -> (run_at, id) of the last job the last claim at that level took, most recent last.
         self._levels: dict[int, tuple[datetime, int]] = {}
         self._next_full = 0.0
+        self._next_probe = 0.0
 
     def segments(self, now: float) -> Segments:
         """The segments of a claim made at ``now`` (monotonic seconds): the full pass when it is due."""
@@ -125,25 +129,55 @@ class ReadyMarks:
         """Make the next claim a full pass (after this worker gave jobs back: they sit before its positions)."""
         self._next_full = 0.0
 
-    def learn(self, rows: Sequence[Sequence[Any]], *, full: bool, took_s: float, now: float) -> None:
-        """Move each level's position to the first job this claim took there; after a full pass, set the next."""
-        first: dict[int, tuple[datetime, int]] = {}
+    def learn(self, rows: Sequence[Sequence[Any]], *, full: bool, now: float) -> None:
+        """Move each level's position to the last job this claim took there; after a full pass, set the next."""
+        last: dict[int, tuple[datetime, int]] = {}
         for row in rows:
             level, run_at = row[8], row[9]
             if level is None:  # claimed by sched_claim_limited, which reads the index its own way
                 continue
             position = (run_at, row[0])
-            if level not in first or position < first[level]:
-                first[level] = position
+            if level not in last or position > last[level]:
+                last[level] = position
         levels = self._levels
-        for level, position in first.items():
+        for level, position in last.items():
             levels.pop(level, None)
             levels[level] = position
         while len(levels) > self.MAX_LEVELS:
             del levels[next(iter(levels))]
         if full:
-            period = min(max(took_s * self.FULL_PASS_COST_SHARE, self.FULL_PASS_MIN_S), self.FULL_PASS_MAX_S)
-            self._next_full = now + period
+            self._next_full = now + self.FULL_PASS_EVERY_S
+
+    def probe_levels(self, now: float) -> list[int] | None:
+        """The levels the maintenance probe should look at now, or None when no probe is due."""
+        if now < self._next_probe or not self._levels:
+            return None
+        return sorted(self._levels, reverse=True)
+
+    def probed(self, firsts: Sequence[tuple[int, datetime, int]], *, took_s: float, now: float) -> int:
+        """Take the probe's first ready job of each level: a level whose first job lies before where claims
+        read it is read from that job next time. Returns how many levels moved back; sets the next probe."""
+        self._next_probe = now + min(max(took_s * self.PROBE_COST_SHARE, self.PROBE_MIN_S), self.PROBE_MAX_S)
+        moved = 0
+        for level, run_at, id in firsts:
+            if self.lower(level, run_at, id):
+                moved += 1
+        return moved
+
+    def lower(self, level: int, run_at: datetime, id: int) -> bool:
+        """Read ``level`` from the job at (run_at, id) on if it lies before where claims read it now."""
+        mark = self._levels.get(level)
+        if mark is None:
+            return False
+        mark_run_at, mark_id = mark
+        if (
+            run_at > mark_run_at
+            or (run_at == mark_run_at and id >= mark_id)
+            or (mark_run_at - self.MARGIN <= run_at < mark_run_at)
+        ):
+            return False  # claims read it already
+        self._levels[level] = (run_at, id)
+        return True
 
 
 async def claim_jobs(
@@ -165,9 +199,17 @@ async def claim_jobs(
         prepare=True,
     )
     if marks is not None:
-        now = time.monotonic()
-        marks.learn(rows, full=segments.full, took_s=now - started, now=now)
+        marks.learn(rows, full=segments.full, now=started)
     return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6], 0.0, r[7]) for r in rows]
+
+
+async def first_ready(
+    conn: AsyncConnection, queue: str, tasks: list[str], levels: list[int]
+) -> list[tuple[int, datetime, int]]:
+    """The first ready job (priority, run_at, id) of each of ``levels`` of ``queue``, read from the front of the
+    ready index: the worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
+    rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels})
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def claim_params(queue: str, tasks: list[str], limit: int, worker_id: str, segments: Segments = FULL_PASS) -> dict:

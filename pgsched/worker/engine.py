@@ -36,6 +36,7 @@ from pgsched.worker.maintenance import (
     Heartbeat,
     Maintenance,
     MetricsRefresh,
+    ReadyProbe,
     Reaper,
     ScheduleTicker,
     Service,
@@ -89,6 +90,7 @@ class Worker:
             Reaper(config),
             DuePromoter(),
             ScheduleTicker(),
+            ReadyProbe(self.fetcher.marks, self.tasks, self.due.wake.set),
         ]
         if metrics is not None:
             metrics.watch_abandoned_threads(lambda: self.executor.abandoned_threads)

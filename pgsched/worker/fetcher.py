@@ -138,7 +138,7 @@ class Fetcher:
         self._ahead = ahead
         self._claim_answer_lost = False
         # Where this worker's claims of each queue start reading the ready index (repository.ReadyMarks).
-        self._marks = {queue: repository.ReadyMarks() for queue in config.queues}
+        self.marks = {queue: repository.ReadyMarks() for queue in config.queues}
 
     async def run(self) -> None:
         """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
@@ -202,7 +202,7 @@ class Fetcher:
                 queue,
                 self._task_names,
                 min(free - claimed, self._config.batch_size),
-                self._marks[queue],
+                self.marks[queue],
             )
             if jobs:
                 if self._tasks_with_limits:
@@ -228,7 +228,7 @@ class Fetcher:
             for job_id, lease in lost:
                 self._outcomes.add(released_unknown(job_id, lease))
             # They go back before where this worker's claims start reading: read everything next time.
-            for marks in self._marks.values():
+            for marks in self.marks.values():
                 marks.rewind()
 
     async def _apply_task_limits(self, conn: AsyncConnection, jobs: list[ClaimedJob]) -> None:

@@ -1,7 +1,8 @@
 """The worker's maintenance services, run one after another on the control connection: heartbeat, cancel
-poll, reaper, due-job promotion, schedule ticks and metrics. Each has ``interval`` and ``run_once(conn)``;
-``Maintenance`` runs each when it is due, and one failure delays the round, never the next one. One loop runs
-them all, not one each: they share the control connection, on which two transactions must never interleave."""
+poll, reaper, due-job promotion, schedule ticks, the ready-job probe and metrics. Each has ``interval`` and
+``run_once(conn)``; ``Maintenance`` runs each when it is due, and one failure delays the round, never the next
+one. One loop runs them all, not one each: they share the control connection, on which two transactions must
+never interleave."""
 
 from __future__ import annotations
 
@@ -130,6 +131,32 @@ class DuePromoter:
 
     async def run_once(self, conn: AsyncConnection) -> None:
         await repository.promote_due(conn)
+
+
+class ReadyProbe:
+    """Looks for ready jobs before where the fetcher's claims of each queue read the ready index (a job given back,
+    a producer's late commit: docs/protocol.md, "Where a claim starts reading"), moves those positions back, and
+    wakes the fetcher. Each queue's probe runs at a period that follows its cost (ReadyMarks.probe_levels)."""
+
+    def __init__(self, marks: dict[str, repository.ReadyMarks], tasks: Iterable[str], wake: Callable[[], None]) -> None:
+        self._marks = marks
+        self._tasks = sorted(tasks)
+        self._wake = wake
+
+    def interval(self) -> float:
+        return repository.ReadyMarks.PROBE_MIN_S
+
+    async def run_once(self, conn: AsyncConnection) -> None:
+        for queue, marks in self._marks.items():
+            started = time.monotonic()
+            levels = marks.probe_levels(started)
+            if levels is None:
+                continue
+            firsts = await repository.first_ready(conn, queue, self._tasks, levels)
+            now = time.monotonic()
+            if marks.probed(firsts, took_s=now - started, now=now):
+                logger.debug("ready jobs of {} found before where claims read; reading from them next", queue)
+                self._wake()
 
 
 class MetricsRefresh:

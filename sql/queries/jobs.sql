@@ -438,6 +438,21 @@ WHERE j.id = ANY(ARRAY(
     WHERE q.queue IS NOT NULL))
   AND j.state = 'queued' AND j.deferred;
 
+-- name: JobReadyFirsts
+-- The first ready job of each given priority level of a queue, for the worker's tasks, read from the front of
+-- the ready index: a worker's probe for jobs that went back before where its claims read (docs/protocol.md,
+-- "Where a claim starts reading"). Read-only; it walks what vacuum has not removed yet, on the worker's
+-- control connection, so claims never wait for it.
+SELECT f.priority::int, f.run_at, f.id
+FROM unnest(%(levels)s::int[]) AS l(level)
+CROSS JOIN LATERAL (
+    SELECT priority, run_at, id FROM sched_jobs
+    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND run_at <= now() AND priority = l.level
+      AND task = ANY(%(tasks)s::text[])
+    ORDER BY run_at, id
+    LIMIT 1
+) AS f;
+
 -- name: JobReap
 -- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished, or whose
 -- run outlived its timeout plus its worker's grace. Each worker is judged by the liveness contract it

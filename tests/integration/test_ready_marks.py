@@ -16,9 +16,9 @@ from pgsched.sqlfiles import query
 
 
 class NeverFull(repository.ReadyMarks):
-    """Marks whose periodic full pass never comes on its own (a test decides with rewind())."""
+    """Marks whose periodic full pass never comes on its own (a test decides with rewind() or the probe)."""
 
-    FULL_PASS_MIN_S = FULL_PASS_MAX_S = 3600.0
+    FULL_PASS_EVERY_S = 3600.0
 
 
 async def _drain(dsn: str, worker: str, marks: repository.ReadyMarks, batch: int) -> int:
@@ -108,20 +108,39 @@ def test_a_higher_priority_job_added_later_is_claimed_first(dsn: str, conn: db.C
     assert [job.id for job in _claim(dsn, worker, marks, 4)] == [middle]
 
 
-def test_a_job_given_back_behind_the_marks_waits_only_until_the_next_full_pass(dsn: str, conn: db.Connection) -> None:
+def test_a_job_given_back_behind_the_positions_is_found_by_the_probe(dsn: str, conn: db.Connection) -> None:
     worker = str(uuid.uuid4())
     marks = NeverFull()
     first = repository.enqueue(conn, NewJob(task="t")).id
     conn.run("UPDATE sched_jobs SET run_at = run_at - interval '1 minute' WHERE id = %s", (first,))
-    later = [repository.enqueue(conn, NewJob(task="t")).id for _ in range(3)]
+    later = [repository.enqueue(conn, NewJob(task="t")).id for _ in range(4)]
     (job,) = _claim(dsn, worker, marks, 1)  # full pass: the oldest job
     assert job.id == first
-    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[0]]  # from the marks, which move to it
-    # The first job is given back (a stopping worker's release keeps its run_at): it is now behind the marks.
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[0]]  # from the positions, which move to it
+    # The first job is given back (a stopping worker's release keeps its run_at): it is now behind the positions.
     asyncio.run(_record(dsn, worker, Outcome(job.id, job.lease, OutcomeKind.RELEASED)))
     assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[1]]
-    marks.rewind()
+    # The probe, as the worker's maintenance runs it, finds it and moves the level back.
+    assert asyncio.run(_probe(dsn, marks)) == 1
     assert [j.id for j in _claim(dsn, worker, marks, 1)] == [first]
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [later[2]]
+    assert asyncio.run(_probe(dsn, marks)) == 0  # nothing before the positions any more
+    # A full pass finds such a job too.
+    (job,) = _claim(dsn, worker, marks, 1)
+    asyncio.run(_record(dsn, worker, Outcome(job.id, job.lease, OutcomeKind.RELEASED)))
+    marks.rewind()
+    assert [j.id for j in _claim(dsn, worker, marks, 1)] == [job.id]
+
+
+async def _probe(dsn: str, marks: repository.ReadyMarks) -> int:
+    conn = await db.connect_async(dsn)
+    try:
+        levels = marks.probe_levels(float("inf"))
+        assert levels is not None
+        firsts = await repository.first_ready(conn, "default", ["t"], levels)
+        return marks.probed(firsts, took_s=0.0, now=0.0)
+    finally:
+        await conn.close()
 
 
 async def _record(dsn: str, worker: str, outcome: Outcome) -> None:

@@ -64,7 +64,7 @@ class ModelMarks(repository.ReadyMarks):
     """A worker's reading positions whose full pass comes when the model says (the rule full_pass_due), not
     with time: a real worker's claims come milliseconds apart, the model's seconds."""
 
-    FULL_PASS_MIN_S = FULL_PASS_MAX_S = 10**6
+    FULL_PASS_EVERY_S = 10**6
 
 
 CLAIM_ARGS = {
@@ -397,6 +397,18 @@ class ProtocolModel(RuleBasedStateMachine):
         marks = self.marks.get((self._worker(w).id, queue))
         if marks is not None:
             marks.rewind()
+
+    @rule(w=st.integers(0, 2), queue=st.sampled_from(QUEUES))
+    def probe_ready(self, w: int, queue: str) -> None:
+        """The worker's maintenance probe: moves positions back to ready jobs that lie before them."""
+        marks = self.marks.get((self._worker(w).id, queue))
+        levels = marks.probe_levels(float("inf")) if marks is not None else None
+        if marks is None or levels is None:
+            return
+        worker = self._worker(w)
+        firsts = self.h.run(repository.first_ready(self.h.worker_conns[worker.id], queue, sorted(TASKS), levels))
+        if marks.probed(firsts, took_s=0.0, now=0.0):
+            self.h.seen["probe moved a position back"] += 1
 
     def _skipped_by(self, segments: repository.Segments, queue: str, claimable: list[Job]) -> set[int] | None:
         """The claimable jobs a claim from a worker's marks may pass over (docs/protocol.md, "Where a claim starts
