@@ -85,7 +85,7 @@ class ReadyMarks:
     claimed or being claimed: the next claim reads that level from that job on, and the jobs of the MARGIN before
     it (a producer's transaction that began earlier and committed later). Levels never claimed from are read
     from their beginning, and so is everything in a full pass: a worker's first claim, the claim after rewind(),
-    and one at least every FULL_PASS_EVERY_S seconds.
+    and one every FULL_PASS_EVERY_S seconds (a backstop: the probe below finds such jobs).
 
     A job can still sit further back: one whose producer's transaction committed long after it began (its run_at
     is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
@@ -95,7 +95,7 @@ class ReadyMarks:
 
     MARGIN = timedelta(milliseconds=50)
     MAX_LEVELS = 16
-    FULL_PASS_EVERY_S = 60.0
+    FULL_PASS_EVERY_S = 600.0
     PROBE_MIN_S = 0.25
     PROBE_MAX_S = 5.0
     PROBE_COST_SHARE = 20
