@@ -64,12 +64,13 @@ def test_rows_of_the_limited_claim_teach_nothing() -> None:
     assert marks.segments(0.01) is FULL_PASS
 
 
-def test_a_full_pass_comes_at_least_every_minute() -> None:
+def test_a_full_pass_comes_at_least_every_full_pass_period() -> None:
+    every = ReadyMarks.FULL_PASS_EVERY_S
     marks = learned(row(1, 0, T0), now=100.0)
-    assert not marks.segments(100.0 + ReadyMarks.FULL_PASS_EVERY_S - 0.01).full
-    assert marks.segments(100.0 + ReadyMarks.FULL_PASS_EVERY_S).full
-    marks.learn([row(2, 0, T0)], full=False, now=200.0)  # a claim from positions does not move it
-    assert marks.segments(160.0).full
+    assert not marks.segments(100.0 + every - 0.01).full
+    assert marks.segments(100.0 + every).full
+    marks.learn([row(2, 0, T0)], full=False, now=100.0 + every)  # a claim from positions does not move it
+    assert marks.segments(100.0 + every).full
 
 
 def test_rewind_makes_the_next_claim_a_full_pass() -> None:
