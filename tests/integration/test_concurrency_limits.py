@@ -217,12 +217,12 @@ def test_metrics_count_the_jobs_each_limit_holds_back(dsn: str, conn: db.Connect
             await c.close()
 
     counts, _ = asyncio.run(scrape())
-    assert counts == [("q", "max_running", 0), ("q", "group_concurrency", 0)]
+    assert counts == [("q", "max_running", 0), ("q", "group_concurrency", 0), ("q", "group_rate", 0)]
     claim(dsn, limit=2)  # a's and b's second jobs: both groups at their limit, a's 2 other jobs held back
     repository.set_queue_concurrency(conn, "q", max_running=4, set_group_concurrency=False)
     counts, text = asyncio.run(scrape())
     # At its max of 4 running, the queue holds back all 5 ready jobs; a's limit holds back 2 of them.
-    assert counts == [("q", "max_running", 5), ("q", "group_concurrency", 2)]
+    assert counts == [("q", "max_running", 5), ("q", "group_concurrency", 2), ("q", "group_rate", 0)]
     assert b'sched_queue_held_back_jobs{control="group_concurrency",queue="q"} 2.0' in text
     assert b'queue="plain"' not in text.split(b"sched_queue_held_back_jobs", 1)[1].split(b"# HELP", 1)[0]
 
@@ -250,17 +250,44 @@ def test_clearing_the_limits_returns_the_queue_to_the_plain_claim(dsn: str, conn
     assert len(claim(dsn)) == 4
 
 
-def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: str, conn: db.Connection) -> None:
-    add(conn, [None] * 50 + ["g"] * 50)
-    repository.set_queue_concurrency(conn, "elsewhere", group_concurrency=1)
-    conn.run("ANALYZE sched_jobs")
-    params = {"queue": "q", "tasks": ["t"], "limit": 10, "worker_id": str(uuid.uuid4())}
+def _claim_plan(dsn: str, queue: str) -> str:
+    params = {"queue": queue, "tasks": ["t"], "limit": 10, "worker_id": str(uuid.uuid4())}
     with psycopg.connect(dsn) as raw:
         plan = "\n".join(r[0] for r in raw.execute("EXPLAIN (ANALYZE, COSTS OFF) " + query("JobClaim"), params))
         raw.rollback()
-    assert "Index Scan using sched_jobs_ready on sched_jobs" in plan
-    limited = [line for line in plan.splitlines() if "Function Scan on sched_claim_limited" in line]
-    assert len(limited) == 1 and "never executed" in limited[0], plan
+    return plan
+
+
+def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: str, conn: db.Connection) -> None:
+    # Jobs without groups in q; grouped jobs elsewhere, in a limited queue and in a queue that turned fair
+    # sharing off: q's claim stays the plain one, and so does the unfair queue's.
+    add(conn, [None] * 5000)
+    add(conn, ["g"] * 50, queue="elsewhere")
+    add(conn, ["g"] * 50, queue="unfair")
+    repository.set_queue_concurrency(conn, "elsewhere", group_concurrency=1)
+    repository.set_queue_fair(conn, "unfair", False)
+    conn.run("ANALYZE sched_jobs")
+    for queue in ("q", "unfair"):
+        plan = _claim_plan(dsn, queue)
+        assert "Index Scan using sched_jobs_ready on sched_jobs" in plan
+        assert "Seq Scan on sched_jobs" not in plan, plan
+        limited = [line for line in plan.splitlines() if "Function Scan on sched_claim_limited" in line]
+        assert len(limited) == 1 and "never executed" in limited[0], plan
+    # The probe for grouped jobs reads the index of grouped ready jobs, which has no entry of q.
+    assert "sched_jobs_ready_group" in _claim_plan(dsn, "q")
+
+
+def test_a_queue_whose_jobs_have_groups_shares_fairly_by_default(dsn: str, conn: db.Connection) -> None:
+    # docs/protocol.md, "Fair sharing": no limit set, yet a group with 30 jobs added first takes its turn
+    # with three groups of 2 behind it; with fair sharing off, the claim takes jobs in claim order.
+    ids = add(conn, ["big"] * 30 + ["a", "a", "b", "b", "c", "c"])
+    first = claim(dsn, limit=4)
+    assert sorted(j.id for j in first) == [ids[0], ids[30], ids[32], ids[34]]
+    assert conn.row("SELECT rr_group FROM sched_queues WHERE queue = 'q'") == ("c",)
+    repository.set_queue_fair(conn, "q", False)
+    assert sorted(j.id for j in claim(dsn, limit=4)) == ids[1:5]
+    repository.set_queue_fair(conn, "q", True)
+    assert conn.rows("SELECT * FROM sched_queues") == []
 
 
 @pytest.mark.slow

@@ -87,10 +87,11 @@ def test_roles_are_nologin_groups_and_rerunning_changes_nothing(
         "WHERE rolname IN ('sched_producer', 'sched_worker') ORDER BY 1"
     )
     assert rows == [("sched_producer", False, False, False, False), ("sched_worker", False, False, False, False)]
-    # Neither role holds DELETE on the job table; only the worker deletes (dead) worker rows.
+    # Neither role holds DELETE on the job table; only the worker deletes (dead) worker rows, and the group
+    # buckets that are full again (docs/protocol.md, "Group rates").
     assert not any(table == "sched_jobs" and privilege == "DELETE" for table, _, privilege in before)
     deleters = {(table, role) for table, role, privilege in before if privilege == "DELETE"}
-    assert deleters == {("sched_workers", "sched_worker")}
+    assert deleters == {("sched_workers", "sched_worker"), ("sched_group_buckets", "sched_worker")}
 
 
 def test_a_grant_outside_the_script_is_revoked_on_rerun(roles: dict[str, str], sched: Callable, conn) -> None:
