@@ -244,9 +244,11 @@ BEGIN
         WHERE s.queue = p_queue AND q.fair
           AND EXISTS (SELECT 1 FROM picked p WHERE p.pos IS NOT NULL)
     ),
+    -- started_at is the moment the buckets were read and charged (after the lock), not the transaction's
+    -- start: claims of a queue follow each other in it, which is what a check of the rates can count on.
     claimed AS (
         UPDATE sched_jobs j
-        SET state = 'running', attempt = j.attempt + 1, worker_id = p_worker, started_at = now(),
+        SET state = 'running', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now,
             lease = nextval('sched_job_lease_seq')
         WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
         RETURNING j.id, j.task::text AS task, j.payload::jsonb AS payload, j.attempt::int AS attempt,

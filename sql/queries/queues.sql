@@ -86,11 +86,11 @@ SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
 FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: QueueRateLimitedBacklog
--- Whether a rate limit (and not a pause) is all that holds back ready jobs of these queues and tasks, so a
--- burst worker waits for tokens instead of exiting.
+-- Whether a rate limit, the queue's or its groups' (and not a pause), is all that holds back ready jobs of these
+-- queues and tasks, so a burst worker waits for tokens instead of exiting.
 SELECT EXISTS (
     SELECT 1 FROM sched_queues q
-    WHERE q.queue = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND NOT q.paused
+    WHERE q.queue = ANY(%(queues)s::text[]) AND (q.rate IS NOT NULL OR q.group_rate IS NOT NULL) AND NOT q.paused
       AND EXISTS (SELECT 1 FROM sched_jobs j
                   WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now()
                     AND j.task = ANY(%(tasks)s::text[]))
