@@ -112,9 +112,10 @@ BEGIN
     blocked := full_groups || empty_groups;
     -- The most jobs one group can take in this claim: its limit, its bucket (none without either).
     group_cap := least(q.group_concurrency, floor(q.group_burst)::int);
-    -- Groups visited in turn: enough for the jobs asked for at group_cap each, and at least 64 so a claim
-    -- spreads over many groups, never more than the jobs asked for.
-    visits := least(n, greatest(64, n / coalesce(group_cap, 1) + 1));
+    -- Groups visited in turn: enough for the jobs asked for at group_cap each (5 without a cap: each probe of
+    -- the skip scan costs about as much as taking a job, so visiting one group per job asked for would double
+    -- the claim), and at least 64 so a claim spreads over many groups, never more than the jobs asked for.
+    visits := least(n, greatest(64, n / coalesce(group_cap, 5) + 1));
     -- 3. Take jobs in claim order (docs/protocol.md, "Claim"), and for a fair queue, in turns between groups
     --    ("Fair sharing"). Candidates come from
     --    - the head of the queue: the ready index in claim order, skipping blocked groups (at their limit, or
@@ -145,10 +146,13 @@ BEGIN
                       ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1) nx
         WHERE c.pos < visits + cardinality(blocked)
     ),
+    -- Round again from the first group only for the visits the groups after the cursor did not fill (a claim
+    -- in the middle of the ring probes no group twice).
     first_groups (g, pos, id, priority, run_at) AS (
         (SELECT r.group_name::text, 1, r.id, r.priority::int, r.run_at FROM sched_jobs r
          WHERE q.fair AND q.rr_group IS NOT NULL AND r.state = 'queued' AND NOT r.deferred
            AND r.queue = p_queue AND r.group_name IS NOT NULL AND r.group_name <= q.rr_group
+           AND (SELECT count(*) FROM cursor_groups) < visits + cardinality(blocked)
          ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1)
         UNION ALL
         SELECT nx.g, f.pos + 1, nx.id, nx.priority, nx.run_at
@@ -157,7 +161,7 @@ BEGIN
                       WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue AND r.group_name IS NOT NULL
                         AND r.group_name > f.g AND r.group_name <= q.rr_group
                       ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1) nx
-        WHERE f.pos < visits + cardinality(blocked)
+        WHERE f.pos + (SELECT count(*) FROM cursor_groups) < visits + cardinality(blocked)
     ),
     -- The jobs without a group take one turn together, after the last group and before the first.
     turns AS (
