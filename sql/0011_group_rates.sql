@@ -47,8 +47,13 @@ LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
 -- Index scans, never bitmap scans: an index scan marks the dead entries finished runs leave in the partial
 -- index of running jobs (which the count reads) so later scans skip them; a bitmap scan revisits every one
--- until vacuum, and each claim would cost more than the last.
+-- until vacuum, and each claim would cost more than the last. Never sequential scans either: every statement
+-- here reads a partial index or a primary key, but the planner, costing each heap fetch as a random read,
+-- counted the running jobs (a few hundred of a table of thousands) with a scan of the whole table, which grows
+-- with the finished jobs the table keeps; with the index, a claim of 500 from 1,000 groups took 13 ms
+-- instead of 18.
 SET enable_bitmapscan = off
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
