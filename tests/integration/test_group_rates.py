@@ -13,12 +13,14 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pgsched import db, repository
 from pgsched.admin import QueueLimits, set_queue_limits
 from pgsched.errors import InvalidInput
 from pgsched.models import NewJob, Outcome, OutcomeKind
+from pgsched.sqlfiles import query
 
 MIGRATION = Path(__file__).parents[2] / "sql" / "0011_group_rates.sql"
 
@@ -137,7 +139,7 @@ def test_bad_group_rates_are_refused(options: dict, message: str) -> None:
 
 
 def claim_concurrently(dsn: str, conn: db.Connection, seconds: float) -> None:
-    """Five claimers on their own connections claim and finish jobs of q as fast as they can for ``seconds``."""
+    """Six claimers on their own connections claim and finish jobs of q as fast as they can for ``seconds``."""
     errors: list[BaseException] = []
     deadline = time.monotonic() + seconds
 
@@ -155,7 +157,7 @@ def claim_concurrently(dsn: str, conn: db.Connection, seconds: float) -> None:
                     await repository.record_outcomes(
                         c, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
                     )
-                await asyncio.sleep(rng.random() * 0.002)
+                await asyncio.sleep(rng.random() * 0.001)
             await c.close()
 
         try:
@@ -163,7 +165,7 @@ def claim_concurrently(dsn: str, conn: db.Connection, seconds: float) -> None:
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(5)]
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -211,3 +213,37 @@ def test_the_check_catches_a_claim_that_does_not_charge_the_buckets(dsn: str, co
     repository.set_queue_group_rate(conn, "q", 40.0, 4)
     claim_concurrently(dsn, conn, 0.5)
     assert all(over > 0 for over in excess_claims(conn, 40.0, 4).values())
+
+
+def test_claimers_waiting_for_the_queue_see_each_others_charges(dsn: str, conn: db.Connection) -> None:
+    # Two claims start while an operator holds the queue's row: each must wait for the row, read the group's
+    # bucket after the other charged it, and together take no more than the bucket's 3 tokens. They claim
+    # different tasks of the group, so neither finds its jobs locked by the other: only the bucket holds them.
+    repository.enqueue_many(conn, [NewJob(task=task, queue="q", group="a") for task in ("t", "u") for _ in range(5)])
+    repository.set_queue_group_rate(conn, "q", 0.001, 3)
+    taken: list[int] = []
+
+    def claim_on_own_connection(task: str) -> None:
+        params = {"queue": "q", "tasks": [task], "limit": 10, "worker_id": str(uuid.uuid4())}
+        with psycopg.connect(dsn, autocommit=True) as c:
+            taken.append(len(c.execute(query("JobClaim"), params).fetchall()))
+
+    with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as watcher:
+        holder.execute("SELECT 1 FROM sched_queues WHERE queue = 'q' FOR UPDATE")
+        claimers = [threading.Thread(target=claim_on_own_connection, args=(task,)) for task in ("t", "u")]
+        for t in claimers:
+            t.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            # Autocommit: each look is a transaction of its own, so it sees the server's activity anew.
+            (waiting,) = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()  # type: ignore[misc]
+            if waiting == 2:
+                break
+            time.sleep(0.01)
+        assert waiting == 2, "the claims did not wait for the queue's row"
+        holder.commit()
+    for t in claimers:
+        t.join(timeout=30)
+    assert sorted(taken) == [0, 3]

@@ -4,9 +4,10 @@ A hypothesis state machine plays producers, operators and several simulated work
 asyncio connection, through ``pgsched.repository``: enqueue (keys, dependencies, priorities, delays), claim,
 succeed, fail, release, acknowledge a cancel, report progress, late outcomes of runs that lost their job (also
 when the same worker claimed it again), heartbeats that stop, reaps, cancel, retry, pause and resume, rate
-limits, concurrency limits (in all and per group, on jobs with and without groups), cleanup and the promotion
-of due jobs. It keeps a model of what every job's state must be and, after every step, checks the database
-against the model and against the protocol's invariants.
+limits, concurrency limits (in all and per group, on jobs with and without groups), group rates, fair sharing
+(on by default for jobs with groups), cleanup and the promotion of due jobs. It keeps a model of what every
+job's state must be and, after every step, checks the database against the model and against the protocol's
+invariants.
 
 The invariants are those of docs/protocol.md, "Invariants". Bounded for CI; ``SCHED_MODEL_EXAMPLES`` (and
 ``SCHED_MODEL_STEPS``) run more; ``SCHED_MODEL_SHRINK=0`` reports a failure as found, without shrinking it."""
