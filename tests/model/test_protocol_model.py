@@ -29,7 +29,14 @@ import hypothesis.strategies as st
 import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from pgsched import db, repository
 from pgsched.errors import InvalidInput, WrongState
@@ -483,6 +490,7 @@ class ProtocolModel(RuleBasedStateMachine):
                 f"claim took {taken[group]} jobs of group {group} of {queue}, its bucket in [{low:.3f}, {high:.3f}]"
             )
             self.h.seen["group rate held a group back"] += taken[group] == 0 and high < 1
+            self.h.seen["group rate bounded a claim"] += taken[group] > 0 and taken[group] == math.floor(high)
             if taken[group]:
                 bucket.low, bucket.high = max(0.0, low - taken[group]), high - taken[group]
                 bucket.since_start, bucket.since_end = start, end
@@ -832,6 +840,11 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         self.queues[queue].max_running = max_running
         self.queues[queue].group_concurrency = group_concurrency
+
+    @initialize(rate=st.sampled_from([None, *RATES]), burst=st.sampled_from([1, 2]))
+    def start_with_a_group_rate(self, rate: float | None, burst: int) -> None:
+        """Most examples start with group rates on q2, so that claims meet them from the first step."""
+        self.set_group_rate("q2", rate, burst)
 
     @rule(queue=st.sampled_from(QUEUES), rate=st.sampled_from([None, *RATES]), burst=st.sampled_from([1, 2]))
     def set_group_rate(self, queue: str, rate: float | None, burst: int) -> None:
