@@ -69,6 +69,8 @@ DECLARE
     group_cap integer;
     taken integer;
     visits integer;
+    head_ids bigint[];
+    spread boolean;
 BEGIN
     -- 1. Take the queue's turn. A claimer that waited here gets the row's newest version (a pause, a new limit
     --    or a charge of the bucket committed while it waited). A queue claimed here only for its turns between
@@ -121,8 +123,26 @@ BEGIN
     -- the skip scan costs about as much as taking a job, so visiting one group per job asked for would double
     -- the claim), and at least 64 so a claim spreads over many groups, never more than the jobs asked for.
     visits := least(n, greatest(64, n / coalesce(group_cap, 5) + 1));
-    -- 3. Take jobs in claim order (docs/protocol.md, "Claim"), and for a fair queue, in turns between groups
-    --    ("Fair sharing"). Candidates come from
+    -- 3. The spread head: the first n jobs in claim order (skipping blocked groups) are each the first of a
+    --    different group, at most one has no group, and no deferred job has fallen due. Then they are what the
+    --    turns below ask of a claim: every group's first job and none a second, none of a group at its limit or
+    --    out of tokens (those are blocked), by priority; only which groups go first differs (claim order, not
+    --    the cursor: first jobs are taken oldest first, so none waits for ever). The claim takes them as they
+    --    are, for the price of one index scan: the common case of many groups whose jobs arrive interleaved.
+    --    Otherwise (a group's second job among them, as when one group's backlog leads) the turns decide.
+    SELECT coalesce(array_agg(h.id), '{}'), count(*) = count(DISTINCT coalesce(h.g, ''))
+    INTO head_ids, spread
+    FROM (SELECT j.id, j.group_name::text AS g FROM sched_jobs j
+          WHERE j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue AND j.run_at <= now()
+            AND j.task = ANY(p_tasks)
+            AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
+          ORDER BY j.priority DESC, j.run_at, j.id
+          LIMIT n) h;
+    spread := spread AND NOT EXISTS (SELECT 1 FROM sched_jobs d
+                                     WHERE d.state = 'queued' AND d.deferred AND d.queue = p_queue
+                                       AND d.run_at <= now() AND d.task = ANY(p_tasks));
+    -- 4. Otherwise take jobs in claim order (docs/protocol.md, "Claim"), and for a fair queue, in turns between
+    --    groups ("Fair sharing"). Candidates come from
     --    - the head of the queue: the ready index in claim order, skipping blocked groups (at their limit, or
     --      with an empty bucket) while reading it, and the earliest due deferred rows, as JobClaim reads them:
     --      n rows of each, which is all an unfair queue can take; a fair one takes the groups' jobs in turns;
@@ -229,16 +249,20 @@ BEGIN
         FROM (SELECT DISTINCT r.g FROM ranked r WHERE q.group_rate IS NOT NULL AND r.g IS NOT NULL) g
         JOIN sched_group_buckets b ON b.queue = p_queue AND b.group_name = g.g
     ),
+    -- The spread head as it is (see 3), or what the turns give; the branch not taken is never executed.
     picked AS (
-        SELECT r.id, r.g, r.pos FROM ranked r
-        LEFT JOIN bucket_tokens k ON k.g = r.g
-        WHERE (q.group_concurrency IS NULL OR r.g IS NULL
-               OR r.rank + coalesce((per_group ->> r.g)::int, 0) <= q.group_concurrency)
-          AND (q.group_rate IS NULL OR r.g IS NULL OR r.rank <= coalesce(k.whole, floor(q.group_burst)::int))
-        ORDER BY r.priority DESC,
-                 CASE WHEN q.fair THEN r.rank ELSE 0 END,
-                 coalesce(r.pos, 3000000), r.run_at, r.id
-        LIMIT n
+        SELECT h.id, NULL::text AS g, NULL::int AS pos FROM unnest(head_ids) AS h (id) WHERE spread
+        UNION ALL
+        (SELECT r.id, r.g, r.pos FROM ranked r
+         LEFT JOIN bucket_tokens k ON k.g = r.g
+         WHERE NOT spread
+           AND (q.group_concurrency IS NULL OR r.g IS NULL
+                OR r.rank + coalesce((per_group ->> r.g)::int, 0) <= q.group_concurrency)
+           AND (q.group_rate IS NULL OR r.g IS NULL OR r.rank <= coalesce(k.whole, floor(q.group_burst)::int))
+         ORDER BY r.priority DESC,
+                  CASE WHEN q.fair THEN r.rank ELSE 0 END,
+                  coalesce(r.pos, 3000000), r.run_at, r.id
+         LIMIT n)
     ),
     locked AS (
         SELECT j.id FROM sched_jobs j
@@ -277,7 +301,7 @@ BEGIN
     )
     SELECT c.id, c.task, c.payload, c.attempt, c.max_attempts, c.timeout_s, c.lease FROM claimed c;
     GET DIAGNOSTICS taken = ROW_COUNT;
-    -- 4. Charge the queue's bucket for exactly the jobs taken, as JobClaim does.
+    -- 5. Charge the queue's bucket for exactly the jobs taken, as JobClaim does.
     IF q.rate IS NOT NULL THEN
         UPDATE sched_queues s SET tokens = level - taken, refilled_at = greatest(q.refilled_at, t_now)
         WHERE s.queue = p_queue;
