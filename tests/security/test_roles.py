@@ -195,6 +195,22 @@ def test_worker_claims_runs_and_records_outcomes(roles: dict[str, str], sched: C
     assert status.returncode == 0, status.stderr
 
 
+def test_worker_claims_a_fair_queue_with_group_rates(
+    roles: dict[str, str], sched: Callable, conn: db.Connection
+) -> None:
+    # The first fair claim makes the queue's row; the claim charges and deletes group buckets
+    # (docs/protocol.md, "Group rates", "Fair sharing").
+    for group in ("a", "a", "b"):
+        assert sched("add", "t", "--queue", "fair", "--group", group).returncode == 0
+    assert len(_claim(roles["worker"], "fair")) == 3
+    assert sched("queue", "limit", "rated", "--group-rate", "1/h", "--group-burst", "1").returncode == 0
+    for group in ("a", "a", "b"):
+        assert sched("add", "t", "--queue", "rated", "--group", group).returncode == 0
+    assert len(_claim(roles["worker"], "rated")) == 2
+    assert conn.row("SELECT count(*) FROM sched_group_buckets WHERE queue = 'rated'") == (2,)
+    assert conn.row("SELECT count(*) FROM sched_queues WHERE queue = 'fair'") == (1,)
+
+
 def test_worker_reaps_dead_workers(roles: dict[str, str], sched: Callable, conn: db.Connection) -> None:
     job_id = int(sched("add", "t").stdout)
     conn.run(
