@@ -1,6 +1,8 @@
-"""What concurrency limits cost: the drain of no-op jobs on a queue without controls, beside the same drain spread
-over 1,000 groups with --group-concurrency 5, and beside a queue with --max-running, all in one run on a
-throwaway database, the conditions taking turns so that both see the same machine.
+"""What flow controls cost: the drain of no-op jobs on a queue without controls, beside the same drain spread
+over 1,000 groups with --group-concurrency 5 (fair sharing on), over 1,000 groups with no limits (fair sharing
+by default, and with --no-fair: the plain claim), over 1,000 groups with a group rate that never binds (the cost
+of the buckets), and beside a queue with --max-running, all in one run on a throwaway database, the conditions
+taking turns so that all see the same machine.
 
     python bench/flow.py [--dsn postgresql://root@127.0.0.1:5432/postgres] [--jobs 20000] [--groups 1000]
 
@@ -89,16 +91,21 @@ def main() -> None:
     with db.connect(args.dsn) as admin:
         admin.run(f'CREATE DATABASE "{name}"')
     dsn = make_conninfo(args.dsn, dbname=name)
-    rates: dict[str, list[float]] = {"plain": [], "grouped": [], "max_running": []}
+    conditions = ("plain", "grouped", "max_running", "fair", "unfair", "group_rate")
+    rates: dict[str, list[float]] = {queue: [] for queue in conditions}
     try:
         with db.connect(dsn) as conn:
             migrate.apply(conn)
             repository.set_queue_concurrency(conn, "grouped", group_concurrency=args.group_concurrency)
             repository.set_queue_concurrency(conn, "max_running", max_running=args.max_running)
+            repository.set_queue_fair(conn, "unfair", False)
+            # A rate no group reaches in a drain: what reading and charging the buckets costs.
+            repository.set_queue_group_rate(conn, "group_rate", 1_000_000, args.jobs)
             plain: list[str | None] = [None] * args.jobs
             spread: list[str | None] = [f"tenant:{i % args.groups}" for i in range(args.jobs)]
             for _ in range(args.runs):
-                for queue, groups in (("plain", plain), ("grouped", spread), ("max_running", plain)):
+                for queue in conditions:
+                    groups = plain if queue in ("plain", "max_running") else spread
                     rates[queue].append(drain(conn, dsn, queue, groups, args.concurrency, args.batch_size))
             ahead = fairness(conn, dsn, args.big) if args.big else None
     finally:
@@ -113,8 +120,19 @@ def main() -> None:
             round(r) for r in rates["grouped"]
         ],
         f"max_running_drain_per_s (max running {args.max_running})": [round(r) for r in rates["max_running"]],
+        f"fair_drain_per_s ({args.groups} groups, no limits: fair by default)": [round(r) for r in rates["fair"]],
+        f"unfair_drain_per_s ({args.groups} groups, --no-fair)": [round(r) for r in rates["unfair"]],
+        f"group_rate_drain_per_s ({args.groups} groups, a group rate that never binds)": [
+            round(r) for r in rates["group_rate"]
+        ],
         "grouped_vs_plain_pct (medians)": round(100 * median["grouped"] / median["plain"], 1),
+        "grouped_vs_plain_pct (per run)": [
+            round(100 * g / p, 1) for g, p in zip(rates["grouped"], rates["plain"], strict=True)
+        ],
         "max_running_vs_plain_pct (medians)": round(100 * median["max_running"] / median["plain"], 1),
+        "fair_vs_unfair_pct (medians)": round(100 * median["fair"] / median["unfair"], 1),
+        "unfair_vs_plain_pct (medians)": round(100 * median["unfair"] / median["plain"], 1),
+        "group_rate_vs_fair_pct (medians)": round(100 * median["group_rate"] / median["fair"], 1),
         f"big_group_jobs_started_before_the_last_small_job ({args.big} big, 20 x 50 small)": ahead,
     }
     if args.json:

@@ -95,8 +95,9 @@ def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: 
 
 @dataclass(frozen=True)
 class QueueLimits:
-    """A change to a queue's limits: a rate (jobs per second; None removes it) with its burst, a backlog cap, and
-    the most running jobs in all and per group (0 removes a concurrency limit)."""
+    """A change to a queue's limits: a rate (jobs per second; None removes it) with its burst, a backlog cap, the
+    most running jobs in all and per group (0 removes a concurrency limit), each group's rate with its burst,
+    and fair sharing between groups."""
 
     set_rate: bool = False
     rate: float | None = None
@@ -107,6 +108,10 @@ class QueueLimits:
     max_running: int | None = None
     set_group_concurrency: bool = False
     group_concurrency: int | None = None
+    set_group_rate: bool = False
+    group_rate: float | None = None
+    group_burst: int | None = None
+    fair: bool | None = None
 
     @classmethod
     def parse(
@@ -118,24 +123,47 @@ class QueueLimits:
         *,
         max_running: int | None = None,
         group_concurrency: int | None = None,
+        group_rate: str | None = None,
+        group_burst: int | None = None,
+        fair: bool | None = None,
     ) -> QueueLimits:
         """The change that ``sched queue limit`` options ask for (``--rate 100/s``, ``30/m`` or ``none``;
-        ``--max-running 0`` and ``--group-concurrency 0`` remove those limits)."""
-        given = (rate, burst, max_backlog, max_running, group_concurrency)
+        ``--max-running 0``, ``--group-concurrency 0`` and ``--group-rate 0`` remove those limits)."""
+        given = (rate, burst, max_backlog, max_running, group_concurrency, group_rate, group_burst, fair)
         if clear and any(value is not None for value in given):
             raise InvalidInput(
-                "--clear cannot be combined with --rate, --burst, --max-backlog, --max-running or --group-concurrency"
+                "--clear cannot be combined with --rate, --burst, --max-backlog, --max-running, --group-concurrency, "
+                "--group-rate, --group-burst or --fair/--no-fair"
             )
         if clear:
-            return cls(set_rate=True, set_max_backlog=True, set_max_running=True, set_group_concurrency=True)
+            return cls(
+                set_rate=True,
+                set_max_backlog=True,
+                set_max_running=True,
+                set_group_concurrency=True,
+                set_group_rate=True,
+                fair=True,
+            )
         if all(value is None for value in given):
-            raise InvalidInput("give --rate, --max-backlog, --max-running, --group-concurrency or --clear")
+            raise InvalidInput(
+                "give --rate, --max-backlog, --max-running, --group-concurrency, --group-rate, --fair/--no-fair "
+                "or --clear"
+            )
         for name, value in (("--max-running", max_running), ("--group-concurrency", group_concurrency)):
             if value is not None and not 0 <= value <= 1_000_000:
                 raise InvalidInput(f"invalid {name} {value}: from 1 to 1000000, or 0 to remove the limit")
         no_rate = rate is None or rate.strip().lower() == "none"
         if burst is not None and no_rate:
             raise InvalidInput("--burst needs --rate")
+        no_group_rate = group_rate is None or group_rate.strip().lower() in ("none", "0")
+        if group_burst is not None and no_group_rate:
+            raise InvalidInput("--group-burst needs --group-rate")
+        if group_burst is not None and not 1 <= group_burst <= 1_000_000:
+            raise InvalidInput(f"invalid --group-burst {group_burst}: from 1 to 1000000")
+        try:
+            per_group = None if group_rate is None or no_group_rate else parse_rate(group_rate)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--group-rate: {exc.message}") from None
         return cls(
             set_rate=rate is not None,
             rate=None if rate is None or no_rate else parse_rate(rate),
@@ -146,6 +174,10 @@ class QueueLimits:
             max_running=max_running or None,
             set_group_concurrency=group_concurrency is not None,
             group_concurrency=group_concurrency or None,
+            set_group_rate=group_rate is not None,
+            group_rate=per_group,
+            group_burst=group_burst,
+            fair=fair,
         )
 
 
@@ -166,6 +198,10 @@ def set_queue_limits(conn: Connection, queue: str, limits: QueueLimits) -> None:
                 set_max_running=limits.set_max_running,
                 set_group_concurrency=limits.set_group_concurrency,
             )
+        if limits.set_group_rate:
+            repository.set_queue_group_rate(conn, queue, limits.group_rate, limits.group_burst)
+        if limits.fair is not None:
+            repository.set_queue_fair(conn, queue, limits.fair)
 
 
 def reap(settings: Settings) -> repository.ReapResult:

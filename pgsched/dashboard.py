@@ -21,6 +21,7 @@ from pgsched.errors import SchedError
 from pgsched.repository import reads
 
 FAILURES_SHOWN = 5
+GROUPS_SHOWN = 5
 _QUEUE_FIELDS = (
     "queue waiting queued scheduled running succeeded failed cancelled oldest_ready_age_s "
     "finished_last_minute failed_last_hour"
@@ -36,6 +37,8 @@ class Snapshot:
     failures: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     controls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Each queue's busiest groups (docs/protocol.md, "Groups"): queue, group_name, running, ready.
+    groups: list[dict[str, Any]] = field(default_factory=list)
     taken_at: datetime = field(default_factory=datetime.now)
     queries: int = 0
     query_ms: float = 0.0
@@ -68,6 +71,8 @@ class Reader:
         self._totals_at = float("-inf")
         # sched_queues arrived with a later migration; an older schema simply has no controls to mark.
         self.has_controls = self._read(reads.table_exists, self.conn, "sched_queues")
+        # Likewise the busiest groups, read with the group buckets' migration or later.
+        self.has_group_rates = self._read(reads.table_exists, self.conn, "sched_group_buckets")
 
     def _read(self, read: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
@@ -104,7 +109,11 @@ class Reader:
                 if queue is None or control.queue == queue:
                     controls[control.queue] = {"paused": control.paused, "rate": control.rate}
         _add_controlled_queues(queues, controls)
-        return Snapshot(queues, failures, workers, controls, queries=self.queries, query_ms=self.seconds * 1000)
+        groups: list[dict[str, Any]] = []
+        busy = [q["queue"] for q in queues if q["running"] or q["queued"]]
+        if self.has_group_rates and busy:
+            groups = [asdict(g) for g in self._read(reads.busiest_groups, conn, busy, GROUPS_SHOWN)]
+        return Snapshot(queues, failures, workers, controls, groups, queries=self.queries, query_ms=self.seconds * 1000)
 
 
 def _add_controlled_queues(queues: list[dict[str, Any]], controls: dict[str, dict[str, Any]]) -> None:
@@ -184,6 +193,19 @@ def queue_table(snap: Snapshot, width: int, max_rows: int | None = None) -> Tabl
     return table
 
 
+def group_table(snap: Snapshot, width: int) -> Table:
+    """Each queue's busiest groups: running and ready jobs per group (ready counted up to 1,000)."""
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    table.add_column("queue", no_wrap=True, overflow="ellipsis", max_width=max(8, width // 4))
+    table.add_column("group", no_wrap=True, overflow="ellipsis", max_width=max(10, width - 40))
+    table.add_column("run", justify="right", no_wrap=True)
+    table.add_column("ready", justify="right", no_wrap=True)
+    for g in snap.groups:
+        ready = f"{compact(g['ready'])}+" if g["ready"] >= 1000 else compact(g["ready"])
+        table.add_row(escape(g["queue"]), escape(g["group_name"]), compact(g["running"]), ready)
+    return table
+
+
 def worker_table(snap: Snapshot, width: int) -> Table:
     """Live workers: host, pid, load against concurrency, heartbeat age (and queues when there is room)."""
     table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
@@ -246,10 +268,14 @@ def layouts(snap: Snapshot, width: int, interval_s: float) -> list[RenderableTyp
     queues: RenderableType = queue_table(snap, width) if snap.queues else Text("no jobs yet", style="dim")
     workers: RenderableType = worker_table(snap, width) if snap.workers else Text("no live workers", style="yellow")
     failures = failure_lines(snap, FAILURES_SHOWN)
+    groups: list[RenderableType] = [_title("busiest groups"), group_table(snap, width)] if snap.groups else []
     candidates: list[list[RenderableType]] = []
     if failures:
+        candidates.append([*top, queues, *groups, _title("workers"), workers, _title("latest failures"), *failures])
         candidates.append([*top, queues, _title("workers"), workers, _title("latest failures"), *failures])
         candidates.append([*top, queues, _title("workers"), workers, _title("latest failures"), *failures[:1]])
+    if groups:
+        candidates.append([*top, queues, *groups, _title("workers"), workers])
     candidates.append([*top, queues, _title("workers"), workers])
     candidates.append([*top, queues])
     return [Group(*parts) for parts in candidates]

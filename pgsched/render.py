@@ -189,6 +189,8 @@ def print_queue_settings(queues: list[dict[str, Any]], console: Console | None =
     table.add_column("max backlog", justify="right")
     table.add_column("max running", justify="right")
     table.add_column("per group", justify="right")
+    table.add_column("group rate", justify="right")
+    table.add_column("fair")
     table.add_column("queued", justify="right", style=STATE_STYLES["queued"])
     table.add_column("running", justify="right", style=STATE_STYLES["running"])
     for q in queues:
@@ -201,6 +203,8 @@ def print_queue_settings(queues: list[dict[str, Any]], console: Console | None =
             str(q["max_backlog"]) if q["max_backlog"] is not None else "-",
             str(q["max_running"]) if q.get("max_running") is not None else "-",
             str(q["group_concurrency"]) if q.get("group_concurrency") is not None else "-",
+            f"{q['group_rate']:g}/s burst {q['group_burst']:g}" if q.get("group_rate") is not None else "-",
+            "yes" if q.get("fair", True) else "no",
             str(q["queued"]),
             str(q["running"]),
         )

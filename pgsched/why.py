@@ -63,6 +63,11 @@ def _explain_queued(job: dict[str, Any], facts: dict[str, Any]) -> str:
     limit = facts.get("group_concurrency")
     if limit is not None and job.get("group") is not None and facts["group_running"] >= limit:
         return f"group {job['group']} is at its limit of {limit} running job{'s' if limit != 1 else ''}"
+    # Group rates (docs/protocol.md, "Group rates"): a group without a bucket row has a full bucket.
+    group_rate, group_tokens = facts.get("group_rate"), facts.get("group_tokens")
+    if group_rate is not None and job.get("group") is not None and group_tokens is not None and group_tokens < 1:
+        next_token = format_duration((1 - group_tokens) / group_rate)
+        return f"group {job['group']} rate {_rate(group_rate)}: next token in {next_token}"
     if facts["task_workers"] == 0:
         if facts["queue_workers"] == 0:
             return f"no live worker serves queue {queue}"

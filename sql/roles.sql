@@ -30,7 +30,8 @@ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
-REVOKE ALL ON sched_jobs, sched_job_deps, sched_workers, sched_migrations, sched_queues, sched_schedules
+REVOKE ALL ON sched_jobs, sched_job_deps, sched_workers, sched_migrations, sched_queues, sched_schedules,
+    sched_group_buckets
     FROM sched_producer, sched_worker;
 
 DO $$
@@ -86,6 +87,11 @@ GRANT SELECT ON sched_migrations TO sched_worker;
 -- with the operator.
 GRANT SELECT ON sched_queues TO sched_worker;
 GRANT UPDATE (tokens, refilled_at, rr_group) ON sched_queues TO sched_worker;
+-- The first fair claim of a queue whose jobs have groups makes its row (with no settings) to keep the cursor.
+GRANT INSERT (queue) ON sched_queues TO sched_worker;
+-- The claim charges the groups' buckets and drops those that are full again (docs/protocol.md, "Group rates").
+GRANT SELECT, INSERT, UPDATE, DELETE ON sched_group_buckets TO sched_worker;
+GRANT SELECT ON sched_group_buckets TO sched_producer;
 -- Workers record the schedules their handlers declare in code and advance schedules as they fire; they do
 -- not delete schedules.
 GRANT SELECT, INSERT, UPDATE ON sched_schedules TO sched_worker;

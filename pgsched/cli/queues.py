@@ -11,7 +11,9 @@ from pgsched.cli import core
 from pgsched.cli.options import JsonOutput, QueueArgument, group, print_json
 from pgsched.settings import load_settings
 
-commands = group("queue", "Queue controls shared by all workers: pause, rate limit, backlog cap, concurrency limits.")
+commands = group(
+    "queue", "Queue controls shared by all workers: pause, rate limits, backlog cap, concurrency limits, fair sharing."
+)
 
 
 @commands.command("pause")
@@ -54,12 +56,35 @@ def queue_limit(
         Optional[int],
         typer.Option("--group-concurrency", help="Most running jobs per group (0: no limit)."),
     ] = None,
+    group_rate: Annotated[
+        Optional[str],
+        typer.Option("--group-rate", help="Most jobs started per time per group across all workers: 10/s, 0: none."),
+    ] = None,
+    group_burst: Annotated[
+        Optional[int],
+        typer.Option("--group-burst", help="Jobs a group may start at once after a pause [one second's worth]."),
+    ] = None,
+    fair: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--fair/--no-fair", help="Share claims between groups in turns [on: for a queue whose jobs have groups]."
+        ),
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every limit of the queue.")] = False,
 ) -> None:
-    """Set or remove QUEUE's global rate limit (a token bucket), backlog cap and concurrency limits."""
+    """Set or remove QUEUE's global rate limit (a token bucket), backlog cap, concurrency limits, group rates and
+    fair sharing."""
     core.models.check_queue(name)
     limits = core.admin.QueueLimits.parse(
-        rate, burst, max_backlog, clear, max_running=max_running, group_concurrency=group_concurrency
+        rate,
+        burst,
+        max_backlog,
+        clear,
+        max_running=max_running,
+        group_concurrency=group_concurrency,
+        group_rate=group_rate,
+        group_burst=group_burst,
+        fair=fair,
     )
     with core.connect(load_settings()) as conn:
         core.admin.set_queue_limits(conn, name, limits)
@@ -68,7 +93,8 @@ def queue_limit(
 
 @commands.command("list")
 def queue_list(as_json: JsonOutput = False) -> None:
-    """List queues with their pause state, rate limit, bucket level, backlog cap, concurrency limits and load."""
+    """List queues with their pause state, rate limit, bucket level, backlog cap, concurrency limits, group rate,
+    fair sharing and load."""
     with core.connect(load_settings()) as conn:
         queues = core.repository.list_queues(conn)
     if as_json:

@@ -35,6 +35,8 @@ from pgsched.repository.producers import commit_without_flush_wait, enqueue, enq
 from pgsched.repository.queues import (
     list_queues,
     set_queue_concurrency,
+    set_queue_fair,
+    set_queue_group_rate,
     set_queue_max_backlog,
     set_queue_paused,
     set_queue_rate,
@@ -141,6 +143,8 @@ __all__ = [
     "set_commit_durability",
     "set_progress",
     "set_queue_concurrency",
+    "set_queue_fair",
+    "set_queue_group_rate",
     "set_queue_max_backlog",
     "set_queue_paused",
     "set_queue_rate",

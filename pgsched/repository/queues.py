@@ -81,7 +81,27 @@ def set_queue_concurrency(
         conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
 
 
+def set_queue_group_rate(conn: Connection, queue: str, rate: float | None, burst: float | None = None) -> None:
+    """Give every group of ``queue`` a token bucket of ``rate`` jobs per second across all workers (bursts up to
+    ``burst``, one second's worth by default); None removes it. Every bucket starts full."""
+    if rate is not None and burst is None:
+        burst = max(1.0, rate)
+    with conn.transaction():
+        conn.run(
+            query("QueueSetGroupRate"), {"queue": queue, "rate": rate, "burst": burst if rate is not None else None}
+        )
+        conn.run(query("QueueGroupBucketsDelete"), {"queue": queue})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
+def set_queue_fair(conn: Connection, queue: str, fair: bool) -> None:
+    """Turn fair sharing between the groups of ``queue`` on (the default) or off."""
+    with conn.transaction():
+        conn.run(query("QueueSetFair"), {"queue": queue, "fair": fair})
+        conn.run(query("QueueDeleteUnconfigured"), {"queue": queue})
+
+
 def list_queues(conn: Connection) -> list[dict[str, Any]]:
     """Queues with jobs or settings: paused, rate, burst, current tokens, max backlog, max running, group
-    concurrency, queued and running."""
+    concurrency, group rate and burst, fair sharing, group buckets refilling, queued and running."""
     return conn.records(query("QueueList"))

@@ -94,6 +94,16 @@ class RecentFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class BusyGroup:
+    """One of a queue's busiest groups: its running jobs and its ready ones (counted up to 1,000)."""
+
+    queue: str
+    group_name: str
+    running: int
+    ready: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueueControl:
     """A paused or rate-limited queue."""
 
@@ -120,6 +130,12 @@ def queue_totals(conn: Connection, queue: str | None = None) -> list[QueueTotals
 def recent_failures(conn: Connection, queue: str | None, limit: int) -> list[RecentFailure]:
     """The latest final failures of the last hour, newest first."""
     return conn.typed(RecentFailure, query("DashboardRecentFailures"), {"queue": queue, "limit": limit})
+
+
+def busiest_groups(conn: Connection, queues: list[str], limit: int = 5) -> list[BusyGroup]:
+    """The busiest groups of each of ``queues`` (most running, then next in claim order), at most ``limit`` each;
+    its cost follows the workers' slots and ``limit``, never the number of groups."""
+    return conn.typed(BusyGroup, query("DashboardBusiestGroups"), {"queues": queues, "limit": limit})
 
 
 def queue_controls(conn: Connection) -> list[QueueControl]:

@@ -240,13 +240,17 @@ async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[st
 
 
 async def held_back(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, str, int]]:
-    """Ready jobs held back by each concurrency limit, as (queue, control, count), for the queues that have
-    limits (docs/protocol.md, "Concurrency limits")."""
+    """Ready jobs held back by each limit, as (queue, control, count), for the queues that have limits
+    (docs/protocol.md, "Concurrency limits" and "Group rates")."""
     found = []
     for queue in queues:
         row = await conn.row(query("QueueHeldBack"), {"queue": queue})
         if row is not None:
-            found += [(queue, "max_running", row[0]), (queue, "group_concurrency", row[1])]
+            found += [
+                (queue, "max_running", row[0]),
+                (queue, "group_concurrency", row[1]),
+                (queue, "group_rate", row[2]),
+            ]
     return found
 
 

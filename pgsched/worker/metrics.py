@@ -48,7 +48,7 @@ class WorkerMetrics:
         )
         self.held_back = Gauge(
             "sched_queue_held_back_jobs",
-            "Ready jobs held back by a concurrency limit of their queue (max_running, group_concurrency)",
+            "Ready jobs held back by a limit of their queue (max_running, group_concurrency, group_rate)",
             ("queue", "control"),
             registry=self.registry,
         )

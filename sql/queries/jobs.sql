@@ -27,16 +27,30 @@ RETURNING state::text;
 -- whole ready set. Queue controls apply in this same statement: a paused queue yields nothing, and a
 -- rate-limited queue's bucket row is locked, refilled and charged for exactly the jobs taken, so workers
 -- together never exceed the rate. A queue without a sched_queues row (the common case) locks nothing.
--- A queue with a concurrency limit (max_running, group_concurrency) is claimed by sched_claim_limited instead
--- (docs/protocol.md, "Concurrency limits"), which this statement calls only for such a queue: the other parts
--- then take nothing, and for every other queue the call is never executed.
+-- A queue with a concurrency limit (max_running, group_concurrency) or group rates, or whose ready jobs have
+-- groups while fair sharing is on (the default), is claimed by sched_claim_limited instead (docs/protocol.md,
+-- "Concurrency limits", "Group rates", "Fair sharing"), which this statement calls only for such a queue: the
+-- other parts then take nothing, and for every other queue the call is never executed.
 -- The ready index is read in segments (docs/protocol.md, "Where a claim starts reading"): the worker passes, in
--- claim order, ranges of priority levels, each read from a position (run_at, id) up to a run_at. A level it has claimed from
--- before starts near where its last claim there started, past the entries of jobs claimed since the oldest
--- snapshot still open, which vacuum cannot remove while a long transaction holds it back; the other ranges, and
--- every range in the worker's periodic full pass, start at their beginning. Rows come back with their priority
--- and run_at for the worker to move its positions.
-WITH bucket AS (
+-- claim order, ranges of priority levels, each read from a position (run_at, id) up to a run_at. A level it has
+-- claimed from before starts where its last claim there ended (less a margin), past the entries of jobs claimed
+-- since the oldest snapshot still open, which vacuum cannot remove while a long transaction holds it back; the
+-- other ranges, and every range in a full pass, start at their beginning. Rows come back with their priority and
+-- run_at for the worker to move its positions.
+WITH limited AS (
+    -- The probe of grouped ready jobs reads the index of ready jobs that have a group (sched_jobs_ready_group),
+    -- which holds no entry of a queue whose jobs have none: a few index pages, whatever the queue's backlog.
+    -- In the index's order with LIMIT 1, not EXISTS: the planner would answer an EXISTS with a scan of the
+    -- table when it expects grouped jobs to be common, and that scan reads every ungrouped job of the queue.
+    SELECT EXISTS (SELECT 1 FROM sched_queues
+                   WHERE queue = %(queue)s
+                     AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL OR group_rate IS NOT NULL))
+           OR ((SELECT group_name FROM sched_jobs
+                WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND group_name IS NOT NULL
+                ORDER BY group_name LIMIT 1) IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)) AS yes
+),
+bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
     -- while it waited, not the older row of its snapshot). greatest(): a claimer that waited for the lock may
     -- have started before the previous one refilled.
@@ -45,16 +59,15 @@ WITH bucket AS (
                AS level,
            greatest(refilled_at, clock_timestamp()) AS at
     FROM sched_queues
-    WHERE queue = %(queue)s AND rate IS NOT NULL AND max_running IS NULL AND group_concurrency IS NULL
+    WHERE queue = %(queue)s AND rate IS NOT NULL AND NOT (SELECT yes FROM limited)
     FOR UPDATE
 ),
 -- How many jobs this claim may take: the bucket's whole tokens (none while paused) for a rate-limited queue,
--- none for a paused one or one with a concurrency limit, otherwise the limit asked for.
+-- none for a paused one or one claimed by sched_claim_limited, otherwise the limit asked for.
 allowed AS (
     SELECT coalesce((SELECT CASE WHEN paused THEN 0 ELSE least(%(limit)s, floor(level)::int) END FROM bucket),
-                    (SELECT 0 FROM sched_queues
-                     WHERE queue = %(queue)s
-                       AND (paused OR max_running IS NOT NULL OR group_concurrency IS NOT NULL)),
+                    (SELECT 0 WHERE (SELECT yes FROM limited)),
+                    (SELECT 0 FROM sched_queues WHERE queue = %(queue)s AND paused),
                     %(limit)s) AS n
 ),
 -- One index range scan per segment, in order, until enough rows are locked: the nested loop keeps the segments'
@@ -136,8 +149,7 @@ SELECT * FROM claimed
 UNION ALL
 SELECT l.*, NULL::int, NULL::timestamptz
 FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid) AS l
-WHERE EXISTS (SELECT 1 FROM sched_queues
-              WHERE queue = %(queue)s AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL));
+WHERE (SELECT yes FROM limited);
 
 -- name: JobCopyIn
 -- Bulk insert without dedupe keys, straight into the table.
@@ -208,13 +220,18 @@ INSERT INTO sched_job_deps (job_id, depends_on)
 SELECT %(job_id)s, unnest(%(depends_on)s::bigint[]);
 
 -- name: JobExplainFacts
--- What decides whether a ready job runs: its queue's settings and bucket level, its queue's and its group's
--- running jobs against their limits (counted only when the queue has them), the live workers that serve its
--- queue (and its task), their load, and how many ready jobs the claim order puts before it.
+-- What decides whether a ready job runs: its queue's settings and bucket level, its group's bucket level, its
+-- queue's and its group's running jobs against their limits (counted only when the queue has them), the live
+-- workers that serve its queue (and its task), their load, and how many ready jobs the claim order puts before
+-- it.
 SELECT coalesce(q.paused, false) AS paused, q.rate,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
-       q.max_running, q.group_concurrency,
+       q.max_running, q.group_concurrency, q.group_rate,
+       -- The job's group's bucket level: a group without a row has a full bucket.
+       (SELECT q.group_burst - greatest(0, extract(epoch FROM b.full_at - clock_timestamp())) * q.group_rate
+        FROM sched_group_buckets b
+        WHERE q.group_rate IS NOT NULL AND b.queue = %(queue)s AND b.group_name = %(group)s::text) AS group_tokens,
        (SELECT count(*) FROM sched_jobs j
         WHERE q.max_running IS NOT NULL AND j.state = 'running' AND j.queue = %(queue)s) AS queue_running,
        (SELECT count(*) FROM sched_jobs j

@@ -27,11 +27,16 @@ SELECT count(*) FROM sched_jobs WHERE queue = %(queue)s AND state = 'queued';
 -- Drop a queue's row once it holds no setting, so its claims go back to the no-row path.
 DELETE FROM sched_queues
 WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL AND max_running IS NULL
-  AND group_concurrency IS NULL;
+  AND group_concurrency IS NULL AND group_rate IS NULL AND fair;
+
+-- name: QueueGroupBucketsDelete
+-- Drop a queue's group buckets (all full again), when its group rate is set, changed or removed.
+DELETE FROM sched_group_buckets WHERE queue = %(queue)s;
 
 -- name: QueueHeldBack
--- Ready jobs of a queue that its concurrency limits hold back, for metrics: all of them while the queue is at
--- its max_running, and those of groups at their group_concurrency (docs/protocol.md, "Concurrency limits").
+-- Ready jobs of a queue that its limits hold back, for metrics: all of them while the queue is at its
+-- max_running, those of groups at their group_concurrency (docs/protocol.md, "Concurrency limits"), and those
+-- of groups whose bucket is empty ("Group rates": an index range of the buckets, then each such group's jobs).
 -- No row for a queue without limits, which reads nothing more.
 SELECT CASE WHEN q.max_running IS NOT NULL
                  AND (SELECT count(*) FROM sched_jobs r WHERE r.state = 'running' AND r.queue = q.queue)
@@ -45,12 +50,19 @@ SELECT CASE WHEN q.max_running IS NOT NULL
           AND j.group_name IN (SELECT r.group_name FROM sched_jobs r
                                WHERE r.state = 'running' AND r.queue = q.queue AND r.group_name IS NOT NULL
                                GROUP BY r.group_name
-                               HAVING count(*) >= q.group_concurrency)) AS by_group_concurrency
+                               HAVING count(*) >= q.group_concurrency)) AS by_group_concurrency,
+       (SELECT count(*) FROM sched_group_buckets b
+        JOIN sched_jobs j ON j.state = 'queued' AND NOT j.deferred AND j.queue = b.queue
+                         AND j.group_name = b.group_name
+        WHERE q.group_rate IS NOT NULL AND b.queue = q.queue
+          AND b.full_at > now() + make_interval(secs => (q.group_burst - 1) / q.group_rate)) AS by_group_rate
 FROM sched_queues q
-WHERE q.queue = %(queue)s AND (q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL);
+WHERE q.queue = %(queue)s
+  AND (q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL OR q.group_rate IS NOT NULL);
 
 -- name: QueueList
--- Every queue that has jobs or settings, with its settings, current bucket level and backlog.
+-- Every queue that has jobs or settings, with its settings, current bucket level and backlog, and how many of
+-- its group buckets are refilling (the groups charged within the last burst / rate seconds).
 WITH names AS (
     SELECT queue FROM sched_queues
     UNION
@@ -59,7 +71,9 @@ WITH names AS (
 SELECT n.queue, coalesce(q.paused, false) AS paused, q.rate, q.burst,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
-       q.max_backlog, q.max_running, q.group_concurrency,
+       q.max_backlog, q.max_running, q.group_concurrency, q.group_rate, q.group_burst, coalesce(q.fair, true) AS fair,
+       (SELECT count(*) FROM sched_group_buckets b
+        WHERE q.group_rate IS NOT NULL AND b.queue = n.queue AND b.full_at > now()) AS group_buckets,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'queued') AS queued,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'running') AS running
 FROM names n
@@ -72,11 +86,11 @@ SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
 FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: QueueRateLimitedBacklog
--- Whether a rate limit (and not a pause) is all that holds back ready jobs of these queues and tasks, so a
--- burst worker waits for tokens instead of exiting.
+-- Whether a rate limit, the queue's or its groups' (and not a pause), is all that holds back ready jobs of these
+-- queues and tasks, so a burst worker waits for tokens instead of exiting.
 SELECT EXISTS (
     SELECT 1 FROM sched_queues q
-    WHERE q.queue = ANY(%(queues)s::text[]) AND q.rate IS NOT NULL AND NOT q.paused
+    WHERE q.queue = ANY(%(queues)s::text[]) AND (q.rate IS NOT NULL OR q.group_rate IS NOT NULL) AND NOT q.paused
       AND EXISTS (SELECT 1 FROM sched_jobs j
                   WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now()
                     AND j.task = ANY(%(tasks)s::text[]))
@@ -98,6 +112,18 @@ SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s
     group_concurrency = CASE WHEN %(set_group_concurrency)s THEN EXCLUDED.group_concurrency
                              ELSE sched_queues.group_concurrency END,
     updated_at = now();
+
+-- name: QueueSetFair
+-- Turn fair sharing between groups on (the default) or off for a queue (docs/protocol.md, "Fair sharing").
+INSERT INTO sched_queues (queue, fair) VALUES (%(queue)s, %(fair)s)
+ON CONFLICT (queue) DO UPDATE SET fair = EXCLUDED.fair, updated_at = now();
+
+-- name: QueueSetGroupRate
+-- Set (or with a NULL rate, remove) the token bucket each group of a queue gets (docs/protocol.md, "Group
+-- rates"); with QueueGroupBucketsDelete in the same transaction every bucket starts full.
+INSERT INTO sched_queues (queue, group_rate, group_burst) VALUES (%(queue)s, %(rate)s, %(burst)s)
+ON CONFLICT (queue) DO UPDATE
+SET group_rate = EXCLUDED.group_rate, group_burst = EXCLUDED.group_burst, updated_at = now();
 
 -- name: QueueSetMaxBacklog
 -- Set (or with NULL remove) a queue's admission limit.

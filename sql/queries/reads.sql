@@ -5,6 +5,32 @@
 -- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
 -- style (%(name)b for a binary parameter).
 
+-- name: DashboardBusiestGroups
+-- The busiest groups of the given queues, at most %(limit)s each: the groups with the most running jobs, then,
+-- to fill the list, the groups of the next ready jobs in claim order (the first 500); each with its ready
+-- jobs counted in the index of grouped ready jobs up to 1,000 (1000 reads "1,000 or more"). It reads the
+-- partial index of running jobs (bounded by the workers' slots), 500 entries of the ready index and at most
+-- 1,000 entries per group shown: the cost never follows the number of groups or the backlog.
+SELECT q.queue, b.group_name, b.running::int AS running,
+       (SELECT count(*) FROM (SELECT 1 FROM sched_jobs r
+                              WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = q.queue
+                                AND r.group_name = b.group_name
+                              LIMIT 1000) AS capped)::int AS ready
+FROM unnest(%(queues)s::text[]) AS q (queue),
+     LATERAL (SELECT u.g AS group_name, sum(u.running) AS running
+              FROM (SELECT j.group_name::text AS g, 1 AS running, 0 AS head FROM sched_jobs j
+                    WHERE j.state = 'running' AND j.queue = q.queue AND j.group_name IS NOT NULL
+                    UNION ALL
+                    SELECT h.g, 0, 1 FROM (SELECT j.group_name::text AS g FROM sched_jobs j
+                                           WHERE j.state = 'queued' AND NOT j.deferred AND j.queue = q.queue
+                                           ORDER BY j.priority DESC, j.run_at, j.id
+                                           LIMIT 500) AS h
+                    WHERE h.g IS NOT NULL) AS u
+              GROUP BY u.g
+              ORDER BY sum(u.running) DESC, sum(u.head) DESC, u.g
+              LIMIT %(limit)s) AS b
+ORDER BY q.queue, b.running DESC, ready DESC, b.group_name;
+
 -- name: DashboardQueueLive
 -- Per queue: ready, scheduled and running jobs and the age of the oldest ready one. One branch per partial
 -- index (ready, deferred, running), so the cost follows the live set, never the history.

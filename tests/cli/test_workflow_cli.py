@@ -120,6 +120,18 @@ def test_queue_pause_resume_limit_and_list(sched) -> None:
     assert json.loads(sched("queue", "list", "--json").stdout) == []
 
 
+def test_group_rates_and_fair_sharing_through_the_cli(sched) -> None:
+    assert sched("queue", "limit", "sync", "--group-rate", "30/m", "--group-burst", "3", "--no-fair").returncode == 0
+    (sync,) = json.loads(sched("queue", "list", "--json").stdout)
+    assert (sync["group_rate"], sync["group_burst"], sync["fair"], sync["group_buckets"]) == (0.5, 3.0, False, 0)
+    # Without --group-burst: one second's worth, at least one token.
+    assert sched("queue", "limit", "sync", "--group-rate", "10/s").returncode == 0
+    (sync,) = json.loads(sched("queue", "list", "--json").stdout)
+    assert (sync["group_rate"], sync["group_burst"], sync["fair"]) == (10.0, 10.0, False)
+    assert sched("queue", "limit", "sync", "--group-rate", "0", "--fair").returncode == 0
+    assert json.loads(sched("queue", "list", "--json").stdout) == []
+
+
 def test_a_full_queue_refuses_adds_with_the_exact_error(sched, dsn: str) -> None:
     sched("queue", "limit", "q", "--max-backlog", "2")
     assert sched("add", "t", "-Q", "q").returncode == sched("add", "t", "-Q", "q").returncode == 0
@@ -132,10 +144,19 @@ def test_a_full_queue_refuses_adds_with_the_exact_error(sched, dsn: str) -> None
     [
         (["q", "--rate", "fast"], "Error: invalid rate 'fast'"),
         (["q", "--rate", "0/s"], "Error: invalid rate '0/s'"),
-        (["q"], "Error: give --rate, --max-backlog, --max-running, --group-concurrency or --clear"),
+        (
+            ["q"],
+            "Error: give --rate, --max-backlog, --max-running, --group-concurrency, --group-rate, --fair/--no-fair",
+        ),
         (["q", "--clear", "--rate", "1/s"], "Error: --clear cannot be combined"),
         (["q", "--burst", "5"], "Error: --burst needs --rate"),
         (["bad queue!", "--rate", "1/s"], "Error: invalid queue name"),
+        (["q", "--group-rate", "fast"], "Error: --group-rate: invalid rate 'fast'"),
+        (["q", "--group-rate", "-2/s"], "Error: --group-rate: invalid rate '-2/s'"),
+        (["q", "--group-burst", "5"], "Error: --group-burst needs --group-rate"),
+        (["q", "--group-rate", "0", "--group-burst", "5"], "Error: --group-burst needs --group-rate"),
+        (["q", "--group-rate", "5/s", "--group-burst", "0"], "Error: invalid --group-burst 0"),
+        (["q", "--clear", "--no-fair"], "Error: --clear cannot be combined"),
     ],
 )
 def test_bad_queue_limits_exit_2(sched, dsn: str, args: list, message: str) -> None:

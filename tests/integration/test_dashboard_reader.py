@@ -11,6 +11,7 @@ from rich.console import Console
 from pgsched import dashboard
 from pgsched.db import Connection, connect
 from pgsched.errors import DatabaseUnavailable
+from pgsched.sqlfiles import query
 
 
 def _seed(dsn: str) -> None:
@@ -48,16 +49,17 @@ def test_snapshot_counts_states_throughput_failures_workers_and_controls(dsn: st
     assert [f["error"] for f in snap.failures] == ["SMTP 554: go away"]
     assert [(w["host"], w["running"], w["concurrency"]) for w in snap.workers] == [("box", 1, 4)]
     assert snap.controls["mail"]["paused"] and snap.controls["idle"]["paused"]
-    # One query each for totals, live counts, recent finishes, failures, workers and queue controls.
-    assert snap.queries == 6
+    # One query each for totals, live counts, recent finishes, failures, workers, queue controls and the
+    # busiest groups (of the queues with ready or running jobs).
+    assert snap.queries == 7
     assert snap.query_ms > 0
 
 
 def test_totals_are_reread_only_every_few_seconds(dsn: str, conn: Connection) -> None:
     _seed(dsn)
     reader = dashboard.Reader(conn, totals_every_s=3600)
+    assert reader.snapshot().queries == 7
     assert reader.snapshot().queries == 6
-    assert reader.snapshot().queries == 5
 
 
 def test_queue_filter(dsn: str, conn: Connection) -> None:
@@ -99,3 +101,46 @@ def test_cli_refuses_watch_with_json(sched) -> None:
     assert result.stderr.startswith("Error: --watch")
     result = sched("status", "--watch", "--interval", "0")
     assert result.returncode == 2 and "invalid interval" in result.stderr
+
+
+def test_the_busiest_groups_read_the_indexes_whatever_the_number_of_groups(dsn: str, conn: Connection) -> None:
+    # 10,000 groups with 3 ready jobs each, 1,500 more in "big", and running jobs in 8 groups.
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, group_name) SELECT 'sync', 't', 'tenant:' || (i % 10000) "
+        "FROM generate_series(1, 30000) i"
+    )
+    conn.run("INSERT INTO sched_jobs (queue, task, group_name) SELECT 'sync', 't', 'big' FROM generate_series(1, 1500)")
+    conn.run(
+        "INSERT INTO sched_jobs (queue, task, group_name, state, attempt, started_at, worker_id) "
+        "SELECT 'sync', 't', 'tenant:' || (i % 8), 'running', 1, now(), gen_random_uuid() FROM generate_series(1, 20) i"
+    )
+    conn.run("INSERT INTO sched_jobs (queue, task) SELECT 'plain', 't' FROM generate_series(1, 100)")
+    conn.run("VACUUM ANALYZE sched_jobs")
+    snap = dashboard.Reader(conn).snapshot()
+    # Most running first (tenant:1 to tenant:4 run 3 each; tenant:0, 5, 6 and 7 run 2), then the groups next in
+    # claim order (tenant:5 is among the first 500 ready jobs, tenant:0 is not).
+    assert [(g["group_name"], g["running"], g["ready"]) for g in snap.groups] == [
+        ("tenant:1", 3, 3),
+        ("tenant:2", 3, 3),
+        ("tenant:3", 3, 3),
+        ("tenant:4", 3, 3),
+        ("tenant:5", 2, 3),
+    ]
+    assert {g["queue"] for g in snap.groups} == {"sync"}
+    with psycopg.connect(dsn) as raw:
+        plan = "\n".join(
+            r[0]
+            for r in raw.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + query("DashboardBusiestGroups"),
+                {"queues": ["sync", "plain"], "limit": 5},
+            )
+        )
+    assert "Seq Scan on sched_jobs" not in plan, plan
+    # Per group shown, at most 1,000 entries of the index of grouped ready jobs; 500 of the ready index.
+    assert "Index Only Scan using sched_jobs_ready_group on sched_jobs" in plan, plan
+    assert "Index Scan using sched_jobs_ready on sched_jobs" in plan, plan
+    out = io.StringIO()
+    Console(file=out, width=100, height=60).print(
+        dashboard.fit(snap, Console(file=io.StringIO(), width=100, height=60), 1.0)
+    )
+    assert "busiest groups" in out.getvalue() and "tenant:1" in out.getvalue()

@@ -4,9 +4,10 @@ A hypothesis state machine plays producers, operators and several simulated work
 asyncio connection, through ``pgsched.repository``: enqueue (keys, dependencies, priorities, delays), claim,
 succeed, fail, release, acknowledge a cancel, report progress, late outcomes of runs that lost their job (also
 when the same worker claimed it again), heartbeats that stop, reaps, cancel, retry, pause and resume, rate
-limits, concurrency limits (in all and per group, on jobs with and without groups), cleanup and the promotion
-of due jobs. It keeps a model of what every job's state must be and, after every step, checks the database
-against the model and against the protocol's invariants.
+limits, concurrency limits (in all and per group, on jobs with and without groups), group rates, fair sharing
+(on by default for jobs with groups), cleanup and the promotion of due jobs. It keeps a model of what every
+job's state must be and, after every step, checks the database against the model and against the protocol's
+invariants.
 
 The invariants are those of docs/protocol.md, "Invariants". Bounded for CI; ``SCHED_MODEL_EXAMPLES`` (and
 ``SCHED_MODEL_STEPS``) run more; ``SCHED_MODEL_SHRINK=0`` reports a failure as found, without shrinking it."""
@@ -21,14 +22,21 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import hypothesis.strategies as st
 import psycopg
 import pytest
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from pgsched import db, repository
 from pgsched.errors import InvalidInput, WrongState
@@ -152,6 +160,18 @@ class QueueControl:
     bucket: Bucket | None = None
     max_running: int | None = None
     group_concurrency: int | None = None
+    # Group rates: the rate and burst every group gets, and the bucket of each group a claim has seen.
+    group_rate: tuple[float, float] | None = None
+    group_buckets: dict[str, Bucket] = field(default_factory=dict)
+    group_rate_since: tuple[float, float] = (0.0, 0.0)
+
+    def group_bucket(self, group: str) -> Bucket:
+        """``group``'s bucket: full when the rate was set, unless a claim has charged it since."""
+        assert self.group_rate is not None
+        if group not in self.group_buckets:
+            rate, burst = self.group_rate
+            self.group_buckets[group] = Bucket(rate, burst, burst, burst, *self.group_rate_since)
+        return self.group_buckets[group]
 
 
 class Harness:
@@ -176,7 +196,8 @@ class Harness:
 
     def reset(self) -> None:
         self.conn.run(
-            "TRUNCATE sched_jobs, sched_job_deps, sched_workers, sched_queues, sched_schedules RESTART IDENTITY"
+            "TRUNCATE sched_jobs, sched_job_deps, sched_workers, sched_queues, sched_schedules, sched_group_buckets"
+            " RESTART IDENTITY"
         )
 
     def close(self) -> None:
@@ -455,14 +476,21 @@ class ProtocolModel(RuleBasedStateMachine):
             return
         most = least = min(limit, len(claimable))
         bucket = control.bucket
+        low = high = math.inf
         if bucket is not None:
             low, high = bucket.level(start, end)
             most, least = min(most, math.floor(high)), min(least, math.floor(low))
+        group_levels = self._check_group_rates(queue, claimable, claimed, start, end)
+        if group_levels:
+            # Only the jobs whose group surely had tokens must be taken.
+            surely = collections.Counter(j.group for j in claimable)
+            allowed = sum(n if g is None else min(n, math.floor(group_levels[g][0])) for g, n in surely.items())
+            least = min(least, allowed)
         if raced_pause:
             # A claim that raced a pause either ran first (within its bucket) or saw the pause and took nothing.
             least = 0
-        if control.max_running is not None or control.group_concurrency is not None:
-            self._check_limited_claim(queue, claimable, claimed, least)
+        if control.max_running is not None or control.group_concurrency is not None or group_levels:
+            self._check_limited_claim(queue, claimable, claimed, least, group_levels)
             least = min(least, len(claimed))
         assert least <= len(claimed) <= most, (
             f"claim on {queue} took {len(claimed)} jobs: {len(claimable)} claimable, limit {limit},"
@@ -470,7 +498,9 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         # Among ready jobs, higher priority first, whether they were ever deferred or not.
         taken = {c.id for c in claimed}
-        left = [j.priority for j in claimable if j.id not in taken and not self._held_back(queue, j, claimed)]
+        left = [
+            j.priority for j in claimable if j.id not in taken and not self._held_back(queue, j, claimed, group_levels)
+        ]
         if claimed and left:
             assert min(by_id[i].priority for i in taken) >= max(left), "a lower-priority job was claimed first"
         if bucket is not None:
@@ -484,11 +514,16 @@ class ProtocolModel(RuleBasedStateMachine):
             if j.state == "running" and j.queue == queue and (not group or j.group == group)
         )
 
-    def _held_back(self, queue: str, job: Job, claimed: list) -> bool:
-        """Whether a concurrency limit holds ``job`` back once ``claimed`` run."""
+    def _held_back(
+        self, queue: str, job: Job, claimed: list, group_levels: dict[str, tuple[float, float]] | None = None
+    ) -> bool:
+        """Whether a concurrency limit, or a group's bucket that may be empty, holds ``job`` back once ``claimed``
+        run."""
         control = self.queues[queue]
         groups = [self.jobs[c.id].group for c in claimed]
         if control.max_running is not None and self._running(queue) + len(claimed) >= control.max_running:
+            return True
+        if group_levels and job.group is not None and group_levels[job.group][0] - groups.count(job.group) < 1:
             return True
         return (
             control.group_concurrency is not None
@@ -496,9 +531,42 @@ class ProtocolModel(RuleBasedStateMachine):
             and self._running(queue, job.group) + groups.count(job.group) >= control.group_concurrency
         )
 
-    def _check_limited_claim(self, queue: str, claimable: list[Job], claimed: list, least: int) -> None:
+    def _check_group_rates(
+        self, queue: str, claimable: list[Job], claimed: list, start: float, end: float
+    ) -> dict[str, tuple[float, float]]:
+        """Invariant 10: a claim takes no more of a group's jobs than the group's bucket holds. Returns the
+        bounds of the level of each claimable group's bucket before the claim (none without group rates), and
+        charges the model's buckets."""
+        control = self.queues[queue]
+        if control.group_rate is None or control.paused:
+            return {}
+        taken = collections.Counter(self.jobs[c.id].group for c in claimed)
+        levels = {}
+        for group in {j.group for j in claimable if j.group is not None}:
+            bucket = control.group_bucket(group)
+            low, high = bucket.level(start, end)
+            levels[group] = (low, high)
+            assert taken[group] <= math.floor(high), (
+                f"claim took {taken[group]} jobs of group {group} of {queue}, its bucket in [{low:.3f}, {high:.3f}]"
+            )
+            self.h.seen["group rate held a group back"] += taken[group] == 0 and high < 1
+            self.h.seen["group rate bounded a claim"] += taken[group] > 0 and taken[group] == math.floor(high)
+            if taken[group]:
+                bucket.low, bucket.high = max(0.0, low - taken[group]), high - taken[group]
+                bucket.since_start, bucket.since_end = start, end
+        return levels
+
+    def _check_limited_claim(
+        self,
+        queue: str,
+        claimable: list[Job],
+        claimed: list,
+        least: int,
+        group_levels: dict[str, tuple[float, float]] | None = None,
+    ) -> None:
         """Invariant 9: a claim never takes a queue past max_running, nor a group past group_concurrency; and it
-        takes something whenever a claimable job has a free slot (the limits hold jobs back, nothing else)."""
+        takes something whenever a claimable job has a free slot and, with group rates, a token (the limits hold
+        jobs back, nothing else)."""
         control = self.queues[queue]
         taken = collections.Counter(self.jobs[c.id].group for c in claimed)
         if control.max_running is not None and claimed:
@@ -516,8 +584,10 @@ class ProtocolModel(RuleBasedStateMachine):
                 j
                 for j in claimable
                 if j.group is None
-                or control.group_concurrency is None
-                or self._running(queue, j.group) < control.group_concurrency
+                or (
+                    (control.group_concurrency is None or self._running(queue, j.group) < control.group_concurrency)
+                    and (not group_levels or group_levels[j.group][0] >= 1)
+                )
             ]
             assert not (free and open_groups), (
                 f"limited claim on {queue} took nothing though job {open_groups[0].id} had a slot"
@@ -830,6 +900,21 @@ class ProtocolModel(RuleBasedStateMachine):
         )
         self.queues[queue].max_running = max_running
         self.queues[queue].group_concurrency = group_concurrency
+
+    @initialize(rate=st.sampled_from([None, *RATES]), burst=st.sampled_from([1, 2]))
+    def start_with_a_group_rate(self, rate: float | None, burst: int) -> None:
+        """Most examples start with group rates on q2, so that claims meet them from the first step."""
+        self.set_group_rate("q2", rate, burst)
+
+    @rule(queue=st.sampled_from(QUEUES), rate=st.sampled_from([None, *RATES]), burst=st.sampled_from([1, 2]))
+    def set_group_rate(self, queue: str, rate: float | None, burst: int) -> None:
+        start = time.monotonic()
+        repository.set_queue_group_rate(self.h.conn, queue, rate, burst)
+        end = time.monotonic()
+        # Every group's bucket starts full.
+        control = self.queues[queue]
+        control.group_rate = None if rate is None else (rate, float(burst))
+        control.group_buckets, control.group_rate_since = {}, (start, end)
 
     @rule(
         queue=st.sampled_from(QUEUES),

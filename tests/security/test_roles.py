@@ -83,10 +83,11 @@ def test_roles_are_nologin_groups_and_rerunning_changes_nothing(
         "WHERE rolname IN ('sched_producer', 'sched_worker') ORDER BY 1"
     )
     assert rows == [("sched_producer", False, False, False, False), ("sched_worker", False, False, False, False)]
-    # Neither role holds DELETE on the job table; only the worker deletes (dead) worker rows.
+    # Neither role holds DELETE on the job table; only the worker deletes (dead) worker rows, and the group
+    # buckets that are full again (docs/protocol.md, "Group rates").
     assert not any(table == "sched_jobs" and privilege == "DELETE" for table, _, privilege in before)
     deleters = {(table, role) for table, role, privilege in before if privilege == "DELETE"}
-    assert deleters == {("sched_workers", "sched_worker")}
+    assert deleters == {("sched_workers", "sched_worker"), ("sched_group_buckets", "sched_worker")}
 
 
 def test_a_grant_outside_the_script_is_revoked_on_rerun(roles: dict[str, str], sched: Callable, conn) -> None:
@@ -188,6 +189,22 @@ def test_worker_claims_runs_and_records_outcomes(roles: dict[str, str], sched: C
     assert reap.returncode == 0, reap.stderr
     status = sched("status", "--json", env=env)
     assert status.returncode == 0, status.stderr
+
+
+def test_worker_claims_a_fair_queue_with_group_rates(
+    roles: dict[str, str], sched: Callable, conn: db.Connection
+) -> None:
+    # The first fair claim makes the queue's row; the claim charges and deletes group buckets
+    # (docs/protocol.md, "Group rates", "Fair sharing").
+    for group in ("a", "a", "b"):
+        assert sched("add", "t", "--queue", "fair", "--group", group).returncode == 0
+    assert len(_claim(roles["worker"], "fair")) == 3
+    assert sched("queue", "limit", "rated", "--group-rate", "1/h", "--group-burst", "1").returncode == 0
+    for group in ("a", "a", "b"):
+        assert sched("add", "t", "--queue", "rated", "--group", group).returncode == 0
+    assert len(_claim(roles["worker"], "rated")) == 2
+    assert conn.row("SELECT count(*) FROM sched_group_buckets WHERE queue = 'rated'") == (2,)
+    assert conn.row("SELECT count(*) FROM sched_queues WHERE queue = 'fair'") == (1,)
 
 
 def test_worker_reaps_dead_workers(roles: dict[str, str], sched: Callable, conn: db.Connection) -> None:

@@ -31,9 +31,9 @@ def test_the_queues_page_shows_the_live_figures_and_controls(client: TestClient,
     assert '<span class="flag rate">≤5/s</span>' in text
     assert "ValueError: no such report" in text  # latest failures
     assert 'href="/queues/web/resume"' in text and 'href="/queues/other/pause"' in text
-    # The first refresh reads what `sched status --watch` reads: the schema check, the totals, the live counts,
-    # the recent counts, the latest failures, the workers and the queue controls.
-    assert cost_of(text) == 7
+    # The first refresh reads what `sched status --watch` reads: the two schema checks, the totals, the live
+    # counts, the recent counts, the latest failures, the workers, the queue controls and the busiest groups.
+    assert cost_of(text) == 9
     fragment = client.get("/?partial=1")
     assert fragment.status_code == 200 and "<html" not in fragment.text and "web" in fragment.text
 
@@ -43,12 +43,12 @@ def test_viewers_within_a_second_share_one_read(dsn: str, seeded) -> None:
     database = app.state.database
     database.snapshot_every_s = 60.0
     with TestClient(app) as client:
-        assert cost_of(client.get("/").text) == 7
+        assert cost_of(client.get("/").text) == 9
         assert cost_of(client.get("/").text) == 0
     database.snapshot_every_s = 0.0
     with TestClient(app) as client:
-        # A later refresh skips the schema check and the totals (re-read every 10 s: they scan the table).
-        assert cost_of(client.get("/").text) == 5
+        # A later refresh skips the schema checks and the totals (re-read every 10 s: they scan the table).
+        assert cost_of(client.get("/").text) == 6
     database.close()
 
 

@@ -54,3 +54,31 @@ def test_three_workers_never_run_more_than_the_limits(dsn, conn, start_worker, a
     assert max(per_group.values()) == 2 and in_queue == 5, (per_group, in_queue)
     # Every worker took part.
     assert len(query(dsn, "SELECT DISTINCT pid FROM executions")) == 3
+
+
+def test_three_workers_never_pass_a_group_rate(dsn, conn, start_worker, add_jobs) -> None:
+    # docs/protocol.md, "Group rates": 5 jobs a second per group, bursts of 2, whichever worker claims.
+    rate, burst = 5.0, 2
+    repository.set_queue_group_rate(conn, "q", rate, burst)
+    ids: list[int] = []
+    for group in ("a", "b"):
+        ids += add_jobs("sleepy", 10, payload='{"seconds": 0.01}', queue="q", group=group)
+    workers = [start_worker("--queue", "q", "--concurrency", "4", "--poll-interval", "100ms") for _ in range(3)]
+    wait_for(lambda: states(dsn).get("succeeded") == len(ids), 120, "the queue to drain")
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+    for worker in workers:
+        assert worker.wait(timeout=30) == 0, worker.log()[-2000:]
+    # Claim moments as the database recorded them (when the claim read and charged the buckets).
+    rows = query(
+        dsn,
+        "SELECT group_name, array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs "
+        "GROUP BY 1",
+    )
+    for group, times in rows:
+        for i in range(len(times)):
+            for j in range(i, len(times)):
+                allowed = burst + rate * (times[j] - times[i]) + 1e-6 * rate
+                assert j - i + 1 <= allowed, (group, times)
+        # The rate, not the workers, held the group back: its ten jobs took at least (10 - burst) / rate.
+        assert times[-1] - times[0] >= (10 - burst) / rate - 0.01, (group, times)
