@@ -78,7 +78,15 @@ def test_each_listing_reads_its_index_and_at_most_its_walk(crowded: str) -> None
     with psycopg.connect(crowded) as raw:
         for name, cursor, scan in LISTINGS:
             for task in (None, "no.such.task"):
-                params = {"queue": "default", "state": "failed", "task": task, "key": None, "walk": WALK, "limit": 50}
+                params = {
+                    "queue": "default",
+                    "state": "failed",
+                    "task": task,
+                    "key": None,
+                    "group": None,
+                    "walk": WALK,
+                    "limit": 50,
+                }
                 plan = _plan(raw, name, {**params, **cursor})
                 assert scan in plan, plan
                 assert "Seq Scan on sched_jobs" not in plan, plan
