@@ -80,7 +80,7 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
                 row[f"{mode}_per_s"] = _round(conns[mode], config)
                 if mode == "vacuumed":
                     measured.vacuum_jobs(conns[mode])
-            dead, table_bytes, index_bytes, _ = _sizes(conns["held"])
+            dead, table_bytes, index_bytes, _, _ = _sizes(conns["held"])
             row["held_dead_tuples"] = dead
             row["held_table_mb"] = round(table_bytes / 2**20, 1)
             row["held_index_mb"] = round(index_bytes / 2**20, 1)
@@ -105,17 +105,12 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
             before = _sizes(conns["held"])
             _round(conns["held"], config)
             after = _sizes(conns["held"])
-            after_sizes.append(
-                [
-                    round(before[1] / 2**20, 1),
-                    round(after[1] / 2**20, 1),
-                    round(before[2] / 2**20, 1),
-                    round(after[2] / 2**20, 1),
-                ]
-            )
+            mb = [round(size / 2**20, 1) for size in (before[1], after[1], before[2], after[2], before[3], after[3])]
+            after_sizes.append(mb)
             report(
-                f"after the snapshot ended, VACUUM and a round of {config.jobs:,} jobs: table {after_sizes[-1][0]} "
-                f"-> {after_sizes[-1][1]} MB, indexes {after_sizes[-1][2]} -> {after_sizes[-1][3]} MB"
+                f"after the snapshot ended, VACUUM and a round of {config.jobs:,} jobs: table {mb[0]} -> {mb[1]} MB, "
+                f"indexes {mb[2]} -> {mb[3]} MB (the ready index {mb[4]} -> {mb[5]} MB; the others keep the "
+                "finished jobs until cleanup)"
             )
     finally:
         for worker in workers.values():
@@ -137,14 +132,18 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
         "rounds": rounds,
         "held_vs_vacuumed_pct_last_rounds": round(statistics.median(r["held_vs_vacuumed_pct"] for r in tail), 1),
         "latency_ms": {mode: {"p50": p50, "p99": p99} for mode, (p50, p99) in latency.items()},
-        "after_vacuum": [{"table_mb": [t0, t1], "index_mb": [i0, i1]} for t0, t1, i0, i1 in after_sizes],
+        "after_vacuum": [
+            {"table_mb": [t0, t1], "index_mb": [i0, i1], "ready_index_mb": [r0, r1]}
+            for t0, t1, i0, i1, r0, r1 in after_sizes
+        ],
     }
 
 
-def _sizes(conn: db.Connection) -> tuple[int, int, int, int]:
+def _sizes(conn: db.Connection) -> tuple[int, int, int, int, int]:
+    """Dead row versions, table bytes, index bytes, ready index bytes, last id."""
     row = conn.row(query("BenchJobsTableSize"))
     assert row is not None
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
 
 
 def _since(conn: db.Connection, after: int) -> tuple[int, float, list[float]]:

@@ -31,10 +31,11 @@ FROM sched_jobs
 WHERE id > %(after)s;
 
 -- name: BenchJobsTableSize
--- The job table's dead row versions and its size with its indexes, in bytes.
+-- The job table's dead row versions, its size, its indexes' and its ready index's, in bytes, and its last id.
 SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'sched_jobs'::regclass), 0) AS dead,
        pg_table_size('sched_jobs') AS table_bytes,
        pg_indexes_size('sched_jobs') AS index_bytes,
+       pg_relation_size('sched_jobs_ready') AS ready_index_bytes,
        (SELECT coalesce(max(id), 0) FROM sched_jobs) AS last_id;
 
 -- name: BenchJobsVacuum

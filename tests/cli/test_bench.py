@@ -35,3 +35,20 @@ def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: st
     assert results["io_free_slots_only_efficiency_pct"] > 0
     assert "median of 3" in result.stderr
     assert _bench_databases(server_dsn) <= before
+
+
+def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(sched, server_dsn: str) -> None:
+    before = _bench_databases(server_dsn)
+    result = sched("bench", "--vacuum-blocked", "--rounds", "2", "--jobs", "400", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(result.stdout)
+    assert [row["jobs_before"] for row in figures["rounds"]] == [0, 400]
+    for row in figures["rounds"]:
+        assert row["vacuumed_per_s"] > 0 and row["held_per_s"] > 0
+    # Dead row versions come from the server's statistics, which reach it within a second or so.
+    assert all(row["held_dead_tuples"] >= 0 for row in figures["rounds"])
+    for mode in ("vacuumed", "held"):
+        assert figures["latency_ms"][mode]["p50"] > 0
+    assert len(figures["after_vacuum"]) == 2
+    assert "dead row versions" in result.stderr
+    assert _bench_databases(server_dsn) <= before
