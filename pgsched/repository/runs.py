@@ -91,7 +91,10 @@ class ReadyMarks:
     is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
     index. The worker's maintenance looks for such jobs with a read-only probe of each known level from its
     beginning (``probe_levels``, ``lower``), on its own connection so that claims never wait for it, at a period
-    that follows the probe's cost (PROBE_COST_SHARE times its duration, between PROBE_MIN_S and PROBE_MAX_S)."""
+    that follows the probe's cost (PROBE_COST_SHARE times its duration, between PROBE_MIN_S and PROBE_MAX_S).
+
+    While reading from the beginning is cheap (the last probe took under CHEAP_PROBE_S: vacuum is keeping up),
+    every claim is a full pass, as if there were no positions: such a job then waits for nothing."""
 
     MARGIN = timedelta(milliseconds=50)
     MAX_LEVELS = 16
@@ -99,18 +102,21 @@ class ReadyMarks:
     PROBE_MIN_S = 0.25
     PROBE_MAX_S = 5.0
     PROBE_COST_SHARE = 20
+    CHEAP_PROBE_S = 0.003
 
-    __slots__ = ("_levels", "_next_full", "_next_probe")
+    __slots__ = ("_cheap", "_levels", "_next_full", "_next_probe")
 
     def __init__(self) -> None:
         # priority -> (run_at, id) of the last job the last claim at that level took, most recent last.
         self._levels: dict[int, tuple[datetime, int]] = {}
         self._next_full = 0.0
         self._next_probe = 0.0
+        # Until a probe finds reading from the beginning costly (CHEAP_PROBE_S = 0: never cheap).
+        self._cheap = self.CHEAP_PROBE_S > 0
 
     def segments(self, now: float) -> Segments:
-        """The segments of a claim made at ``now`` (monotonic seconds): the full pass when it is due."""
-        if now >= self._next_full or not self._levels:
+        """The segments of a claim made at ``now`` (monotonic seconds): the full pass when it is due or cheap."""
+        if self._cheap or now >= self._next_full or not self._levels:
             return FULL_PASS
         segments = Segments()
         above = _HIGHEST
@@ -131,18 +137,23 @@ class ReadyMarks:
 
     def learn(self, rows: Sequence[Sequence[Any]], *, full: bool, now: float) -> None:
         """Move each level's position to the last job this claim took there; after a full pass, set the next."""
-        last: dict[int, tuple[datetime, int]] = {}
+        last: dict[int, tuple[datetime, int] | None] = {}
         for row in rows:
             level, run_at = row[8], row[9]
             if level is None:  # claimed by sched_claim_limited, which reads the index its own way
                 continue
+            if run_at is None:  # before year 1000 (JobClaim): the level is read from its beginning
+                last[level] = None
+                continue
             position = (run_at, row[0])
-            if level not in last or position > last[level]:
+            previous = last.get(level, position)
+            if level not in last or (previous is not None and position > previous):
                 last[level] = position
         levels = self._levels
         for level, position in last.items():
             levels.pop(level, None)
-            levels[level] = position
+            if position is not None:
+                levels[level] = position
         while len(levels) > self.MAX_LEVELS:
             del levels[next(iter(levels))]
         if full:
@@ -154,13 +165,16 @@ class ReadyMarks:
             return None
         return sorted(self._levels, reverse=True)
 
-    def probed(self, firsts: Sequence[tuple[int, datetime, int]], *, took_s: float, now: float) -> int:
+    def probed(self, firsts: Sequence[tuple[int, datetime | None, int]], *, took_s: float, now: float) -> int:
         """Take the probe's first ready job of each level: a level whose first job lies before where claims
         read it is read from that job next time. Returns how many levels moved back; sets the next probe."""
         self._next_probe = now + min(max(took_s * self.PROBE_COST_SHARE, self.PROBE_MIN_S), self.PROBE_MAX_S)
+        self._cheap = took_s < self.CHEAP_PROBE_S
         moved = 0
         for level, run_at, id in firsts:
-            if self.lower(level, run_at, id):
+            if run_at is None:  # before year 1000: read the level from its beginning
+                moved += self._levels.pop(level, None) is not None
+            elif self.lower(level, run_at, id):
                 moved += 1
         return moved
 
@@ -205,7 +219,7 @@ async def claim_jobs(
 
 async def first_ready(
     conn: AsyncConnection, queue: str, tasks: list[str], levels: list[int]
-) -> list[tuple[int, datetime, int]]:
+) -> list[tuple[int, datetime | None, int]]:
     """The first ready job (priority, run_at, id) of each of ``levels`` of ``queue``, read from the front of the
     ready index: the worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
     rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels})

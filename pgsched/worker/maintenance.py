@@ -123,8 +123,8 @@ class ScheduleTicker:
 
 
 class DuePromoter:
-    """Moves deferred jobs that fell due into the ready index. The claim is correct without it, only faster with
-    it: the claim's sort of due rows stays small."""
+    """Moves deferred jobs that fell due into the ready index. The claim's sort of due rows stays small, and a
+    claim from positions reads only the rows due in the last 2 s: older ones wait for this (or a full pass)."""
 
     def interval(self) -> float:
         return 1.0

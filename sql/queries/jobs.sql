@@ -143,7 +143,10 @@ claimed AS (
         lease = nextval('sched_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING j.id, j.task::text, j.payload::jsonb, j.attempt::int, j.max_attempts::int,
-              extract(epoch FROM j.timeout)::float8, j.lease, j.trace_context, j.priority::int, j.run_at
+              extract(epoch FROM j.timeout)::float8, j.lease, j.trace_context, j.priority::int,
+              -- No position before year 1000: a session west of UTC would show year 1 as a date BC, which
+              -- Python cannot hold; such a level is read from its beginning.
+              CASE WHEN j.run_at >= '1000-01-01 00:00:00+00' THEN j.run_at END
 )
 SELECT * FROM claimed
 UNION ALL
@@ -460,7 +463,7 @@ WHERE j.id = ANY(ARRAY(
 -- the ready index: a worker's probe for jobs that went back before where its claims read (docs/protocol.md,
 -- "Where a claim starts reading"). Read-only; it walks what vacuum has not removed yet, on the worker's
 -- control connection, so claims never wait for it.
-SELECT f.priority::int, f.run_at, f.id
+SELECT f.priority::int, CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END, f.id
 FROM unnest(%(levels)s::int[]) AS l(level)
 CROSS JOIN LATERAL (
     SELECT priority, run_at, id FROM sched_jobs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -16,9 +17,11 @@ from pgsched.sqlfiles import query
 
 
 class NeverFull(repository.ReadyMarks):
-    """Marks whose periodic full pass never comes on its own (a test decides with rewind() or the probe)."""
+    """Positions as while vacuum is held back (reading from the beginning never cheap), whose periodic full pass
+    never comes on its own (a test decides with rewind() or the probe)."""
 
     FULL_PASS_EVERY_S = 3600.0
+    CHEAP_PROBE_S = 0.0
 
 
 async def _drain(dsn: str, worker: str, marks: repository.ReadyMarks, batch: int) -> int:
@@ -69,7 +72,7 @@ def test_claims_step_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_back(ds
     with psycopg.connect(dsn) as holder:
         holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         holder.execute("SELECT count(*) FROM sched_jobs")  # the snapshot: no row version after it can be removed
-        marks = repository.ReadyMarks()
+        marks = NeverFull()
         for _ in range(4):
             repository.enqueue_many(conn, [NewJob(task="t") for _ in range(5_000)])
             assert asyncio.run(_drain(dsn, worker, marks, 500)) == 5_000
@@ -168,3 +171,36 @@ def test_a_producer_that_commits_within_the_margin_is_not_left_behind(dsn: str, 
         producer.commit()  # ...and commits after it, within the margin
     taken = {j.id for j in _claim(dsn, worker, marks, 5)}
     assert late in taken and len(taken) == 2
+
+
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+
+
+def _claims_in(dsn: str, limits: list[int], timezone: str | None = None) -> list[list[int]]:
+    """The ids each claim of one worker (one set of positions) takes, claim after claim."""
+
+    async def body() -> list[list[int]]:
+        conn = await db.connect_async(dsn)
+        try:
+            if timezone is not None:
+                await conn.rows("SELECT set_config('TimeZone', %s, false)", (timezone,))
+            marks, worker = NeverFull(), str(uuid.uuid4())
+            return [
+                [job.id for job in await repository.claim_jobs(conn, worker, "default", ["t"], limit, marks)]
+                for limit in limits
+            ]
+        finally:
+            await conn.close()
+
+    return asyncio.run(body())
+
+
+@pytest.mark.parametrize("timezone", [None, "America/New_York"])
+def test_a_job_due_at_the_earliest_time_does_not_stop_the_next_claim(
+    dsn: str, conn: db.Connection, timezone: str | None
+) -> None:
+    # West of UTC the session shows that run_at as a date before year 1, which no Python datetime holds; in UTC,
+    # a position 50 ms before it would be out of range.
+    earliest = repository.enqueue(conn, NewJob(task="t", run_at=EARLIEST)).id
+    later = repository.enqueue(conn, NewJob(task="t")).id
+    assert _claims_in(dsn, [1, 1], timezone) == [[earliest], [later]]

@@ -18,8 +18,14 @@ def row(job_id: int, priority: int | None, run_at: datetime | None) -> tuple:
     return (job_id, "t", {}, 1, 3, 300.0, job_id, None, priority, run_at)
 
 
+class Costly(ReadyMarks):
+    """Positions as while vacuum is held back: reading from the beginning is never cheap."""
+
+    CHEAP_PROBE_S = 0.0
+
+
 def learned(*rows: tuple, now: float = 0.0) -> ReadyMarks:
-    marks = ReadyMarks()
+    marks = Costly()
     marks.learn(list(rows), full=True, now=now)
     return marks
 
@@ -81,7 +87,7 @@ def test_rewind_makes_the_next_claim_a_full_pass() -> None:
 
 
 def test_the_least_recently_claimed_levels_are_forgotten_beyond_the_limit() -> None:
-    marks = ReadyMarks()
+    marks = Costly()
     for level in range(ReadyMarks.MAX_LEVELS + 2):
         marks.learn([row(level, level, T0)], full=False, now=0.0)
     marks.learn([], full=True, now=0.0)
@@ -117,3 +123,22 @@ def test_the_probe_period_follows_its_cost_within_bounds() -> None:
     assert marks.probe_levels(304.99) is None
     assert marks.probe_levels(305.0) == [0]
     assert ReadyMarks().probe_levels(0.0) is None  # nothing to probe before the first claim
+
+
+def test_while_reading_from_the_beginning_is_cheap_every_claim_is_a_full_pass() -> None:
+    marks = ReadyMarks()
+    marks.learn([row(1, 0, T0)], full=True, now=0.0)
+    assert marks.segments(0.01).full  # no probe has measured anything yet
+    marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S, now=1.0)  # the walk from the front costs: positions
+    assert not marks.segments(1.01).full
+    marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S / 2, now=2.0)  # cheap again (vacuum caught up)
+    assert marks.segments(2.01).full
+
+
+def test_a_job_due_before_year_1000_leaves_its_level_without_a_position() -> None:
+    marks = learned(row(1, 0, T0), row(2, 5, T0))
+    marks.learn([row(3, 0, None)], full=False, now=0.0)
+    segments = marks.segments(0.01)
+    assert segments.covers(0, LONG_AGO, 1) and not segments.covers(5, LONG_AGO, 1)
+    assert marks.probed([(5, None, 9)], took_s=0.0, now=1.0) == 1
+    assert marks.segments(1.01).full  # no level left with a position
