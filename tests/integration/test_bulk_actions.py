@@ -8,6 +8,8 @@ import asyncio
 import threading
 import uuid
 
+import psycopg
+import psycopg.sql
 import pytest
 
 from pgsched import bulk, db, repository
@@ -225,7 +227,7 @@ def test_cancelling_a_running_job_records_a_request_and_tells_its_worker(dsn: st
     waiting_parent = add(conn)
     child = add(conn, after=[waiting_parent])
     with db.connect(dsn) as listener:
-        listener.raw.execute(f"LISTEN {repository.cancel_channel()}")
+        listener.raw.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(repository.cancel_channel())))
         report = bulk.perform(conn, "cancel", bulk.build_filter("cancel", task="t"))
         notes = [n.payload for n in listener.raw.notifies(timeout=2, stop_after=1)]
     assert notes == [str(running)]
