@@ -41,6 +41,12 @@ async def drain(dsn: str, batch: int, marks: repository.ReadyMarks | None) -> tu
     while jobs := await repository.claim_jobs(conn, worker, QUEUE, TASKS, batch, marks):
         await repository.record_outcomes(conn, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs])
         done += len(jobs)
+        # The probe a worker's maintenance runs on its own connection (it decides whether claims read from the
+        # positions); here on the same one, so its cost counts against the drain.
+        if marks is not None and (levels := marks.probe_levels(time.monotonic())) is not None:
+            probe_started = time.monotonic()
+            firsts = await repository.first_ready(conn, QUEUE, TASKS, levels)
+            marks.probed(firsts, took_s=time.monotonic() - probe_started, now=time.monotonic())
     elapsed = time.perf_counter() - started
     await repository.deregister_worker(conn, worker)
     await conn.close()
@@ -49,7 +55,7 @@ async def drain(dsn: str, batch: int, marks: repository.ReadyMarks | None) -> tu
 
 def claim_buffers(conn: db.Connection, batch: int, marks: repository.ReadyMarks | None, full: bool) -> int:
     """Shared buffers (hit + read) that one claim of ``batch`` jobs touches, the claim rolled back: a worker's
-    usual claim (from its marks), or its periodic full pass (``full``)."""
+    usual claim (from its positions once its probe finds reading from the front costly), or a full pass."""
     segments = marks.segments(float("-inf")) if marks is not None and not full else repository.FULL_PASS
     params = repository.claim_params(QUEUE, TASKS, batch, str(uuid.uuid4()), segments)
     conn.raw.execute("BEGIN")
