@@ -37,7 +37,9 @@ async def _claim(dsn: str, worker: str, *, register: bool = False) -> list:
 
 
 def test_a_server_crash_never_makes_a_lease_repeat() -> None:
-    server = PrivateServer(settings={"synchronous_commit": "on"}).start()  # producers commit durably
+    # Producers commit durably; the claim (synchronous_commit off) waits in the WAL buffers: the WAL writer would
+    # flush it within wal_writer_delay (200 ms by default), and the crash must find it unflushed to take it back.
+    server = PrivateServer(settings={"synchronous_commit": "on", "wal_writer_delay": "10s"}).start()
     try:
         dsn = create_database(server)
         with db.connect(dsn) as conn:
