@@ -193,19 +193,25 @@ GROUP BY queue
 ORDER BY queue;
 
 -- name: JobCountFinished
--- What a cleanup would delete, by state (for --dry-run).
+-- What a cleanup would delete now, by state (for --dry-run): a failed or cancelled job that a job depends on
+-- stays (see JobDeleteFinished).
 SELECT count(*) FILTER (WHERE state = 'succeeded'),
        count(*) FILTER (WHERE state = 'failed'),
        count(*) FILTER (WHERE state = 'cancelled')
-FROM sched_jobs
-WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval;
+FROM sched_jobs j
+WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval
+  AND (state = 'succeeded' OR NOT EXISTS (SELECT 1 FROM sched_job_deps d WHERE d.depends_on = j.id));
 
 -- name: JobDeleteFinished
 -- Delete one batch of terminal jobs finished before the cutoff; SKIP LOCKED lets cleanups on many hosts
--- share the work, and small batches keep every transaction and lock short.
+-- share the work, and small batches keep every transaction and lock short. A failed or cancelled job stays
+-- while a job that depends on it remains (docs/protocol.md, "Dependencies"): deleting it would delete the
+-- dependency too, and a retry of the dependent would then run it without its parent. Once the dependents are
+-- gone (a later batch of the same cleanup, or a later cleanup), it goes.
 WITH doomed AS (
-    SELECT id FROM sched_jobs
+    SELECT id FROM sched_jobs j
     WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval
+      AND (state = 'succeeded' OR NOT EXISTS (SELECT 1 FROM sched_job_deps d WHERE d.depends_on = j.id))
     ORDER BY finished_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED

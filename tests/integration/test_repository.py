@@ -331,3 +331,23 @@ def test_cleanup_works_in_batches(conn: db.Connection) -> None:
         "SELECT 't', 'succeeded', now() - interval '30 days' - n * interval '1 minute' FROM generate_series(1, 5) n"
     )
     assert [repository.delete_finished_batch(conn, 86400, 2).total for _ in range(4)] == [2, 2, 1, 0]
+
+
+def test_cleanup_keeps_a_failed_parent_while_a_job_depends_on_it(conn: db.Connection) -> None:
+    # docs/protocol.md, "Dependencies": deleting the parent would delete the dependency, and the dependent's
+    # retry would then run it although its parent never succeeded.
+    parent = add(conn)
+    child = add(conn, after=[parent])
+    conn.run(
+        "UPDATE sched_jobs SET state = 'failed', finished_at = now() - interval '30 days' WHERE id = %s", (parent,)
+    )
+    conn.run("UPDATE sched_jobs SET state = 'cancelled', pending_deps = 0, finished_at = now() WHERE id = %s", (child,))
+    assert repository.count_finished(conn, 86400).total == 0
+    assert repository.delete_finished_batch(conn, 86400, 100).total == 0
+    result = repository.retry_jobs(conn, [child])
+    assert (result.queued, result.refused) == ([], [child])  # its failed parent still holds it back
+    # Once the dependent is gone, so is the parent: in the next batch of the same cleanup.
+    conn.run(
+        "UPDATE sched_jobs SET state = 'cancelled', finished_at = now() - interval '30 days' WHERE id = %s", (child,)
+    )
+    assert [repository.delete_finished_batch(conn, 86400, 100).total for _ in range(3)] == [1, 1, 0]

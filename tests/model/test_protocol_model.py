@@ -979,12 +979,18 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(batch=st.integers(1, 5))
     def cleanup(self, batch: int) -> None:
-        finished = {i for i, j in self.jobs.items() if j.state in TERMINAL}
+        # A failed or cancelled job stays while a job depends on it (its retry must still wait for it).
+        parents = {p for j in self.jobs.values() for p in j.parents}
+        finished = {
+            i for i, j in self.jobs.items() if j.state in TERMINAL and (j.state == "succeeded" or i not in parents)
+        }
         counts = repository.delete_finished_batch(self.h.conn, 0.0, batch)
-        assert counts.total == min(batch, len(finished)), f"cleanup deleted {counts}, {len(finished)} finished"
+        assert counts.total == min(batch, len(finished)), f"cleanup deleted {counts}, {len(finished)} deletable"
         left = {r[0] for r in self.h.conn.rows("SELECT id FROM sched_jobs")}
         gone = set(self.jobs) - left
-        assert gone <= finished, f"cleanup deleted live jobs {sorted(gone - finished)}"
+        assert gone <= finished, f"cleanup deleted jobs it must keep {sorted(gone - finished)}"
+        if any(self.jobs[i].state in ("failed", "cancelled") and i in parents for i in self.jobs):
+            self.h.seen["cleanup kept a failed or cancelled parent"] += 1
         assert len(gone) == counts.total
         for job_id in gone:
             del self.jobs[job_id]
