@@ -307,6 +307,16 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def p50_ms(latencies: list[float]) -> float:
+    """The median of sorted latencies, rounded to 10 µs."""
+    return round(statistics.median(latencies), 2)
+
+
+def p99_ms(latencies: list[float]) -> float:
+    """The 99th percentile of sorted latencies, rounded to 10 µs."""
+    return round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)
+
+
 def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, Any]:
     worker = spawn_worker(dsn, "--queue", "latency", "--concurrency", "10")
     try:
@@ -331,8 +341,8 @@ def _latency(conn: db.Connection, dsn: str, config: BenchConfig) -> dict[str, An
     if not latencies:
         raise DatabaseError("no latency samples were recorded")
     return {
-        "latency_p50_ms": round(statistics.median(latencies), 2),
-        "latency_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2),
+        "latency_p50_ms": p50_ms(latencies),
+        "latency_p99_ms": p99_ms(latencies),
         "latency_max_ms": round(latencies[-1], 2),
         "idle_worker_rss_mb": idle_rss,
     }

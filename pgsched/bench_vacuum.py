@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgsched import db, migrate, repository
-from pgsched.bench import noop_jobs, spawn_worker, wait_for_worker
+from pgsched.bench import noop_jobs, p50_ms, p99_ms, spawn_worker, wait_for_worker
 from pgsched.errors import DatabaseError, SchedError
 from pgsched.repository import bench as measured
 from pgsched.sqlfiles import query
@@ -178,6 +178,4 @@ def _latency(conn: db.Connection, config: VacuumBenchConfig) -> tuple[float, flo
             raise DatabaseError("the benchmark worker did not start the latency jobs in time")
         time.sleep(0.05)
     latencies = found[2]
-    return round(statistics.median(latencies), 2), round(
-        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2
-    )
+    return p50_ms(latencies), p99_ms(latencies)

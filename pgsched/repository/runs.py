@@ -123,9 +123,7 @@ class ReadyMarks:
         for level in sorted(self._levels, reverse=True):
             if above > level:  # the levels between the previous one and this, from their beginning
                 segments.add(above, level + 1)
-            run_at, id = self._levels[level]
-            segments.add(level, level, run_at - self.MARGIN, 0, run_at)
-            segments.add(level, level, run_at, id)
+            self._level_segments(level, *self._levels[level], into=segments)
             above = level - 1
         if above >= _LOWEST:
             segments.add(above, _LOWEST)
@@ -144,11 +142,8 @@ class ReadyMarks:
                 continue
             if run_at is None:  # before year 1000 (JobClaim): the level is read from its beginning
                 last[level] = None
-                continue
-            position = (run_at, row[0])
-            previous = last.get(level, position)
-            if level not in last or (previous is not None and position > previous):
-                last[level] = position
+            elif level not in last or ((known := last[level]) is not None and (run_at, row[0]) > known):
+                last[level] = (run_at, row[0])
         levels = self._levels
         for level, position in last.items():
             levels.pop(level, None)
@@ -181,17 +176,18 @@ class ReadyMarks:
     def lower(self, level: int, run_at: datetime, id: int) -> bool:
         """Read ``level`` from the job at (run_at, id) on if it lies before where claims read it now."""
         mark = self._levels.get(level)
-        if mark is None:
-            return False
-        mark_run_at, mark_id = mark
-        if (
-            run_at > mark_run_at
-            or (run_at == mark_run_at and id >= mark_id)
-            or (mark_run_at - self.MARGIN <= run_at < mark_run_at)
-        ):
-            return False  # claims read it already
+        if mark is None or self._level_segments(level, *mark).covers(level, run_at, id):
+            return False  # read from its beginning, or claims read it already
         self._levels[level] = (run_at, id)
         return True
+
+    def _level_segments(self, level: int, run_at: datetime, id: int, into: Segments | None = None) -> Segments:
+        """The two segments a claim reads ``level`` with from the position (run_at, id): the MARGIN before it,
+        then from it on."""
+        segments = into if into is not None else Segments()
+        segments.add(level, level, run_at - self.MARGIN, 0, run_at)
+        segments.add(level, level, run_at, id)
+        return segments
 
 
 async def claim_jobs(
