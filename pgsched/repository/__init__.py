@@ -44,6 +44,7 @@ from pgsched.repository.queues import (
 from pgsched.repository.reads import count_by_queue, explain_facts
 from pgsched.repository.runs import (
     FULL_PASS,
+    FirstReady,
     ReadyMarks,
     ReapResult,
     RecordResult,
@@ -92,6 +93,7 @@ __all__ = [
     "CancelMany",
     "CancelResult",
     "CleanupCounts",
+    "FirstReady",
     "JobFilter",
     "JobPage",
     "Purged",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgsched.db import AsyncConnection
 from pgsched.models import ClaimedJob, JobState, Outcome, OutcomeKind
@@ -91,10 +91,12 @@ class ReadyMarks:
     is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
     index. The worker's maintenance looks for such jobs with a read-only probe of each known level from its
     beginning (``probe_levels``, ``lower``), on its own connection so that claims never wait for it, at a period
-    that follows the probe's cost (PROBE_COST_SHARE times its duration, between PROBE_MIN_S and PROBE_MAX_S).
+    that follows the probe's cost (PROBE_COST_SHARE times the server's time for it, between PROBE_MIN_S and
+    PROBE_MAX_S).
 
-    While reading from the beginning is cheap (the last probe took under CHEAP_PROBE_S: vacuum is keeping up),
-    every claim is a full pass, as if there were no positions: such a job then waits for nothing."""
+    While reading from the beginning is cheap (the last probe cost the server under CHEAP_PROBE_S, the round trip
+    not counted: vacuum is keeping up), every claim is a full pass, as if there were no positions: such a job
+    then waits for nothing."""
 
     MARGIN = timedelta(milliseconds=50)
     MAX_LEVELS = 16
@@ -213,13 +215,20 @@ async def claim_jobs(
     return [ClaimedJob(r[0], r[1], r[2], r[3], r[4], r[5], queue, r[6], 0.0, r[7]) for r in rows]
 
 
-async def first_ready(
-    conn: AsyncConnection, queue: str, tasks: list[str], levels: list[int]
-) -> list[tuple[int, datetime | None, int]]:
-    """The first ready job (priority, run_at, id) of each of ``levels`` of ``queue``, read from the front of the
-    ready index: the worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
-    rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels})
-    return [(r[0], r[1], r[2]) for r in rows]
+class FirstReady(NamedTuple):
+    """What the probe found: the first ready job (priority, run_at, id) of each level that has one, and the
+    seconds the server spent finding them (the cost of reading from the front, without the round trip)."""
+
+    firsts: list[tuple[int, datetime | None, int]]
+    server_s: float
+
+
+async def first_ready(conn: AsyncConnection, queue: str, tasks: list[str], levels: list[int]) -> FirstReady:
+    """The first ready job of each of ``levels`` of ``queue``, read from the front of the ready index: the
+    worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
+    rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels}, prepare=True)
+    priorities, run_ats, ids, server_s = rows[0]
+    return FirstReady(list(zip(priorities or (), run_ats or (), ids or (), strict=True)), server_s)
 
 
 def claim_params(queue: str, tasks: list[str], limit: int, worker_id: str, segments: Segments = FULL_PASS) -> dict:

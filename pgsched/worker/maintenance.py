@@ -148,13 +148,11 @@ class ReadyProbe:
 
     async def run_once(self, conn: AsyncConnection) -> None:
         for queue, marks in self._marks.items():
-            started = time.monotonic()
-            levels = marks.probe_levels(started)
+            levels = marks.probe_levels(time.monotonic())
             if levels is None:
                 continue
-            firsts = await repository.first_ready(conn, queue, self._tasks, levels)
-            now = time.monotonic()
-            if marks.probed(firsts, took_s=now - started, now=now):
+            probe = await repository.first_ready(conn, queue, self._tasks, levels)
+            if marks.probed(probe.firsts, took_s=probe.server_s, now=time.monotonic()):
                 logger.debug("ready jobs of {} found before where claims read; reading from them next", queue)
                 self._wake()
 

@@ -468,8 +468,11 @@ WHERE j.id = ANY(ARRAY(
 -- The first ready job of each given priority level of a queue, for the worker's tasks, read from the front of
 -- the ready index: a worker's probe for jobs that went back before where its claims read (docs/protocol.md,
 -- "Where a claim starts reading"). Read-only; it walks what vacuum has not removed yet, on the worker's
--- control connection, so claims never wait for it.
-SELECT f.priority::int, CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END, f.id
+-- control connection, so claims never wait for it. One row of arrays, and the seconds the server spent on it,
+-- read after the aggregate has consumed every level: what the walk costs the server, without the network's
+-- round trip, which a worker far from its database (a managed server, a pooler) would otherwise count as cost.
+SELECT array_agg(f.priority::int), array_agg(CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END),
+       array_agg(f.id), extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
 FROM unnest(%(levels)s::int[]) AS l(level)
 CROSS JOIN LATERAL (
     SELECT priority, run_at, id FROM sched_jobs

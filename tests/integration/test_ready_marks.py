@@ -5,6 +5,7 @@ yet a higher priority is still taken first and a job left behind is taken by the
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -140,8 +141,8 @@ async def _probe(dsn: str, marks: repository.ReadyMarks) -> int:
     try:
         levels = marks.probe_levels(float("inf"))
         assert levels is not None
-        firsts = await repository.first_ready(conn, "default", ["t"], levels)
-        return marks.probed(firsts, took_s=0.0, now=0.0)
+        probe = await repository.first_ready(conn, "default", ["t"], levels)
+        return marks.probed(probe.firsts, took_s=0.0, now=0.0)
     finally:
         await conn.close()
 
@@ -204,3 +205,59 @@ def test_a_job_due_at_the_earliest_time_does_not_stop_the_next_claim(
     earliest = repository.enqueue(conn, NewJob(task="t", run_at=EARLIEST)).id
     later = repository.enqueue(conn, NewJob(task="t")).id
     assert _claims_in(dsn, [1, 1], timezone) == [[earliest], [later]]
+
+
+async def _delaying_proxy(upstream: dict, delay_s: float) -> asyncio.Server:
+    """A TCP proxy to the server that holds every answer back for ``delay_s``: a database across a network."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def serve(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(
+            upstream["host"], int(upstream.get("port") or 5432)
+        )
+        await asyncio.gather(pipe(client_reader, server_writer, 0.0), pipe(server_reader, client_writer, delay_s))
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_the_probe_counts_the_servers_time_not_the_round_trip(dsn: str, conn: db.Connection) -> None:
+    """A worker far from its database (every answer 40 ms late) keeps full passes while the front is cheap: the
+    probe's cost is the server's time for it, so the round trip does not make the front look costly."""
+    worker = str(uuid.uuid4())
+    repository.enqueue_many(conn, [NewJob(task="t") for _ in range(3)])
+    marks = repository.ReadyMarks()
+    _claim(dsn, worker, marks, 1)  # the level becomes known, so the probe has something to read
+
+    async def probe() -> tuple[repository.FirstReady, float]:
+        upstream = psycopg.conninfo.conninfo_to_dict(dsn)
+        proxy = await _delaying_proxy(upstream, 0.04)
+        port = proxy.sockets[0].getsockname()[1]
+        far = await db.connect_async(psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port))
+        try:
+            levels = marks.probe_levels(float("inf"))
+            assert levels == [0]
+            started = time.monotonic()
+            found = await repository.first_ready(far, "default", ["t"], levels)
+            return found, time.monotonic() - started
+        finally:
+            await far.close()
+            proxy.close()
+
+    found, waited_s = asyncio.run(probe())
+    assert [f[0] for f in found.firsts] == [0]
+    assert waited_s >= 0.04
+    assert 0 < found.server_s <= waited_s - 0.04  # the answer's 40 ms on the way back are not the server's
+    marks.probed(found.firsts, took_s=found.server_s, now=0.0)
+    if found.server_s < repository.ReadyMarks.CHEAP_PROBE_S:
+        assert marks.segments(1.0).full  # cheap: claims keep reading from the front

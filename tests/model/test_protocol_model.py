@@ -428,8 +428,8 @@ class ProtocolModel(RuleBasedStateMachine):
         if marks is None or levels is None:
             return
         worker = self._worker(w)
-        firsts = self.h.run(repository.first_ready(self.h.worker_conns[worker.id], queue, sorted(TASKS), levels))
-        if marks.probed(firsts, took_s=0.0, now=0.0):
+        probe = self.h.run(repository.first_ready(self.h.worker_conns[worker.id], queue, sorted(TASKS), levels))
+        if marks.probed(probe.firsts, took_s=0.0, now=0.0):
             self.h.seen["probe moved a position back"] += 1
 
     def _skipped_by(self, segments: repository.Segments, queue: str, claimable: list[Job]) -> set[int] | None:
