@@ -75,6 +75,15 @@ def main() -> None:
     parser.add_argument(
         "--no-marks", action="store_true", help="every claim reads the ready index from its beginning (as before)"
     )
+    parser.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        help="spread the jobs over this many groups: the queue is then claimed fairly (sched_claim_limited)",
+    )
+    parser.add_argument(
+        "--no-fair", action="store_true", help="with --groups: fair sharing off, the queue claimed in claim order"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -87,6 +96,8 @@ def main() -> None:
         dsns[mode] = make_conninfo(args.dsn, dbname=name)
         with db.connect(dsns[mode]) as conn:
             migrate.apply(conn)
+            if args.no_fair:
+                repository.set_queue_fair(conn, QUEUE, False)
     holder = db.connect(dsns["held"])
     rounds: list[dict[str, float]] = []
     try:
@@ -100,7 +111,13 @@ def main() -> None:
             row: dict[str, float] = {"round": number, "jobs_before": (number - 1) * args.jobs}
             for mode in ("vacuumed", "held"):
                 conn = conns[mode]
-                repository.enqueue_many(conn, [NewJob(task="sched.noop", queue=QUEUE) for _ in range(args.jobs)])
+                repository.enqueue_many(
+                    conn,
+                    [
+                        NewJob(task="sched.noop", queue=QUEUE, group=f"g{i % args.groups}" if args.groups else None)
+                        for i in range(args.jobs)
+                    ],
+                )
                 row[f"{mode}_claim_buffers"] = claim_buffers(conn, args.batch, marks[mode], full=False)
                 row[f"{mode}_full_pass_buffers"] = claim_buffers(conn, args.batch, marks[mode], full=True)
                 jobs, seconds = asyncio.run(drain(dsns[mode], args.batch, marks[mode]))

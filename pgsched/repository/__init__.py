@@ -44,6 +44,7 @@ from pgsched.repository.queues import (
 from pgsched.repository.reads import count_by_queue, explain_facts
 from pgsched.repository.runs import (
     FULL_PASS,
+    DueMarks,
     FirstReady,
     ReadyMarks,
     ReapResult,
@@ -93,6 +94,7 @@ __all__ = [
     "CancelMany",
     "CancelResult",
     "CleanupCounts",
+    "DueMarks",
     "FirstReady",
     "JobFilter",
     "JobPage",

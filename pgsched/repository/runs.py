@@ -243,10 +243,75 @@ async def skip_leases_ahead(conn: AsyncConnection) -> None:
     await conn.rows(query("JobLeaseSkipAhead"))
 
 
-async def promote_due(conn: AsyncConnection, limit: int = 5000) -> int:
+class DueMarks:
+    """Where one worker's promotions of due deferred jobs start reading each queue's range of the deferred index
+    (docs/protocol.md, "Where a promotion starts reading").
+
+    Promoting a job leaves a dead entry at the front of its queue's range; while a long transaction holds vacuum
+    back, a pass that reads each queue from its beginning walks every job promoted since, once a second per
+    worker. So each queue is read from where the last pass left it, less a MARGIN: the statement's now() when it
+    promoted every due row it saw, else the run_at of the last row it promoted. A full pass (every queue found by
+    a skip scan, each from its beginning) runs while it is cheap (its server time under CHEAP_S), and otherwise
+    at a period of PERIOD_SHARE times its cost, between FULL_MIN_S and FULL_MAX_S: it finds what a position
+    passed over (a retry or a producer that committed late, a row a claimer held and let go) and queues that
+    were new. Such a job is still claimed meanwhile: a claim reads the rows due in the last 2 s itself."""
+
+    MARGIN = timedelta(milliseconds=50)
+    CHEAP_S = 0.003
+    PERIOD_SHARE = 20
+    FULL_MIN_S = 1.0
+    FULL_MAX_S = 30.0
+
+    __slots__ = ("_next_full", "_since")
+
+    def __init__(self) -> None:
+        self._since: dict[str, datetime] = {}
+        self._next_full = 0.0
+
+    def positions(self, now: float) -> dict[str, datetime] | None:
+        """Each queue's position for a pass made at ``now`` (monotonic seconds), or None for a full pass."""
+        return None if now >= self._next_full else dict(self._since)
+
+    def learn(
+        self,
+        promoted: Sequence[tuple[str, int, datetime | None]],
+        *,
+        limit: int,
+        at: datetime,
+        server_s: float,
+        full: bool,
+        now: float,
+    ) -> None:
+        """Move each queue's position after a pass (``promoted``: per queue read, the rows promoted and the run_at
+        of the last; ``at``: the statement's now()); after a full pass, set when the next one runs."""
+        for queue, count, last in promoted:
+            if count >= limit and last is not None:  # more may be due: go on from the last row promoted
+                self._since[queue] = last - self.MARGIN
+            else:
+                self._since[queue] = at - self.MARGIN
+        if full:
+            if server_s < self.CHEAP_S:
+                self._next_full = now
+            else:
+                self._next_full = now + min(max(server_s * self.PERIOD_SHARE, self.FULL_MIN_S), self.FULL_MAX_S)
+
+
+async def promote_due(conn: AsyncConnection, limit: int = 5000, marks: DueMarks | None = None) -> int:
     """Move deferred jobs that fell due into the ready index (at most ``limit`` per queue); returns how many.
-    The claim is correct without it; with it, the claim's sort of due rows stays small."""
-    return await conn.run(query("JobPromoteDue"), {"limit": limit})
+    The claim is correct without it; with it, the claim's sort of due rows stays small. With ``marks`` (one per
+    worker), each queue is read from where the worker's last pass left it unless a full pass is due."""
+    now = time.monotonic()
+    since = marks.positions(now) if marks is not None else None
+    params = {
+        "limit": limit,
+        "queues": None if since is None else list(since),
+        "froms": None if since is None else list(since.values()),
+    }
+    queues, counts, lasts, at, server_s = (await conn.rows(query("JobPromoteDue"), params, prepare=True))[0]
+    promoted = list(zip(queues or (), counts or (), lasts or (), strict=True))
+    if marks is not None:
+        marks.learn(promoted, limit=limit, at=at, server_s=server_s, full=since is None, now=now)
+    return sum(count for _, count, _ in promoted)
 
 
 async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, int, float]]:

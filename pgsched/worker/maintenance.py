@@ -124,13 +124,17 @@ class ScheduleTicker:
 
 class DuePromoter:
     """Moves deferred jobs that fell due into the ready index. The claim's sort of due rows stays small, and a
-    claim from positions reads only the rows due in the last 2 s: older ones wait for this (or a full pass)."""
+    claim from positions reads only the rows due in the last 2 s: older ones wait for this (or a full pass).
+    Each queue is read from where the last pass left it while vacuum is held back (repository.DueMarks)."""
+
+    def __init__(self) -> None:
+        self._marks = repository.DueMarks()
 
     def interval(self) -> float:
         return 1.0
 
     async def run_once(self, conn: AsyncConnection) -> None:
-        await repository.promote_due(conn)
+        await repository.promote_due(conn, marks=self._marks)
 
 
 class ReadyProbe:

@@ -42,13 +42,16 @@ WITH limited AS (
     -- which holds no entry of a queue whose jobs have none: a few index pages, whatever the queue's backlog.
     -- In the index's order with LIMIT 1, not EXISTS: the planner would answer an EXISTS with a scan of the
     -- table when it expects grouped jobs to be common, and that scan reads every ungrouped job of the queue.
+    -- It runs only for a fair queue (AND evaluates in order, and a subquery only when reached): while vacuum is
+    -- held back it walks the dead entries of the first group's claimed jobs, which a queue with fair sharing
+    -- turned off never pays.
     SELECT EXISTS (SELECT 1 FROM sched_queues
                    WHERE queue = %(queue)s
                      AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL OR group_rate IS NOT NULL))
-           OR ((SELECT group_name FROM sched_jobs
-                WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND group_name IS NOT NULL
-                ORDER BY group_name LIMIT 1) IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)) AS yes
+           OR (NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)
+               AND (SELECT group_name FROM sched_jobs
+                    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND group_name IS NOT NULL
+                    ORDER BY group_name LIMIT 1) IS NOT NULL) AS yes
 ),
 bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
@@ -440,29 +443,48 @@ SELECT pg_notify('sched_cancel', %(id)s::text);
 
 -- name: JobPromoteDue
 -- Move deferred jobs that have fallen due into the ready index, a bounded batch per queue, so that the claim's
--- sort of due rows stays small. The queues are found by a skip scan of the deferred index (one probe per
--- queue), and each queue's due rows by a range scan that stops at the first future row: the cost follows the
--- due rows, never the scheduled backlog. SKIP LOCKED: a row a claimer holds is left for the next pass.
-WITH RECURSIVE queues AS (
-    (SELECT queue FROM sched_jobs WHERE state = 'queued' AND deferred ORDER BY queue LIMIT 1)
+-- sort of due rows stays small. Each queue's due rows are read by a range scan that stops at the first future
+-- row: the cost follows the due rows, never the scheduled backlog. SKIP LOCKED: a row a claimer holds is left for
+-- the next pass. A full pass (%(queues)s NULL) finds the queues by a skip scan of the deferred index (one probe
+-- per queue) and reads each from its beginning; otherwise only the given queues are read, each from its
+-- position: a promoted row leaves a dead entry at the front of its queue's range, which a long transaction keeps
+-- vacuum from removing, and a pass from the beginning would walk every one (docs/protocol.md, "Where a
+-- promotion starts reading"). One row: per queue, the rows promoted and the run_at of the last; the statement's
+-- now(); and the server's seconds for it. "j.state::text" keeps the rows found by their primary key: with
+-- "j.state = 'queued'" the planner may read the whole deferred index (every scheduled job) for the ids.
+WITH RECURSIVE found AS (
+    (SELECT queue FROM sched_jobs
+     WHERE %(queues)s::text[] IS NULL AND state = 'queued' AND deferred ORDER BY queue LIMIT 1)
     UNION ALL
     SELECT (SELECT j.queue FROM sched_jobs j
-            WHERE j.state = 'queued' AND j.deferred AND j.queue > q.queue ORDER BY j.queue LIMIT 1)
-    FROM queues q
-    WHERE q.queue IS NOT NULL
+            WHERE j.state = 'queued' AND j.deferred AND j.queue > f.queue ORDER BY j.queue LIMIT 1)
+    FROM found f
+    WHERE f.queue IS NOT NULL
+),
+queues (queue, since) AS (
+    SELECT queue, '-infinity'::timestamptz FROM found WHERE queue IS NOT NULL
+    UNION ALL
+    SELECT * FROM unnest(%(queues)s::text[], %(froms)s::timestamptz[])
+),
+promoted AS (
+    UPDATE sched_jobs j
+    SET deferred = false
+    WHERE j.id = ANY(ARRAY(
+        SELECT d.id
+        FROM queues q,
+             LATERAL (SELECT id FROM sched_jobs
+                      WHERE state = 'queued' AND deferred AND queue = q.queue AND run_at >= q.since
+                        AND run_at <= now()
+                      ORDER BY run_at, id
+                      LIMIT %(limit)s
+                      FOR UPDATE SKIP LOCKED) d))
+      AND j.state::text = 'queued' AND j.deferred
+    RETURNING j.queue, j.run_at
 )
-UPDATE sched_jobs j
-SET deferred = false
-WHERE j.id = ANY(ARRAY(
-    SELECT d.id
-    FROM queues q,
-         LATERAL (SELECT id FROM sched_jobs
-                  WHERE state = 'queued' AND deferred AND queue = q.queue AND run_at <= now()
-                  ORDER BY run_at, id
-                  LIMIT %(limit)s
-                  FOR UPDATE SKIP LOCKED) d
-    WHERE q.queue IS NOT NULL))
-  AND j.state = 'queued' AND j.deferred;
+SELECT array_agg(q.queue), array_agg(coalesce(p.n, 0)), array_agg(p.last), now(),
+       extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
+FROM queues q
+LEFT JOIN (SELECT queue, count(*)::int AS n, max(run_at) AS last FROM promoted GROUP BY queue) p ON p.queue = q.queue;
 
 -- name: JobReadyFirsts
 -- The first ready job of each given priority level of a queue, for the worker's tasks, read from the front of

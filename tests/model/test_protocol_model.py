@@ -76,6 +76,13 @@ class ModelMarks(repository.ReadyMarks):
     CHEAP_PROBE_S = 0.0  # claims read from positions, as while vacuum is held back
 
 
+class ModelDueMarks(repository.DueMarks):
+    """A worker's promotion positions whose full pass comes when the model says (promote_due's argument)."""
+
+    CHEAP_S = 0.0
+    FULL_MIN_S = FULL_MAX_S = 10.0**6
+
+
 CLAIM_ARGS = {
     "w": st.integers(0, 2),
     "queue": st.sampled_from(QUEUES),
@@ -234,6 +241,7 @@ class ProtocolModel(RuleBasedStateMachine):
         # Where each worker's claims of a queue start reading (as a worker's fetcher keeps them; the model's
         # claims name varying tasks, so a position can lie past jobs of a task the last claim did not take).
         self.marks: dict[tuple[str, str], repository.ReadyMarks] = {}
+        self.due_marks = ModelDueMarks()
         for worker in self.workers.values():
             self._register(worker)
 
@@ -997,9 +1005,18 @@ class ProtocolModel(RuleBasedStateMachine):
         for job in self.jobs.values():
             job.parents &= left
 
-    @rule()
-    def promote_due(self) -> None:
-        assert self.h.run(repository.promote_due(self.h.reaper)) >= 0
+    @rule(full=st.booleans())
+    def promote_due(self, full: bool) -> None:
+        """A worker's promotion of due deferred jobs: from its positions, or a full pass, after which no due job
+        is left deferred (nothing else holds a row between steps)."""
+        if full:
+            self.due_marks._next_full = 0.0
+        assert self.h.run(repository.promote_due(self.h.reaper, marks=self.due_marks)) >= 0
+        if full:
+            (left,) = self.h.conn.row(
+                "SELECT count(*) FROM sched_jobs WHERE state = 'queued' AND deferred AND run_at <= now()"
+            )
+            assert left == 0, f"{left} due deferred job(s) left after a full promotion pass"
 
     @precondition(lambda self: any(not j.due and j.state in ("waiting", "queued") for j in self.jobs.values()))
     @rule(pick=st.integers(0, 10**6))

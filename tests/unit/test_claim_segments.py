@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pgsched.repository import FULL_PASS, ReadyMarks
+from pgsched.repository import FULL_PASS, DueMarks, ReadyMarks
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=1)
@@ -142,3 +142,33 @@ def test_a_job_due_before_year_1000_leaves_its_level_without_a_position() -> Non
     assert segments.covers(0, LONG_AGO, 1) and not segments.covers(5, LONG_AGO, 1)
     assert marks.probed([(5, None, 9)], took_s=0.0, now=1.0) == 1
     assert marks.segments(1.01).full  # no level left with a position
+
+
+# --- where a promotion of due deferred jobs starts reading -------------------------------------------------------
+
+
+def test_a_cheap_full_pass_is_followed_by_another_full_pass() -> None:
+    marks = DueMarks()
+    assert marks.positions(0.0) is None  # the first pass is a full one
+    marks.learn([("q", 0, None)], limit=10, at=T0, server_s=DueMarks.CHEAP_S / 2, full=True, now=0.0)
+    assert marks.positions(0.0) is None
+
+
+def test_a_costly_full_pass_is_repeated_at_twenty_times_its_cost() -> None:
+    marks = DueMarks()
+    marks.learn(
+        [("q", 0, None), ("r", 10, T0)], limit=10, at=T0 + timedelta(seconds=1), server_s=0.2, full=True, now=100.0
+    )
+    # q promoted all it saw: from the statement's now(); r hit the limit: from its last row. Both less the margin.
+    assert marks.positions(103.9) == {"q": T0 + timedelta(seconds=1) - DueMarks.MARGIN, "r": T0 - DueMarks.MARGIN}
+    assert marks.positions(104.0) is None  # 20 x 0.2 s
+    marks.learn([], limit=10, at=T0, server_s=10.0, full=True, now=200.0)
+    assert marks.positions(229.9) is not None and marks.positions(230.0) is None  # at most every 30 s
+
+
+def test_a_pass_from_positions_moves_them_but_not_the_next_full_pass() -> None:
+    marks = DueMarks()
+    marks.learn([("q", 0, None)], limit=10, at=T0, server_s=1.0, full=True, now=0.0)
+    marks.learn([("q", 3, T0)], limit=10, at=T0 + timedelta(seconds=5), server_s=0.0, full=False, now=1.0)
+    assert marks.positions(19.9) == {"q": T0 + timedelta(seconds=5) - DueMarks.MARGIN}
+    assert marks.positions(20.0) is None
