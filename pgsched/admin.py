@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from pgsched import migrate, repository, roles
@@ -13,6 +14,7 @@ from pgsched.db import Connection, connect_async
 from pgsched.durations import parse_duration, parse_rate
 from pgsched.errors import InvalidInput
 from pgsched.models import check_queue
+from pgsched.repository import history
 from pgsched.settings import Settings, resolve_dsn
 
 
@@ -38,7 +40,8 @@ def apply_migrations(conn: Connection, *, grant_roles: bool = False) -> Migrated
 
 @dataclass
 class CleanupReport:
-    """What a cleanup deleted (or, dry, would delete), by state, and how fast."""
+    """What a cleanup deleted (or, dry, would delete), by state, how many history slots it emptied (or would),
+    and how fast."""
 
     dry_run: bool
     deleted: int
@@ -46,6 +49,7 @@ class CleanupReport:
     succeeded: int
     failed: int
     cancelled: int
+    slots_emptied: int
     seconds: float
     rows_per_s: int | None
 
@@ -65,12 +69,27 @@ def older_than(text: str | None) -> float | None:
     return seconds
 
 
-def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: bool = False) -> CleanupReport:
-    """Delete jobs that finished more than ``older_than_s`` ago, ``batch_size`` rows per transaction, so that a
-    large cleanup never holds locks or a long transaction (or, with ``dry_run``, only count them)."""
+# The slot that takes new succeeded jobs is moved on once it holds a job older than this share of the retention:
+# a slot is emptied once its newest job is past the retention, so a job stays at most about this much longer.
+SLOT_SHARE = 8
+
+
+def cleanup(
+    conn: Connection, older_than_s: float, batch_size: int, *, dry_run: bool = False, exact: bool = False
+) -> CleanupReport:
+    """Delete jobs that finished more than ``older_than_s`` ago (or, with ``dry_run``, only count them).
+
+    Failed and cancelled jobs (and succeeded ones recorded before the history existed) are deleted
+    ``batch_size`` rows per transaction, so that a large cleanup never holds locks or a long transaction.
+    Succeeded jobs are in the history (docs/design.md, "History and cleanup"): a slot whose every job is past
+    the retention is emptied at once with TRUNCATE, so a succeeded job may stay until the rest of its slot is
+    past it too (about 1/SLOT_SHARE of the retention longer, with cleanup running at least that often);
+    ``exact`` also deletes, row by row, those of its jobs that are past it."""
     started = time.perf_counter()
     if dry_run:
         counts = repository.count_finished(conn, older_than_s)
+        emptied, held = _history_plan(conn, older_than_s)
+        counts.succeeded += history.count_before(conn, older_than_s) if exact else held
     else:
         counts = repository.CleanupCounts()
         while True:
@@ -80,6 +99,13 @@ def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: 
             counts.cancelled += batch.cancelled
             if batch.total < batch_size:
                 break
+        emptied, held = empty_history_slots(conn, older_than_s)
+        counts.succeeded += held
+        while exact:
+            deleted = history.delete_before_batch(conn, older_than_s, batch_size)
+            counts.succeeded += deleted
+            if deleted < batch_size:
+                break
     elapsed = time.perf_counter() - started
     return CleanupReport(
         dry_run=dry_run,
@@ -88,9 +114,51 @@ def cleanup(conn: Connection, older_than_s: float, batch_size: int, *, dry_run: 
         succeeded=counts.succeeded,
         failed=counts.failed,
         cancelled=counts.cancelled,
+        slots_emptied=len(emptied),
         seconds=round(elapsed, 3),
         rows_per_s=round(counts.total / elapsed) if elapsed > 0 and not dry_run else None,
     )
+
+
+def _history_plan(conn: Connection, older_than_s: float) -> tuple[list[int], int]:
+    """The slots a cleanup would empty now (the one taking new rows included when it would move on), and how many
+    jobs older than the retention they hold (for a dry run)."""
+    found, now = history.slots(conn)
+    cutoff = now - timedelta(seconds=older_than_s)
+    rotates = _next_slot(found, now, older_than_s) is not None
+    emptied = [s.number for s in found if s.newest is not None and s.newest < cutoff and (rotates or not s.current)]
+    return emptied, sum(history.count_slot(conn, slot) for slot in emptied)
+
+
+def _next_slot(found: list[history.Slot], now: datetime, older_than_s: float) -> int | None:
+    """The slot to take new rows next, if the current one holds a job older than its share of the retention and
+    the next one is empty; else None."""
+    current = next(s for s in found if s.current)
+    if current.oldest is None or current.oldest > now - timedelta(seconds=older_than_s / SLOT_SHARE):
+        return None
+    following = found[(current.number + 1) % len(found)]
+    return following.number if following.oldest is None else None
+
+
+def empty_history_slots(conn: Connection, older_than_s: float) -> tuple[list[int], int]:
+    """Move the slot that takes new rows on when it is due, then empty every other slot whose jobs are all past
+    the retention; returns the slots emptied and how many jobs they held."""
+    found, now = history.slots(conn)
+    following = _next_slot(found, now, older_than_s)
+    if following is not None:
+        current = next(s for s in found if s.current)
+        if history.rotate(conn, current.number, following):
+            found, now = history.slots(conn)
+    cutoff = now - timedelta(seconds=older_than_s)
+    emptied, total = [], 0
+    for slot in found:
+        if slot.current or slot.newest is None or slot.newest >= cutoff:
+            continue
+        held = history.truncate(conn, slot.number, older_than_s)
+        if held is not None:
+            emptied.append(slot.number)
+            total += held
+    return emptied, total
 
 
 @dataclass(frozen=True)

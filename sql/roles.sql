@@ -31,8 +31,9 @@ EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
 
 REVOKE ALL ON sched_jobs, sched_job_deps, sched_workers, sched_migrations, sched_queues, sched_schedules,
-    sched_group_buckets
+    sched_group_buckets, sched_job_history, sched_history, sched_jobs_all
     FROM sched_producer, sched_worker;
+REVOKE ALL ON FUNCTION sched_finish_succeeded(uuid, bigint[], bigint[], jsonb) FROM PUBLIC, sched_producer;
 
 DO $$
 BEGIN
@@ -55,6 +56,8 @@ END $$;
 
 -- sched_producer: add jobs and read status. No DELETE anywhere, no claim, no state changes.
 GRANT SELECT, INSERT ON sched_jobs TO sched_producer;
+-- Succeeded jobs are read from the history, alone or with the live ones (`sched status ID`, `add --after`).
+GRANT SELECT ON sched_job_history, sched_jobs_all TO sched_producer;
 -- `add --after` marks the jobs it depends on (JobLockDependencies); that flag is the only column it may change.
 GRANT UPDATE (has_dependents) ON sched_jobs TO sched_producer;
 GRANT SELECT, INSERT ON sched_job_deps TO sched_producer;
@@ -67,6 +70,10 @@ GRANT UPDATE (updated_at) ON sched_queues TO sched_producer;
 
 -- sched_worker: claim jobs, record outcomes, heartbeat, reap, fire schedules.
 GRANT SELECT ON sched_jobs TO sched_worker;
+-- A success moves the job's row into the history through this function, which deletes only the rows it
+-- finishes: the role itself may not delete from sched_jobs. Settling dependents reads successes there.
+GRANT EXECUTE ON FUNCTION sched_finish_succeeded(uuid, bigint[], bigint[], jsonb) TO sched_worker;
+GRANT SELECT ON sched_job_history, sched_jobs_all TO sched_worker;
 -- Every column a transition out of 'queued' or 'running' writes (claim, outcomes, retry backoff, release,
 -- progress, reaping, settling dependents, a task's declared limits). Not queue, task, payload, priority or
 -- dedupe_key: a worker cannot turn an existing job into a different one.

@@ -53,20 +53,31 @@ def cleanup(
         Optional[str], typer.Option("--older-than", help="Delete jobs finished longer ago than this [7d].")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Also delete, row by row, succeeded jobs past the retention whose history slot holds later ones.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=100_000, help="Rows per transaction.")] = 5000,
     as_json: JsonOutput = False,
 ) -> None:
-    """Delete succeeded, failed and cancelled jobs by completion time, in small batches (cron-safe)."""
+    """Delete succeeded, failed and cancelled jobs by completion time (cron-safe).
+
+    Succeeded jobs go a history slot at a time (TRUNCATE), the rest in small batches."""
     settings = load_settings(retention=core.admin.older_than(older_than))
     with core.connect(settings) as conn:
-        report = core.admin.cleanup(conn, settings.retention, batch_size, dry_run=dry_run)
+        report = core.admin.cleanup(conn, settings.retention, batch_size, dry_run=dry_run, exact=exact)
     if as_json:
         print_json(report.as_json())
         return
     total = report.would_delete if dry_run else report.deleted
+    emptied = "to empty" if dry_run else "emptied"
+    slots = f", {report.slots_emptied} history slot(s) {emptied}" if report.slots_emptied else ""
     sys.stdout.write(
         f"{'would delete' if dry_run else 'deleted'} {total} job(s): {report.succeeded} succeeded, "
-        f"{report.failed} failed, {report.cancelled} cancelled ({report.seconds:.2f}s)\n"
+        f"{report.failed} failed, {report.cancelled} cancelled{slots} ({report.seconds:.2f}s)\n"
     )
 
 

@@ -122,6 +122,11 @@ def purge_batch(conn: Connection, job_filter: JobFilter, after: int, batch: int,
     with conn.transaction():
         cursor, ids = _lock(conn, "BulkJobLockPrevious", job_filter, after, batch, walk)
         deleted = conn.rows(query("BulkJobDelete"), {"ids": ids}) if ids else []
+        if "succeeded" in job_filter.states:  # the history's matches in the range this batch walked
+            upto = FIRST_ID if cursor is None else cursor
+            history = conn.rows(query("BulkHistoryDelete"), {**job_filter.params(), "after": after, "upto": upto})
+            deleted += history
+            ids += [job_id for job_id, _ in history]
     for _, state in deleted:
         setattr(purged, state, getattr(purged, state) + 1)
     gone = {job_id for job_id, _ in deleted}

@@ -78,6 +78,8 @@ def _lock_dependencies(conn: Connection, after: Sequence[int]) -> int:
     """Lock the jobs ``after`` names and return how many have not succeeded yet (docs/protocol.md, "Dependencies")."""
     wanted = sorted(set(after))
     states = dict(conn.rows(query("JobLockDependencies"), {"ids": wanted}))
+    if len(states) < len(wanted):  # succeeded jobs are in the history
+        states.update(conn.rows(query("JobHistoryStates"), {"ids": [i for i in wanted if i not in states]}))
     missing = [job_id for job_id in wanted if job_id not in states]
     if missing:
         raise InvalidInput(f"--after {missing[0]}: no such job")

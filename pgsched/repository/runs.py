@@ -387,9 +387,9 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
                     if with_result
                     else None,
                 },
-                # Planned with the arrays' values each time, so "= ANY(leases)" is a hash lookup; a prepared
-                # generic plan would search the array for every row, quadratic in the batch.
-                prepare=False,
+                # The function plans its statement with the arrays' values at each call; the call itself is
+                # the same every time.
+                prepare=True,
             )
             written.update(r[0] for r in rows)
             result.written.extend(r[1] for r in rows)

@@ -12,7 +12,8 @@
 
 -- name: BrowseFailureGroups
 -- Final failures of the last %(window)s grouped by queue, task and the error's first line, most frequent first,
--- among at most the latest %(walk)s finished jobs: a walk of the finished-jobs index, newest first.
+-- among at most the latest %(walk)s finished jobs: a walk of the finished-jobs index, newest first (failed and
+-- cancelled jobs stay in sched_jobs; succeeded ones, in the history, are not walked).
 SELECT queue, task, error, count(*) AS jobs, max(id) AS latest_id,
        extract(epoch FROM now() - max(finished_at))::float8 AS last_age_s,
        extract(epoch FROM now() - min(walked_since))::float8 AS walked_back_s
@@ -43,7 +44,8 @@ FROM sched_jobs
 WHERE queue = %(queue)s::text AND dedupe_key = %(key)s::text AND state IN ('waiting', 'queued', 'running');
 
 -- name: BrowseJobsAll
--- A page of a queue's jobs in every state, newest first: a walk of the primary key down from the cursor id.
+-- A page of a queue's jobs in every state, newest first: a walk down from the cursor id of the primary key and of
+-- the history's index on id, merged.
 SELECT *
 FROM (
     SELECT w.*, w.queue = %(queue)s::text AND (%(task)s::text IS NULL OR w.task = %(task)s::text)
@@ -55,7 +57,7 @@ FROM (
                priority, run_at, created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, NULL::timestamptz AS after_at, id AS after_id
-        FROM sched_jobs
+        FROM sched_jobs_all
         WHERE id < %(after_id)s::bigint
         ORDER BY id DESC
         LIMIT %(walk)s
@@ -66,7 +68,7 @@ LIMIT %(limit)s + 1;
 
 -- name: BrowseJobsFinished
 -- A page of a queue's succeeded, failed or cancelled jobs, latest finished first: a walk of the finished-jobs
--- index (finished_at, for every queue) down from the cursor (finished_at, id).
+-- index (finished_at, for every queue) and of the history's, merged, down from the cursor (finished_at, id).
 SELECT *
 FROM (
     SELECT w.*, w.queue = %(queue)s::text AND w.state = %(state)s::text
@@ -79,7 +81,7 @@ FROM (
                priority, run_at, created_at, finished_at, dedupe_key::text AS key, group_name::text AS group_name,
                left(split_part(coalesce(error, ''), E'\n', 1), 200) AS error,
                NULL::int AS after_priority, finished_at AS after_at, id AS after_id
-        FROM sched_jobs
+        FROM sched_jobs_all
         -- The first condition is the one the index can use (it holds finished_at alone); the row comparison
         -- then skips the jobs of the cursor's own instant already shown (a batch of outcomes shares one now()).
         WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at <= %(after_at)s::timestamptz

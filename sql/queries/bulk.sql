@@ -12,10 +12,32 @@
 -- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
 -- style (%(name)b for a binary parameter).
 
+-- name: BulkHistoryDelete
+-- A purge's batch in the history (succeeded jobs, which nothing holds: they are deleted without a lock first):
+-- the matching jobs with ids from %(upto)s up to below %(after)s, the range the batch walked, and their edges.
+-- Returns each deleted job's id and state.
+WITH deleted AS (
+    DELETE FROM sched_job_history j
+    WHERE j.id < %(after)s::bigint AND j.id >= %(upto)s::bigint
+      AND j.state = ANY(%(states)s::sched_job_state[])
+      AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
+      AND (%(task)s::text IS NULL OR j.task = %(task)s::text)
+      AND (%(group)s::text IS NULL OR j.group_name = %(group)s::text)
+      AND (%(key)s::text IS NULL OR j.dedupe_key = %(key)s::text)
+      AND (%(error_like)s::text IS NULL OR strpos(lower(j.error), lower(%(error_like)s::text)) > 0)
+      AND (%(since)s::interval IS NULL OR j.finished_at >= now() - %(since)s::interval)
+    RETURNING j.id, j.state::text
+),
+edges AS (
+    DELETE FROM sched_job_deps d
+    WHERE d.job_id IN (SELECT id FROM deleted) OR d.depends_on IN (SELECT id FROM deleted)
+)
+SELECT id, state FROM deleted;
+
 -- name: BulkJobCount
--- How many jobs the filter matches (for --dry-run and the dashboard's preview).
+-- How many jobs the filter matches (for --dry-run and the dashboard's preview), live or finished.
 SELECT count(*)
-FROM sched_jobs j
+FROM sched_jobs_all j
 WHERE j.state = ANY(%(states)s::sched_job_state[])
   AND (j.state <> 'running' OR j.cancel_requested_at IS NULL)
   AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
@@ -29,9 +51,9 @@ WHERE j.state = ANY(%(states)s::sched_job_state[])
 
 -- name: BulkJobDelete
 -- Delete the locked terminal jobs of one batch, keeping a failed or cancelled job that a job left behind
--- depends on (outside the batch, or kept itself): deleting it would drop the dependency row (ON DELETE
--- CASCADE), and a retry of the cancelled dependent would then run it without its parent ever succeeding
--- (docs/protocol.md, "Dependencies"). A succeeded parent goes: its dependents already counted it as done.
+-- depends on (outside the batch, or kept itself): deleting it drops its dependency rows, and a retry of the
+-- cancelled dependent would then run it without its parent ever succeeding (docs/protocol.md, "Dependencies").
+-- A succeeded parent goes: its dependents already counted it as done. The edges of the deleted jobs go with them.
 -- Returns each deleted job's id and state.
 WITH RECURSIVE batch AS (
     SELECT j.id, j.state FROM sched_jobs j
@@ -46,10 +68,17 @@ kept (id) AS (
     SELECT b.id
     FROM kept k JOIN sched_job_deps d ON d.job_id = k.id JOIN batch b ON b.id = d.depends_on
     WHERE b.state <> 'succeeded'
+),
+deleted AS (
+    DELETE FROM sched_jobs j
+    WHERE j.id IN (SELECT id FROM batch) AND j.id NOT IN (SELECT id FROM kept)
+    RETURNING j.id, j.state::text
+),
+edges AS (
+    DELETE FROM sched_job_deps d
+    WHERE d.job_id IN (SELECT id FROM deleted) OR d.depends_on IN (SELECT id FROM deleted)
 )
-DELETE FROM sched_jobs j
-WHERE j.id IN (SELECT id FROM batch) AND j.id NOT IN (SELECT id FROM kept)
-RETURNING j.id, j.state::text;
+SELECT id, state FROM deleted;
 
 -- name: BulkJobLockNext
 -- Lock the next batch of matching jobs, lowest id first (a dependency is always older than its dependents,
@@ -85,10 +114,11 @@ SELECT (SELECT upto FROM walk), ARRAY(SELECT id FROM locked ORDER BY id);
 -- name: BulkJobLockPrevious
 -- As BulkJobLockNext, walking down from %(after)s, highest id first: a purge deletes dependents before the
 -- jobs they depend on, so a parent kept for a dependent that matches too goes in a later batch of the same run.
--- Returns the last (lowest) id walked and the locked ids.
+-- The walk covers the history's ids too (BulkHistoryDelete deletes its matches in the same range). Returns the
+-- last (lowest) id walked and the locked ids.
 WITH walk AS (
     SELECT min(id) AS upto
-    FROM (SELECT id FROM sched_jobs WHERE id < %(after)s::bigint ORDER BY id DESC LIMIT %(walk)s) w
+    FROM (SELECT id FROM sched_jobs_all WHERE id < %(after)s::bigint ORDER BY id DESC LIMIT %(walk)s) w
 ),
 locked AS (
     SELECT j.id
@@ -114,7 +144,7 @@ SELECT (SELECT upto FROM walk), ARRAY(SELECT id FROM locked ORDER BY id DESC);
 -- The latest %(limit)s matching jobs, newest first, with the first line of each error: what a preview shows.
 SELECT j.id, j.queue::text AS queue, j.task::text AS task, j.state::text AS state,
        left(split_part(coalesce(j.error, ''), E'\n', 1), 120) AS error
-FROM sched_jobs j
+FROM sched_jobs_all j
 WHERE j.state = ANY(%(states)s::sched_job_state[])
   AND (j.state <> 'running' OR j.cancel_requested_at IS NULL)
   AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)

@@ -190,7 +190,7 @@ SELECT queue,
        count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
        coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())),
                 0)::float8 AS oldest_ready_age_s
-FROM sched_jobs
+FROM sched_jobs_all
 WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 GROUP BY queue
 ORDER BY queue;
@@ -210,7 +210,8 @@ WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(
 -- share the work, and small batches keep every transaction and lock short. A failed or cancelled job stays
 -- while a job that depends on it remains (docs/protocol.md, "Dependencies"): deleting it would delete the
 -- dependency too, and a retry of the dependent would then run it without its parent. Once the dependents are
--- gone (a later batch of the same cleanup, or a later cleanup), it goes.
+-- gone (a later batch of the same cleanup, or a later cleanup), it goes. The edges of the deleted jobs go with
+-- them. Succeeded jobs in the history go a slot at a time (HistorySlots, HistoryTruncate).
 WITH doomed AS (
     SELECT id FROM sched_jobs j
     WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < now() - %(older_than)s::interval
@@ -219,7 +220,10 @@ WITH doomed AS (
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 ), deleted AS (
-    DELETE FROM sched_jobs j USING doomed WHERE j.id = doomed.id RETURNING j.state
+    DELETE FROM sched_jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id, j.state
+), edges AS (
+    DELETE FROM sched_job_deps d
+    WHERE d.job_id IN (SELECT id FROM deleted) OR d.depends_on IN (SELECT id FROM deleted)
 )
 SELECT count(*) FILTER (WHERE state = 'succeeded'),
        count(*) FILTER (WHERE state = 'failed'),
@@ -270,14 +274,14 @@ FROM (SELECT 1) AS one
 LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 
 -- name: JobGet
--- One job with the ids it depends on.
+-- One job with the ids it depends on, live or finished (a succeeded job is in the history).
 SELECT j.id, j.queue, j.task, j.state::text AS state, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
        j.started_at, j.finished_at, j.payload, j.result, j.error, j.progress,
        coalesce((SELECT array_agg(d.depends_on ORDER BY d.depends_on)
                  FROM sched_job_deps d WHERE d.job_id = j.id), '{}') AS depends_on,
        extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps,
        j.group_name AS "group"
-FROM sched_jobs j
+FROM sched_jobs_all j
 WHERE j.id = %(id)s;
 
 -- name: JobGetLiveByKey
@@ -294,7 +298,12 @@ WHERE j.state IN ('waiting', 'queued', 'running');
 
 -- name: JobGetState
 -- A job's state, to say why an operation does not apply to it.
-SELECT state::text FROM sched_jobs WHERE id = %(id)s;
+SELECT state::text FROM sched_jobs_all WHERE id = %(id)s;
+
+-- name: JobHistoryStates
+-- The states of the given jobs that are in the history (succeeded): asked after JobLockDependencies did not find
+-- them in sched_jobs, in a statement of its own so that it sees a success that committed while that one waited.
+SELECT id, state::text FROM sched_job_history WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: JobIdReserveMany
 -- Reserve ids ahead of a COPY so the caller knows every new job's id without a RETURNING; the server's
@@ -421,7 +430,7 @@ WHERE state = 'running' AND worker_id = %(worker_id)s AND cancel_requested_at IS
 -- name: JobListDependencyStates
 -- The jobs one job depends on, with their states.
 SELECT j.id, j.state::text
-FROM sched_job_deps d JOIN sched_jobs j ON j.id = d.depends_on
+FROM sched_job_deps d JOIN sched_jobs_all j ON j.id = d.depends_on
 WHERE d.job_id = %(id)s
 ORDER BY j.id;
 
@@ -432,7 +441,8 @@ SELECT id, lease FROM sched_jobs WHERE state = 'running' AND worker_id = %(worke
 
 -- name: JobLockDependencies
 -- Lock the jobs a new job will depend on and mark them, so a concurrent completion either finishes
--- before us (we see 'succeeded') or waits for our commit and then sees our dependency row.
+-- before us (a success has then left for the history: JobHistoryStates finds it) or waits for our commit and
+-- then sees our dependency row.
 UPDATE sched_jobs SET has_dependents = true
 WHERE id = ANY(%(ids)s::bigint[])
 RETURNING id, state;
@@ -574,7 +584,7 @@ WITH candidates AS (
            count(dep.id) FILTER (WHERE dep.state IN ('failed', 'cancelled')) AS dead
     FROM sched_jobs j
     LEFT JOIN sched_job_deps d ON d.job_id = j.id
-    LEFT JOIN sched_jobs dep ON dep.id = d.depends_on
+    LEFT JOIN sched_jobs_all dep ON dep.id = d.depends_on
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('failed', 'cancelled')
     GROUP BY j.id
 ),
@@ -655,22 +665,21 @@ RETURNING id;
 -- name: JobSetSucceededMany
 -- Record a batch of successes, each fenced by its run's lease (docs/protocol.md, "Leases and fencing"): a
 -- lease is never handed out twice, so "lease = ANY(leases)" matches exactly the runs that still hold their
--- jobs. %(results)s is one JSON object keyed by lease (or NULL when no job returned anything), far cheaper
--- to send than a jsonb[] of mostly NULLs. The arrays travel in binary (%(...)b): no per-element quoting.
--- A success stays a success even if a cancel was requested meanwhile: the work was done.
-UPDATE sched_jobs j
-SET state = 'succeeded', finished_at = now(), result = %(results)s::jsonb -> j.lease::text, error = NULL
-WHERE j.id = ANY(%(ids)b::bigint[]) AND j.lease = ANY(%(leases)b::bigint[])
-  AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-RETURNING j.lease, j.id, j.has_dependents;
+-- jobs, and their rows move into the history (sched_finish_succeeded, docs/design.md "History and cleanup").
+-- %(results)s is one JSON object keyed by lease (or NULL when no job returned anything), far cheaper to send
+-- than a jsonb[] of mostly NULLs. The arrays travel in binary (%(...)b): no per-element quoting. A success stays
+-- a success even if a cancel was requested meanwhile: the work was done.
+SELECT lease, id, has_dependents
+FROM sched_finish_succeeded(%(worker_id)s::uuid, %(ids)b::bigint[], %(leases)b::bigint[], %(results)s::jsonb);
 
 -- name: JobSettleDependents
 -- Release or cancel the dependents of jobs this transaction finished. Run in the same transaction as the
 -- transition, after it: "finished_at = now()" (the transaction's start time) picks exactly the rows this
 -- transaction finished, so replaying a batch after an ambiguous commit never decrements twice.
--- A failed or cancelled job cancels its waiting dependents, transitively; a success releases them.
+-- A failed or cancelled job cancels its waiting dependents, transitively; a success releases them. A success
+-- is read from the history, where its row went.
 WITH RECURSIVE finished AS (
-    SELECT j.id, j.state FROM unnest(%(ids)s::bigint[]) AS t(id) JOIN sched_jobs j ON j.id = t.id
+    SELECT j.id, j.state FROM unnest(%(ids)s::bigint[]) AS t(id) JOIN sched_jobs_all j ON j.id = t.id
     WHERE j.has_dependents AND j.finished_at = now()
 ),
 doomed (id) AS (

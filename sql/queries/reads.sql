@@ -64,24 +64,24 @@ GROUP BY queue;
 
 -- name: DashboardQueueRecent
 -- Per queue: jobs finished in the last minute (throughput) and final failures in the last hour, read
--- through the finished-jobs index from an hour ago on.
+-- through the finished-jobs index and the history's from an hour ago on.
 SELECT queue,
        count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS finished_last_minute,
        count(*) FILTER (WHERE state = 'failed') AS failed_last_hour
-FROM sched_jobs
+FROM sched_jobs_all
 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at > now() - interval '1 hour'
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 GROUP BY queue;
 
 -- name: DashboardQueueTotals
--- Per queue: waiting jobs and all-time terminal counts. This one scans the whole table, so the dashboard
--- runs it every few seconds rather than at every refresh.
+-- Per queue: waiting jobs and all-time terminal counts. This one scans the whole table and the history, so the
+-- dashboard runs it every few seconds rather than at every refresh.
 SELECT queue,
        count(*) FILTER (WHERE state = 'waiting') AS waiting,
        count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE state = 'failed') AS failed,
        count(*) FILTER (WHERE state = 'cancelled') AS cancelled
-FROM sched_jobs
+FROM sched_jobs_all
 WHERE state IN ('waiting', 'succeeded', 'failed', 'cancelled')
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 GROUP BY queue;
@@ -111,7 +111,7 @@ SELECT task,
        count(*) FILTER (WHERE state = 'failed') AS failed,
        count(*) FILTER (WHERE state = 'cancelled') AS cancelled,
        sum(attempt)::bigint AS attempts
-FROM sched_jobs
+FROM sched_jobs_all
 WHERE queue = ANY(%(queues)s::text[])
 GROUP BY task
 ORDER BY task;

@@ -324,7 +324,7 @@ KILL_BY = (0.2, 0.45, 0.7)
 
 
 def _unfinished(dsn: str) -> int:
-    return patient_query(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'")[0][0]
+    return patient_query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state <> 'succeeded'")[0][0]
 
 
 def _drive(
@@ -356,7 +356,7 @@ def _drive(
         if restart_pending and done >= restart_at and next_kill - now > kill_interval / 4:
             assert restart is not None
             restart_pending = False
-            figures.running_at_restart = scalar(dsn, "SELECT count(*) FROM sched_jobs WHERE state = 'running'")
+            figures.running_at_restart = scalar(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state = 'running'")
             figures.restart_s = restart()
             figures.restarts += 1
             say(f"restarted PostgreSQL in {figures.restart_s:.2f}s with {figures.running_at_restart} jobs running")
@@ -372,7 +372,7 @@ def _drive(
             # Each is at most one extra execution (it either ran and its outcome was not flushed, or never ran).
             orphaned = patient_query(
                 dsn,
-                "SELECT count(*) FROM sched_jobs j JOIN sched_workers w ON w.id = j.worker_id"
+                "SELECT count(*) FROM sched_jobs_all j JOIN sched_workers w ON w.id = j.worker_id"
                 " WHERE j.state = 'running' AND w.pid = %s AND w.host = %s",
                 (victim.pid, host),
             )[0][0]
@@ -403,12 +403,13 @@ def _finish(dsn: str, fleet: WorkerFleet, figures: ChaosFigures, stale_after: st
     if reaped.returncode != 0:
         figures.errors_logged.append(f"sched reap: {reaped.stderr.strip()}")
     figures.worker_rows_after_reap = scalar(dsn, "SELECT count(*) FROM sched_workers")
-    figures.states = dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1"))
+    figures.states = dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs_all GROUP BY 1"))
     figures.executions = scalar(dsn, "SELECT count(*) FROM chaos_executions")
     figures.duplicates = figures.executions - scalar(dsn, "SELECT count(DISTINCT job_id) FROM chaos_executions")
     figures.jobs_never_run = scalar(
         dsn,
-        "SELECT count(*) FROM sched_jobs j WHERE NOT EXISTS (SELECT 1 FROM chaos_executions e WHERE e.job_id = j.id)",
+        "SELECT count(*) FROM sched_jobs_all j"
+        " WHERE NOT EXISTS (SELECT 1 FROM chaos_executions e WHERE e.job_id = j.id)",
     )
     # The bound on extra executions. A SIGKILL can make each job its worker held run once more: the jobs it had
     # claimed (running or waiting for a slot) and those it had run but whose outcome was still unflushed are all

@@ -37,7 +37,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 
 
 def unfinished(dsn: str) -> int:
-    return query(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'")[0][0]
+    return query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state <> 'succeeded'")[0][0]
 
 
 def executions_by_job(dsn: str) -> dict[int, int]:
@@ -84,7 +84,7 @@ def test_outcomes_survive_their_connection_being_killed_mid_flush(dsn: str, serv
     runs = executions_by_job(dsn)
     assert set(runs) == set(ids)
     assert set(runs.values()) == {1}
-    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs") == [(1,)]
+    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs_all") == [(1,)]
     log = worker.log()
     assert log.count("database connection (outcomes) lost") >= cut // 2, log[-3000:]
     os_kill_and_wait(worker)
@@ -110,7 +110,7 @@ def test_timeouts_while_the_jobs_table_is_locked(dsn: str, fleet, setting: str, 
     worker = fleet.start("--concurrency", "20")
     wait_for(lambda: len(executions_by_job(dsn)) >= 20 or not worker.alive(), 60, "jobs to run")
     assert worker.alive(), worker.log()[-3000:]
-    assert query(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (chatty,)) == [("running",)]
+    assert query(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (chatty,)) == [("running",)]
     with psycopg.connect(dsn) as blocker:
         blocker.execute("SET statement_timeout = 0")
         blocker.execute("SET lock_timeout = 0")
@@ -126,7 +126,7 @@ def test_timeouts_while_the_jobs_table_is_locked(dsn: str, fleet, setting: str, 
     (hung,) = enqueue(dsn, "chaos.hang", 1)
     wait_for(
         lambda: (
-            query(dsn, "SELECT state::text, error FROM sched_jobs WHERE id = %s", (hung,))
+            query(dsn, "SELECT state::text, error FROM sched_jobs_all WHERE id = %s", (hung,))
             == [("failed", "timed out after 1s")]
         ),
         20,
@@ -171,11 +171,11 @@ def test_jobs_of_a_claim_whose_follow_up_failed_are_given_back(dsn: str, fleet) 
     ids = enqueue(dsn, "chaos.limited", 3)
     worker = fleet.start("--concurrency", "5")
     wait_for(lambda: "claim failed" in worker.log(), 30, "a claim to fail")
-    assert query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs") == [("running", 1)]
+    assert query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs_all") == [("running", 1)]
     query(dsn, "DELETE FROM obstruct")
     # Given back without spending an attempt and run at once, long before the 30 s timeout would free them.
     wait_for(lambda: unfinished(dsn) == 0, 15, "the jobs to run")
-    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs") == [(1,)]
+    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs_all") == [(1,)]
     assert set(executions_by_job(dsn)) == set(ids)
     assert "giving back 3 job(s)" in worker.log()
     assert worker.alive()

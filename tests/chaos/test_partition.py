@@ -117,9 +117,9 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
 
 
 def job_row(dsn: str, job_id: int) -> tuple:
-    return query(dsn, "SELECT state::text, attempt, result, worker_id::text FROM sched_jobs WHERE id = %s", (job_id,))[
-        0
-    ]
+    return query(
+        dsn, "SELECT state::text, attempt, result, worker_id::text FROM sched_jobs_all WHERE id = %s", (job_id,)
+    )[0]
 
 
 def test_a_partitioned_workers_late_outcome_is_fenced_off(

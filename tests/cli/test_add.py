@@ -61,7 +61,7 @@ def test_jsonl_adds_one_job_per_line_in_order(sched, conn: db.Connection) -> Non
     assert done.returncode == 0, done.stderr
     ids = [int(line) for line in done.stdout.splitlines()]
     assert len(ids) == 6 and ids[3:] == ids[:3]
-    stored = conn.rows("SELECT payload, dedupe_key, queue FROM sched_jobs ORDER BY id")
+    stored = conn.rows("SELECT payload, dedupe_key, queue FROM sched_jobs_all ORDER BY id")
     assert stored == [({"n": n}, f"k{n}", "bulk") for n in range(3)]
 
 
@@ -72,5 +72,5 @@ def test_strings_that_look_like_sql_are_stored_literally(sched, conn: db.Connect
     assert done.returncode == 0, done.stderr
     job = repository.get_job(conn, int(done.stdout))
     assert (job["task"], job["queue"], job["key"], job["payload"]) == ("report:v1", "x-1.y:z", key, payload)
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (1,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (1,)
     assert conn.row("SELECT to_regclass('sched_workers') IS NOT NULL") == (True,)

@@ -273,7 +273,7 @@ def test_bad_input_is_refused(
     done = _run(shared_dsn, args, env, stdin, files)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", f"Error: {message}\n")
     with psycopg.connect(shared_dsn) as check:
-        assert check.execute("SELECT count(*) FROM sched_jobs").fetchone() == (0,)
+        assert check.execute("SELECT count(*) FROM sched_jobs_all").fetchone() == (0,)
         assert check.execute("SELECT count(*) FROM sched_job_deps").fetchone() == (0,)
 
 
@@ -283,7 +283,7 @@ def test_cases_really_use_the_database(shared_dsn: str, files: Path) -> None:
     assert done.returncode == 0, done.stderr
     try:
         with psycopg.connect(shared_dsn) as check:
-            assert check.execute("SELECT count(*) FROM sched_jobs").fetchone() == (2,)
+            assert check.execute("SELECT count(*) FROM sched_jobs_all").fetchone() == (2,)
     finally:
         with psycopg.connect(shared_dsn, autocommit=True) as check:
             check.execute("TRUNCATE sched_jobs CASCADE")

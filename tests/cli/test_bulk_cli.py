@@ -50,7 +50,7 @@ def seed(dsn: str) -> dict[str, int]:
 
 
 def table(dsn: str) -> list[tuple]:
-    return sql(dsn, "SELECT id, state::text, attempt, cancel_requested_at IS NOT NULL FROM sched_jobs ORDER BY id")
+    return sql(dsn, "SELECT id, state::text, attempt, cancel_requested_at IS NOT NULL FROM sched_jobs_all ORDER BY id")
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_retry_cancel_and_purge_say_what_they_changed_and_a_second_run_changes_n
     done = sched("retry", "--state", "failed", "--batch-size", "1")
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout == "retried 2 of 2 matching job(s): 2 queued, 0 waiting on dependencies, 0 refused\n"
-    assert sql(dsn, "SELECT state::text, attempt FROM sched_jobs WHERE id = %s", (ids["boom"],)) == [("queued", 0)]
+    assert sql(dsn, "SELECT state::text, attempt FROM sched_jobs_all WHERE id = %s", (ids["boom"],)) == [("queued", 0)]
     again = json.loads(sched("retry", "--state", "failed", "--json").stdout)
     assert (again["matched"], again["changed"], again["queued"]) == (0, 0, [])
 
@@ -129,7 +129,7 @@ def test_retry_cancel_and_purge_say_what_they_changed_and_a_second_run_changes_n
     shown = json.loads(done.stdout)
     assert (shown["action"], shown["matched"], shown["changed"]) == ("cancel", 4, 4)
     assert (shown["cancelled"], shown["requested"], shown["dependents_cancelled"]) == (3, 1, 0)
-    assert sql(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (ids["running"],)) == [("running",)]
+    assert sql(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (ids["running"],)) == [("running",)]
     done = sched("cancel", "--queue", "default")
     assert done.stdout == (
         "cancelled 0 of 0 matching job(s) and 0 dependent job(s); asked the workers of 0 running job(s) to stop them\n"

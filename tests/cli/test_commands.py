@@ -105,12 +105,12 @@ def test_cleanup_dry_run_and_json(sched, conn: db.Connection) -> None:
     report = json.loads(dry.stdout)
     assert (report["dry_run"], report["would_delete"], report["deleted"]) == (True, 2, 0)
     assert (report["succeeded"], report["failed"], report["cancelled"]) == (1, 1, 0)
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (4,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (4,)
 
     real = json.loads(sched("cleanup", "--json", "--older-than", "12h", "--batch-size", "1").stdout)
     assert (real["dry_run"], real["deleted"], real["would_delete"]) == (False, 3, 0)
     assert (real["succeeded"], real["failed"], real["cancelled"]) == (1, 1, 1)
-    assert conn.rows("SELECT state::text FROM sched_jobs") == [("queued",)]
+    assert conn.rows("SELECT state::text FROM sched_jobs_all") == [("queued",)]
     plain = sched("cleanup", "--dry-run")
     assert plain.returncode == 0 and plain.stdout.startswith("would delete 0 job(s): 0 succeeded, 0 failed")
 
@@ -220,7 +220,7 @@ def test_cleanup_of_everything_blames_the_option(sched, conn: db.Connection) -> 
         "",
         "Error: invalid --older-than '0s': must be more than 0\n",
     )
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (1,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (1,)
 
 
 def test_why_names_the_error_in_one_line_and_the_error_keeps_the_traceback(sched, conn: db.Connection) -> None:

@@ -114,12 +114,12 @@ def _argv_ok(argv: list[str]) -> bool:
 
 def _count(dsn: str) -> int:
     with db.connect(dsn) as conn:
-        return conn.row("SELECT count(*) FROM sched_jobs")[0]
+        return conn.row("SELECT count(*) FROM sched_jobs_all")[0]
 
 
 def _stored(dsn: str, job_id: int) -> tuple:
     with db.connect(dsn) as conn:
-        return conn.row("SELECT task, queue, dedupe_key, payload FROM sched_jobs WHERE id = %s", [job_id])
+        return conn.row("SELECT task, queue, dedupe_key, payload FROM sched_jobs_all WHERE id = %s", [job_id])
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -217,7 +217,7 @@ def test_a_good_file_writes_every_line_once(sched: Callable, dsn: str, tmp_path:
     ids = [int(line) for line in result.stdout.split()]
     assert len(ids) == len(set(ids)) == LINES
     with db.connect(dsn) as conn:
-        rows = conn.rows("SELECT id, payload->>'i', payload->>'s' FROM sched_jobs ORDER BY id")
+        rows = conn.rows("SELECT id, payload->>'i', payload->>'s' FROM sched_jobs_all ORDER BY id")
     assert [int(i) for _, i, _ in rows] == list(range(LINES))
     assert [job_id for job_id, _, _ in rows] == sorted(ids)
     assert {s for _, _, s in rows} == {"x'; DROP TABLE sched_jobs; --"}

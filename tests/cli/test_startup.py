@@ -68,5 +68,5 @@ def test_add_records_a_traceparent_without_importing_opentelemetry(dsn: str, tmp
     assert result.returncode == 0, result.stderr
     assert not modules & NEVER_ON_ADD, f"sched add imported {sorted(modules & NEVER_ON_ADD)}"
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT trace_context FROM sched_jobs WHERE id = %s", (int(result.stdout),)).fetchone()
+        row = conn.execute("SELECT trace_context FROM sched_jobs_all WHERE id = %s", (int(result.stdout),)).fetchone()
     assert row == ({"traceparent": traceparent},)

@@ -50,4 +50,4 @@ def test_wheel_installs_and_migrates(tmp_path: Path, empty_dsn: str) -> None:
     _run([str(venv / "bin" / "sched"), "migrate", "--check"], env=env, cwd=tmp_path)
     added = _run([str(venv / "bin" / "sched"), "add", "sched.noop"], env=env, cwd=tmp_path)
     with db.connect(empty_dsn) as conn:
-        assert conn.row("SELECT task FROM sched_jobs WHERE id = %s", (int(added.stdout),)) == ("sched.noop",)
+        assert conn.row("SELECT task FROM sched_jobs_all WHERE id = %s", (int(added.stdout),)) == ("sched.noop",)

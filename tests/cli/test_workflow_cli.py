@@ -48,7 +48,7 @@ def test_ten_concurrent_processes_adding_one_key_make_exactly_one_job(dsn: str) 
     assert all(p.returncode == 0 for p in procs)
     assert len({o["id"] for o in outputs}) == 1
     assert sorted(o["deduplicated"] for o in outputs) == [False] + [True] * 9
-    assert sql(dsn, "SELECT count(*) FROM sched_jobs") == [(1,)]
+    assert sql(dsn, "SELECT count(*) FROM sched_jobs_all") == [(1,)]
 
 
 def test_a_duplicate_key_prints_the_live_job_and_jsonl_lines_honour_keys(sched) -> None:
@@ -136,7 +136,7 @@ def test_a_full_queue_refuses_adds_with_the_exact_error(sched, dsn: str) -> None
     sched("queue", "limit", "q", "--max-backlog", "2")
     assert sched("add", "t", "-Q", "q").returncode == sched("add", "t", "-Q", "q").returncode == 0
     assert one_error(sched("add", "t", "-Q", "q"), 1) == "Error: queue q is full (2 jobs)"
-    assert sql(dsn, "SELECT count(*) FROM sched_jobs") == [(2,)]
+    assert sql(dsn, "SELECT count(*) FROM sched_jobs_all") == [(2,)]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_cancel_and_retry_through_the_cli(sched, dsn: str) -> None:
     shown = json.loads(retried.stdout)
     assert (shown["queued"], shown["waiting"], shown["refused"]) == ([int(parent)], [int(child)], [])
     assert one_error(sched("retry", parent), 1).endswith("only failed or cancelled jobs can be retried")
-    assert sql(dsn, "SELECT state::text, attempt FROM sched_jobs ORDER BY id") == [("queued", 0), ("waiting", 0)]
+    assert sql(dsn, "SELECT state::text, attempt FROM sched_jobs_all ORDER BY id") == [("queued", 0), ("waiting", 0)]
 
 
 @pytest.mark.parametrize(

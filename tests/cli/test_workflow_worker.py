@@ -103,7 +103,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def state(dsn: str, job_id: int) -> str:
-    return sql(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,))[0][0]
+    return sql(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,))[0][0]
 
 
 def test_cancelling_a_running_job_stops_it_within_a_second(sched, worker, dsn: str) -> None:
@@ -125,7 +125,7 @@ def test_several_workers_tick_a_schedule_once_per_tick(sched, worker, dsn: str) 
         worker("-Q", "elsewhere")  # serves no schedule's queue: only ticks
     wait_for(lambda: sql(dsn, "SELECT next_run_at > now() FROM sched_schedules WHERE name = 'often'")[0][0])
     time.sleep(1.5)  # every worker has ticked again by now
-    keys = [r[0] for r in sql(dsn, "SELECT dedupe_key FROM sched_jobs WHERE queue = 'ticks'")]
+    keys = [r[0] for r in sql(dsn, "SELECT dedupe_key FROM sched_jobs_all WHERE queue = 'ticks'")]
     assert len(keys) == len(set(keys)) and len(keys) in (11, 12)
 
 
@@ -146,7 +146,7 @@ def test_two_burst_workers_share_one_rate_limit(sched, worker, dsn: str) -> None
     assert sched("queue", "limit", "limited", "--rate", "10/s", "--burst", "10").returncode == 0
     procs = [worker("--burst", "-Q", "limited") for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
-    rows = sql(dsn, "SELECT started_at FROM sched_jobs WHERE queue = 'limited' ORDER BY started_at")
+    rows = sql(dsn, "SELECT started_at FROM sched_jobs_all WHERE queue = 'limited' ORDER BY started_at")
     assert len(rows) == 40 and state(dsn, 1) == "succeeded"
     starts = [r[0] for r in rows]
     assert starts[-1] - starts[0] >= timedelta(seconds=2.5)
@@ -160,12 +160,12 @@ def test_a_paused_queue_runs_nothing_until_resumed(sched, worker, dsn: str) -> N
     for _ in range(3):
         sched("add", "sched.noop", "-Q", "held")
     assert worker("--burst", "-Q", "held").wait(timeout=60) == 0
-    assert sql(dsn, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1") == [("queued", 3)]
+    assert sql(dsn, "SELECT state::text, count(*) FROM sched_jobs_all GROUP BY 1") == [("queued", 3)]
     why = json.loads(sched("status", "1", "--json").stdout)["why"]
     assert why == "queue held is paused (sched queue resume held)"
     sched("queue", "resume", "held")
     assert worker("--burst", "-Q", "held").wait(timeout=60) == 0
-    assert sql(dsn, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1") == [("succeeded", 3)]
+    assert sql(dsn, "SELECT state::text, count(*) FROM sched_jobs_all GROUP BY 1") == [("succeeded", 3)]
 
 
 def test_status_shows_a_handlers_result_and_progress(sched, worker, dsn: str) -> None:

@@ -53,7 +53,7 @@ def run_all(dsn: str, kind: str, error: str | None = None, queue: str = "default
 
 
 def states(conn: db.Connection) -> dict[int, tuple]:
-    rows = conn.rows("SELECT id, state::text, attempt, cancel_requested_at IS NOT NULL FROM sched_jobs")
+    rows = conn.rows("SELECT id, state::text, attempt, cancel_requested_at IS NOT NULL FROM sched_jobs_all")
     return {r[0]: r[1:] for r in rows}
 
 
@@ -110,12 +110,12 @@ def test_a_dry_run_changes_nothing(dsn: str, conn: db.Connection) -> None:
         add(conn)
     run_all(dsn, "failed", "boom")
     add(conn)
-    before = conn.rows("SELECT * FROM sched_jobs ORDER BY id")
+    before = conn.rows("SELECT * FROM sched_jobs_all ORDER BY id")
     for action in ("retry", "cancel", "purge"):
         report = bulk.preview(conn, action, bulk.build_filter(action))
         assert report.matched == (1 if action == "cancel" else 3)
         assert report.changed == 0 and report.dry_run
-    assert conn.rows("SELECT * FROM sched_jobs ORDER BY id") == before
+    assert conn.rows("SELECT * FROM sched_jobs_all ORDER BY id") == before
 
 
 def test_states_a_command_cannot_act_on_are_refused() -> None:
@@ -195,7 +195,7 @@ def test_two_bulk_retries_at_once_change_each_job_once_and_every_job_together(ds
     assert not first & second
     assert sorted(first | second) == failed
     assert sum(r.changed for r in reports) == 3000
-    assert conn.rows("SELECT DISTINCT state::text, attempt FROM sched_jobs") == [("queued", 0)]
+    assert conn.rows("SELECT DISTINCT state::text, attempt FROM sched_jobs_all") == [("queued", 0)]
 
 
 def test_a_second_run_changes_nothing(dsn: str, conn: db.Connection) -> None:
@@ -278,11 +278,11 @@ def test_purging_a_succeeded_parent_leaves_its_waiting_dependent_waiting(dsn: st
     second = add(conn, "t", delay_s=3600)
     child = add(conn, after=[first, second])
     run_all(dsn, "succeeded", tasks=("u",))
-    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs WHERE id = %s", (child,)) == ("waiting", 1)
+    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs_all WHERE id = %s", (child,)) == ("waiting", 1)
     report = bulk.perform(conn, "purge", bulk.build_filter("purge", task="u"))
     assert report.changed == 1 and first not in states(conn)
     # The child still waits for the other parent, and runs only after it succeeded.
-    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs WHERE id = %s", (child,)) == ("waiting", 1)
+    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs_all WHERE id = %s", (child,)) == ("waiting", 1)
     conn.run("UPDATE sched_jobs SET run_at = now(), deferred = false WHERE id = %s", (second,))
     run_all(dsn, "succeeded", tasks=("t",))
-    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs WHERE id = %s", (child,)) == ("queued", 0)
+    assert conn.row("SELECT state::text, pending_deps FROM sched_jobs_all WHERE id = %s", (child,)) == ("queued", 0)

@@ -49,7 +49,8 @@ def test_a_cancel_committed_while_a_failure_waits_for_the_row_ends_the_job_cance
     assert [getattr(r, "written", r) for r in recorded] == [[parent]]
 
     row = conn.row(
-        "SELECT state::text, finished_at IS NOT NULL, worker_id::text, deferred FROM sched_jobs WHERE id = %s", [parent]
+        "SELECT state::text, finished_at IS NOT NULL, worker_id::text, deferred FROM sched_jobs_all WHERE id = %s",
+        [parent],
     )
     assert row == ("cancelled", True, worker, False)
-    assert conn.row("SELECT state::text FROM sched_jobs WHERE id = %s", [child]) == ("cancelled",)
+    assert conn.row("SELECT state::text FROM sched_jobs_all WHERE id = %s", [child]) == ("cancelled",)

@@ -7,6 +7,7 @@ import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgsched import db, repository
 from pgsched.sqlfiles import query
@@ -51,20 +52,26 @@ def test_the_claim_reads_the_partial_indexes_not_the_table(crowded: str) -> None
 
 
 def test_an_outcome_batch_stays_on_the_primary_key(crowded: str) -> None:
+    """The statement that sched_finish_succeeded runs, planned as the function plans it (with the arrays' values),
+    finds the running rows by the primary key."""
     worker = str(uuid.uuid4())
     with psycopg.connect(crowded) as raw:
         claimed = raw.execute(
             query("JobClaim"), repository.claim_params("default", ["sched.noop"], 500, worker)
         ).fetchall()
         assert len(claimed) == 500
-        params = {
-            "worker_id": worker,
-            "ids": [r[0] for r in claimed],
-            "leases": [r[6] for r in claimed],
-            "results": None,
-        }
-        plan = _plan(raw, "JobSetSucceededMany", params)
+        (source,) = raw.execute("SELECT prosrc FROM pg_proc WHERE proname = 'sched_finish_succeeded'").fetchone()
+        raw.execute("PREPARE finish (bigint[], bigint[], uuid, jsonb) AS " + source.split("$q$")[1])
+        plan = "\n".join(
+            r[0]
+            for r in raw.execute(
+                sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) EXECUTE finish({}, {}, {}::uuid, NULL)").format(
+                    sql.Literal([r[0] for r in claimed]), sql.Literal([r[6] for r in claimed]), sql.Literal(worker)
+                )
+            )
+        )
         raw.rollback()
-    assert "Index Scan using sched_jobs_pkey on sched_jobs" in plan
-    assert "Seq Scan" not in plan
+    assert "Index Scan using sched_jobs_pkey on sched_jobs" in plan, plan
+    assert "Seq Scan on sched_jobs" not in plan
     assert "Nested Loop" not in plan
+    assert "rows=500" in plan

@@ -19,7 +19,7 @@ def payload_of(size: int) -> dict[str, str]:
 
 def count(dsn: str) -> int:
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT count(*) FROM sched_jobs").fetchone()[0]  # type: ignore[index]
+        return c.execute("SELECT count(*) FROM sched_jobs_all").fetchone()[0]  # type: ignore[index]
 
 
 @pytest.fixture(autouse=True)

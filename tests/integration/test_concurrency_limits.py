@@ -35,7 +35,7 @@ def claim(dsn: str, limit: int = 100, queue: str = "q", worker: str | None = Non
 
 def running_by_group(conn: db.Connection, queue: str = "q") -> dict[str | None, int]:
     rows = conn.rows(
-        "SELECT group_name, count(*) FROM sched_jobs WHERE state = 'running' AND queue = %s GROUP BY 1", (queue,)
+        "SELECT group_name, count(*) FROM sched_jobs_all WHERE state = 'running' AND queue = %s GROUP BY 1", (queue,)
     )
     return dict(rows)
 
@@ -93,7 +93,7 @@ def test_every_way_a_run_ends_gives_its_slot_back(dsn: str, conn: db.Connection)
                 await repository.record_outcomes(
                     c, worker, [Outcome(job.id, job.lease, ending, error="x", retryable=retryable)]
                 )
-            row = await c.row("SELECT state::text FROM sched_jobs WHERE id = %(id)s", {"id": job.id})
+            row = await c.row("SELECT state::text FROM sched_jobs_all WHERE id = %(id)s", {"id": job.id})
             ended.append(row[0])
         await c.close()
         return ended
@@ -116,7 +116,7 @@ def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection
         with psycopg.connect(dsn, autocommit=True) as c:
             while not stop.is_set():
                 total, top = c.execute(
-                    "SELECT coalesce(sum(n), 0), coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM sched_jobs"
+                    "SELECT coalesce(sum(n), 0), coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM sched_jobs_all"
                     " WHERE state = 'running' AND queue = 'q' GROUP BY group_name) g"
                 ).fetchone()  # type: ignore[misc]
                 seen["total"] = max(seen["total"], total)
@@ -156,7 +156,7 @@ def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection
     stop.set()
     watcher.join()
     assert not errors, errors
-    assert conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'succeeded'") == (1200,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all WHERE state = 'succeeded'") == (1200,)
     assert seen["samples"] > 10
     assert seen["total"] <= 7 and seen["group"] <= 2, seen
     # The limits were reached, so the test would have seen them passed.
@@ -190,7 +190,7 @@ def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection)
         jobs = claim(dsn, limit=3, worker=worker)
         assert jobs, "a claim took nothing while jobs were ready"
         groups = [
-            g for (g,) in conn.rows("SELECT group_name FROM sched_jobs WHERE id = ANY(%s)", ([j.id for j in jobs],))
+            g for (g,) in conn.rows("SELECT group_name FROM sched_jobs_all WHERE id = ANY(%s)", ([j.id for j in jobs],))
         ]
         small_left -= sum(g != "big" for g in groups)
         big_before_last_small += groups.count("big")

@@ -141,7 +141,7 @@ def test_long_transaction_holding_a_snapshot_fails(dsn: str, conn: Connection) -
     limits = Thresholds(max_transaction_age_s=0.5)
     with psycopg.connect(dsn, application_name="holder") as holder:
         holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM sched_jobs")
+        holder.execute("SELECT count(*) FROM sched_jobs_all")
         time.sleep(0.8)
         check = _by_name(dsn, limits)["transactions"]
         assert check.status == "fail"

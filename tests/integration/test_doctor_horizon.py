@@ -41,7 +41,7 @@ def test_a_snapshot_and_an_idle_transaction_are_named_with_the_command_that_ends
         psycopg.connect(dsn, application_name="forgetful-app") as writer,
     ):
         reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        reader.execute("SELECT count(*) FROM sched_jobs")  # takes the snapshot
+        reader.execute("SELECT count(*) FROM sched_jobs_all")  # takes the snapshot
         writer.execute("INSERT INTO sched_jobs (task) VALUES ('sched.noop')")  # holds a transaction id, then idles
         time.sleep(0.8)
         check = _horizon(dsn, limits)
@@ -51,7 +51,7 @@ def test_a_snapshot_and_an_idle_transaction_are_named_with_the_command_that_ends
         assert set(found) == {reader_pid, writer_pid}
         assert found[reader_pid]["application_name"] == "report-job"
         assert found[reader_pid]["state"] == "idle in transaction"
-        assert found[reader_pid]["query"] == "SELECT count(*) FROM sched_jobs"
+        assert found[reader_pid]["query"] == "SELECT count(*) FROM sched_jobs_all"
         assert found[writer_pid]["application_name"] == "forgetful-app"
         assert f"session {reader_pid} (report-job, user " in check.detail
         assert f"session {writer_pid} (forgetful-app, user " in check.detail
@@ -72,7 +72,7 @@ def test_a_running_statement_is_named_with_the_cancel_that_ends_it(dsn: str) -> 
     def long_report() -> None:
         with psycopg.connect(dsn, application_name="long-report", autocommit=True) as report:
             try:
-                report.execute("SELECT pg_sleep(20) FROM sched_jobs LIMIT 1")
+                report.execute("SELECT pg_sleep(20) FROM sched_jobs_all LIMIT 1")
             except psycopg.errors.QueryCanceled as exc:
                 failures.append(exc)
 

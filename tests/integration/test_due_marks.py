@@ -27,7 +27,7 @@ def _promote(dsn: str, marks: repository.DueMarks | None, limit: int = 5000) -> 
 
 
 def _deferred(conn: db.Connection) -> set[int]:
-    return {r[0] for r in conn.rows("SELECT id FROM sched_jobs WHERE state = 'queued' AND deferred")}
+    return {r[0] for r in conn.rows("SELECT id FROM sched_jobs_all WHERE state = 'queued' AND deferred")}
 
 
 def _add_due(conn: db.Connection, count: int, queue: str = "default") -> list[int]:
@@ -65,7 +65,7 @@ def test_promotions_step_over_the_jobs_promoted_while_a_snapshot_holds_vacuum_ba
 ) -> None:
     with psycopg.connect(dsn) as holder:
         holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM sched_jobs")  # the snapshot: no row version after it can be removed
+        holder.execute("SELECT count(*) FROM sched_jobs_all")  # the snapshot: no row version after it can be removed
         marks = Held()
         for _ in range(4):
             _add_due(conn, 5_000)

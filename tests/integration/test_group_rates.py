@@ -42,7 +42,7 @@ def claim(dsn: str, limit: int = 100, queue: str = "q") -> list:
 
 
 def groups_of(conn: db.Connection, jobs: list) -> collections.Counter:
-    rows = conn.rows("SELECT group_name FROM sched_jobs WHERE id = ANY(%s)", ([j.id for j in jobs],))
+    rows = conn.rows("SELECT group_name FROM sched_jobs_all WHERE id = ANY(%s)", ([j.id for j in jobs],))
     return collections.Counter(g for (g,) in rows)
 
 
@@ -178,7 +178,7 @@ def excess_claims(conn: db.Connection, rate: float, burst: int) -> dict[str, int
     claim moments the database recorded (started_at: when the claim read and charged the buckets)."""
     worst: dict[str, int] = {}
     rows = conn.rows(
-        "SELECT group_name, array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs "
+        "SELECT group_name, array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs_all "
         "WHERE started_at IS NOT NULL GROUP BY 1"
     )
     for group, times in rows:
@@ -196,7 +196,7 @@ def test_concurrent_claimers_never_pass_a_group_bucket(dsn: str, conn: db.Connec
     rate, burst = 40.0, 4
     repository.set_queue_group_rate(conn, "q", rate, burst)
     claim_concurrently(dsn, conn, 1.5)
-    taken = dict(conn.rows("SELECT group_name, count(*) FROM sched_jobs WHERE state = 'succeeded' GROUP BY 1"))
+    taken = dict(conn.rows("SELECT group_name, count(*) FROM sched_jobs_all WHERE state = 'succeeded' GROUP BY 1"))
     # The buckets were the limit: each group took about burst + 1.5 s x rate, far fewer than its 200 jobs.
     assert all(10 < n < 200 for n in taken.values()), taken
     assert excess_claims(conn, rate, burst) == {"g0": 0, "g1": 0, "g2": 0}

@@ -13,7 +13,7 @@ from pgsched.errors import InvalidInput
 
 def groups(dsn: str) -> list[tuple[str, str | None]]:
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT task, group_name FROM sched_jobs ORDER BY id").fetchall()
+        return c.execute("SELECT task, group_name FROM sched_jobs_all ORDER BY id").fetchall()
 
 
 def test_every_add_path_stores_the_group(dsn: str) -> None:

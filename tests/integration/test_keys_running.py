@@ -24,7 +24,7 @@ def claim_all(dsn: str, task: str = "t") -> list[int]:
 
 def live_with_key(conn: db.Connection, key: str) -> list[tuple[int, str]]:
     return conn.rows(
-        "SELECT id, state::text FROM sched_jobs WHERE dedupe_key = %s AND state IN ('waiting', 'queued', 'running')"
+        "SELECT id, state::text FROM sched_jobs_all WHERE dedupe_key = %s AND state IN ('waiting', 'queued', 'running')"
         " ORDER BY id",
         (key,),
     )
@@ -67,5 +67,5 @@ def test_a_schedule_tick_whose_job_is_still_running_adds_no_second_job(dsn: str,
     enqueued = run_async(dsn, fire)
     # Every tick from the running one to now fired; only the running one's key was held.
     assert live_with_key(conn, key) == [(running.id, "running")]
-    fired = conn.row("SELECT count(*) FROM sched_jobs WHERE dedupe_key LIKE %s", ("schedule:minutely:%",))[0]  # type: ignore[index]
+    fired = conn.row("SELECT count(*) FROM sched_jobs_all WHERE dedupe_key LIKE %s", ("schedule:minutely:%",))[0]  # type: ignore[index]
     assert enqueued == fired - 1 >= 5

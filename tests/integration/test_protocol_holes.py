@@ -217,7 +217,7 @@ def test_promotion_moves_only_due_deferred_jobs_into_the_ready_index(dsn: str, c
     future = add(conn, delay_s=3600.0)
     conn.run("UPDATE sched_jobs SET run_at = now() - interval '1 second' WHERE id = ANY(%s)", (due,))
     assert run_async(dsn, lambda c: repository.promote_due(c)) == 3
-    flags = dict(conn.rows("SELECT id, deferred FROM sched_jobs"))
+    flags = dict(conn.rows("SELECT id, deferred FROM sched_jobs_all"))
     assert flags == {**dict.fromkeys(due, False), future: True}
     assert run_async(dsn, lambda c: repository.promote_due(c)) == 0
 
@@ -288,4 +288,4 @@ def test_a_repeatable_read_producer_cannot_pass_the_backlog_cap(dsn: str, conn: 
         with pytest.raises(SchedError, match=r"run the transaction again"):
             repository.enqueue(late, NewJob(task="t"))
         late.raw.rollback()
-    assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 1
+    assert conn.row("SELECT count(*) FROM sched_jobs_all")[0] == 1

@@ -72,7 +72,7 @@ def test_claims_step_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_back(ds
     asyncio.run(_register(dsn, worker))
     with psycopg.connect(dsn) as holder:
         holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM sched_jobs")  # the snapshot: no row version after it can be removed
+        holder.execute("SELECT count(*) FROM sched_jobs_all")  # the snapshot: no row version after it can be removed
         marks = NeverFull()
         for _ in range(4):
             repository.enqueue_many(conn, [NewJob(task="t") for _ in range(5_000)])

@@ -66,7 +66,7 @@ def test_two_connections_never_claim_the_same_job(dsn: str, conn: db.Connection)
     assert len(first) + len(second) == 1000
     assert len(set(first) | set(second)) == 1000
     assert first and second, "one connection got nothing: the claims did not overlap"
-    rows = conn.rows("SELECT worker_id::text, state::text, attempt, count(*) FROM sched_jobs GROUP BY 1, 2, 3")
+    rows = conn.rows("SELECT worker_id::text, state::text, attempt, count(*) FROM sched_jobs_all GROUP BY 1, 2, 3")
     assert sorted(rows) == sorted((w, "running", 1, len(claimed[w])) for w in workers)
 
 
@@ -159,7 +159,7 @@ def _fail_at_attempt(dsn: str, conn: db.Connection, attempt: int, base: float, c
     outcomes = [Outcome(j.id, j.lease, "failed", error="boom", backoff_base_s=base, backoff_cap_s=cap) for j in claimed]
     assert sorted(record(dsn, worker, outcomes).written) == sorted(ids)
     (after,) = conn.row("SELECT clock_timestamp()")
-    rows = conn.rows("SELECT run_at, state::text, worker_id, error FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    rows = conn.rows("SELECT run_at, state::text, worker_id, error FROM sched_jobs_all WHERE id = ANY(%s)", (ids,))
     delays = []
     for run_at, state, worker_id, error in rows:
         assert (state, worker_id, error) == ("queued", None, "boom")
@@ -314,15 +314,15 @@ def test_cleanup_goes_by_finished_at_and_never_touches_live_jobs(conn: db.Connec
     put("running", "running", old, None, worker_id=f"'{uuid.uuid4()}'", started_at=old)
 
     assert repository.count_finished(conn, 7 * 86400) == repository.CleanupCounts(1, 1, 1)
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (8,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (8,)
     deleted = repository.delete_finished_batch(conn, 7 * 86400, 100)
     assert (deleted.succeeded, deleted.failed, deleted.cancelled) == (1, 1, 1)
-    left = {row[0] for row in conn.rows("SELECT id FROM sched_jobs")}
+    left = {row[0] for row in conn.rows("SELECT id FROM sched_jobs_all")}
     assert left == {ids[n] for n in ("recent_finish_old_create", "queued", "scheduled", "waiting", "running")}
     assert repository.delete_finished_batch(conn, 7 * 86400, 100).total == 0
     # A shorter retention reaches the recently finished job, and still no live one.
     assert repository.delete_finished_batch(conn, 3600, 100).total == 1
-    assert {row[0] for row in conn.rows("SELECT state::text FROM sched_jobs")} == {"queued", "waiting", "running"}
+    assert {row[0] for row in conn.rows("SELECT state::text FROM sched_jobs_all")} == {"queued", "waiting", "running"}
 
 
 def test_cleanup_works_in_batches(conn: db.Connection) -> None:

@@ -46,7 +46,7 @@ def test_missing_dependency_is_refused(conn: db.Connection) -> None:
     with pytest.raises(InvalidInput) as info:
         add(conn, after=(real, 999_999))
     assert info.value.message == "--after 999999: no such job"
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (1,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (1,)
     assert conn.row("SELECT count(*) FROM sched_job_deps") == (0,)
 
 
@@ -57,7 +57,7 @@ def test_dependency_that_cannot_succeed_is_refused(dsn: str, conn: db.Connection
     with pytest.raises(InvalidInput) as info:
         add(conn, after=(doomed,))
     assert info.value.message == f"--after {doomed}: that job {kind}, so this one could never run"
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (1,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (1,)
 
 
 def test_dependency_already_succeeded_queues_at_once(dsn: str, conn: db.Connection) -> None:

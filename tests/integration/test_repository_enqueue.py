@@ -14,7 +14,7 @@ from pgsched.models import Enqueued, NewJob, Outcome
 
 
 def all_jobs(conn: db.Connection) -> list[tuple]:
-    return conn.rows("SELECT id, queue, task, payload, dedupe_key, state::text FROM sched_jobs ORDER BY id")
+    return conn.rows("SELECT id, queue, task, payload, dedupe_key, state::text FROM sched_jobs_all ORDER BY id")
 
 
 def finish(dsn: str, queue: str, kind: str = "succeeded") -> list[int]:
@@ -41,7 +41,7 @@ def test_enqueue_stores_every_field(conn: db.Connection) -> None:
 
 def test_delay_is_measured_by_the_server_clock(conn: db.Connection) -> None:
     job_id = repository.enqueue(conn, NewJob(task="t", delay_s=3600)).id
-    (gap,) = conn.row("SELECT extract(epoch FROM run_at - created_at) FROM sched_jobs WHERE id = %s", (job_id,))
+    (gap,) = conn.row("SELECT extract(epoch FROM run_at - created_at) FROM sched_jobs_all WHERE id = %s", (job_id,))
     assert float(gap) == pytest.approx(3600)
 
 
@@ -51,7 +51,7 @@ def test_key_deduplicates_live_jobs_and_is_freed_by_finishing(dsn: str, conn: db
     assert again == Enqueued(first.id, deduplicated=True)
     other_queue = repository.enqueue(conn, NewJob(task="t", key="report-1", queue="other"))
     assert not other_queue.deduplicated
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (2,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (2,)
     assert finish(dsn, "default") == [first.id]
     after = repository.enqueue(conn, NewJob(task="t", key="report-1"))
     assert not after.deduplicated and after.id > other_queue.id
@@ -105,7 +105,7 @@ def test_enqueue_many_is_all_or_nothing(conn: db.Connection) -> None:
     jobs = [NewJob(task="t"), NewJob(task="bad name")]
     with pytest.raises(InvalidInput):
         repository.enqueue_many(conn, jobs)
-    assert conn.row("SELECT count(*) FROM sched_jobs") == (0,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all") == (0,)
     assert repository.enqueue_many(conn, []) == []
 
 

@@ -36,7 +36,7 @@ def _in_span() -> Iterator[None]:
 
 
 def _contexts(conn) -> list:
-    return [row[0] for row in conn.rows("SELECT trace_context FROM sched_jobs ORDER BY id")]
+    return [row[0] for row in conn.rows("SELECT trace_context FROM sched_jobs_all ORDER BY id")]
 
 
 def _add_every_way(dsn: str, conn) -> None:

@@ -101,7 +101,7 @@ def test_retrying_a_failed_job_gives_a_fresh_budget_and_wakes_workers(dsn: str, 
     assert result.queued == [job_id] and notes == ["default"]
     row = conn.row(
         "SELECT state::text, attempt, error, finished_at, worker_id, started_at, cancel_requested_at "
-        "FROM sched_jobs WHERE id = %s",
+        "FROM sched_jobs_all WHERE id = %s",
         (job_id,),
     )
     assert row == ("queued", 0, None, None, None, None, None)
@@ -126,7 +126,7 @@ def test_a_retried_cancelled_job_waits_again_for_unfinished_dependencies(dsn: st
     finish(dsn, worker, [claimed], "succeeded")
     result = repository.retry_job(conn, child)
     assert result.waiting == [child]
-    assert conn.row("SELECT pending_deps FROM sched_jobs WHERE id = %s", (child,)) == (1,)
+    assert conn.row("SELECT pending_deps FROM sched_jobs_all WHERE id = %s", (child,)) == (1,)
     finish(dsn, worker, start(dsn, worker), "succeeded")
     assert state(conn, child) == "queued"
 

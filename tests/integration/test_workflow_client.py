@@ -16,7 +16,7 @@ from pgsched.errors import InvalidInput, NotFound, WrongState
 
 def count(dsn: str) -> int:
     with psycopg.connect(dsn) as c:
-        return c.execute("SELECT count(*) FROM sched_jobs").fetchone()[0]  # type: ignore[index]
+        return c.execute("SELECT count(*) FROM sched_jobs_all").fetchone()[0]  # type: ignore[index]
 
 
 def wakeups(listener: psycopg.Connection) -> list[str]:
@@ -78,9 +78,9 @@ def test_own_connection_dedupe_bulk_and_dependencies(dsn: str) -> None:
         assert many[1].id == first.id and many[1].deduplicated
         chained = client.enqueue_many([{"task": "c", "after": [first.id]}])
     with psycopg.connect(dsn) as c:
-        rows = dict(c.execute("SELECT id, state::text FROM sched_jobs").fetchall())
+        rows = dict(c.execute("SELECT id, state::text FROM sched_jobs_all").fetchall())
         attempts, timeout = c.execute(
-            "SELECT max_attempts, extract(epoch FROM timeout) FROM sched_jobs WHERE id = %s", (first.id,)
+            "SELECT max_attempts, extract(epoch FROM timeout) FROM sched_jobs_all WHERE id = %s", (first.id,)
         ).fetchone()  # type: ignore[misc]
     assert rows[later.id] == "waiting" and rows[chained[0].id] == "waiting" and rows[at.id] == "queued"
     assert (attempts, float(timeout)) == (7, 120.0)
@@ -148,7 +148,9 @@ def test_bulk_keeps_each_jobs_payload_and_options(dsn: str) -> None:
         added = client.enqueue_many(specs)
     assert len(added) == len(specs) and not any(a.deduplicated for a in added)
     with psycopg.connect(dsn) as c:
-        rows = c.execute("SELECT id, task, queue, priority, payload, dedupe_key FROM sched_jobs ORDER BY id").fetchall()
+        rows = c.execute(
+            "SELECT id, task, queue, priority, payload, dedupe_key FROM sched_jobs_all ORDER BY id"
+        ).fetchall()
     assert [r[0] for r in rows] == [a.id for a in added]
     assert [r[4] for r in rows[:3000]] == [{"n": n} for n in range(3000)]
     assert {r[2] for r in rows[:3000]} == {"q"}

@@ -137,7 +137,7 @@ def test_concurrent_adds_never_pass_the_backlog_cap(dsn: str, conn: db.Connectio
         t.start()
     for t in threads:
         t.join()
-    assert conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'queued'") == (25,)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all WHERE state = 'queued'") == (25,)
     assert len(refused) == 60 - 25
 
 

@@ -27,7 +27,8 @@ def make_due(conn: db.Connection, name: str, ago: timedelta) -> datetime:
 
 def jobs_of(conn: db.Connection, name: str) -> list[tuple[str, datetime]]:
     rows = conn.rows(
-        "SELECT dedupe_key, run_at FROM sched_jobs WHERE dedupe_key LIKE %s ORDER BY run_at", (f"schedule:{name}:%",)
+        "SELECT dedupe_key, run_at FROM sched_jobs_all WHERE dedupe_key LIKE %s ORDER BY run_at",
+        (f"schedule:{name}:%",),
     )
     return [(r[0], r[1]) for r in rows]
 
@@ -48,7 +49,7 @@ def test_a_due_tick_enqueues_one_job_and_advances_the_schedule(dsn: str, conn: d
     conn.run("UPDATE sched_schedules SET next_run_at = %s", (due,))
     assert tick(dsn) == 1
     assert tick(dsn) == 0
-    row = conn.row("SELECT task, queue, payload, state::text, run_at FROM sched_jobs")
+    row = conn.row("SELECT task, queue, payload, state::text, run_at FROM sched_jobs_all")
     assert row == ("report", "reports", {"k": 1}, "queued", due)
     (found,) = repository.list_schedules(conn)
     assert found["last_tick"] == due and found["next_run_at"] == due + timedelta(hours=1)
@@ -101,7 +102,7 @@ def test_many_concurrent_tickers_enqueue_each_tick_exactly_once(dsn: str, conn: 
                 await c.close()
 
     enqueued = asyncio.run(tickers())
-    keys = [r[0] for r in conn.rows("SELECT dedupe_key FROM sched_jobs")]
+    keys = [r[0] for r in conn.rows("SELECT dedupe_key FROM sched_jobs_all")]
     assert len(keys) == len(set(keys)) == enqueued
     for n in range(5):
         assert len(jobs_of(conn, f"s{n}")) in (21, 22)

@@ -38,7 +38,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pgsched import db, repository
+from pgsched import admin, db, repository
 from pgsched.errors import InvalidInput, WrongState
 from pgsched.models import ClaimedJob, NewJob, Outcome, OutcomeKind
 
@@ -204,9 +204,10 @@ class Harness:
 
     def reset(self) -> None:
         self.conn.run(
-            "TRUNCATE sched_jobs, sched_job_deps, sched_workers, sched_queues, sched_schedules, sched_group_buckets"
-            " RESTART IDENTITY"
+            "TRUNCATE sched_jobs, sched_job_history, sched_job_deps, sched_workers, sched_queues, sched_schedules,"
+            " sched_group_buckets RESTART IDENTITY"
         )
+        self.conn.run("UPDATE sched_history SET current_slot = 0, since = now()")
 
     def close(self) -> None:
         for conn in [*self.worker_conns.values(), self.reaper]:
@@ -323,7 +324,7 @@ class ProtocolModel(RuleBasedStateMachine):
     def _row(self, job_id: int) -> tuple | None:
         return self.h.conn.row(
             "SELECT state::text, attempt, lease, worker_id::text, result, progress, error, max_attempts"
-            " FROM sched_jobs WHERE id = %s",
+            " FROM sched_jobs_all WHERE id = %s",
             (job_id,),
         )
 
@@ -448,7 +449,7 @@ class ProtocolModel(RuleBasedStateMachine):
         if segments.full or control.max_running is not None or control.group_concurrency is not None:
             return None
         rows = self.h.conn.rows(
-            "SELECT id, priority, run_at, deferred, run_at < now() - interval '1 second' FROM sched_jobs"
+            "SELECT id, priority, run_at, deferred, run_at < now() - interval '1 second' FROM sched_jobs_all"
             " WHERE id = ANY(%s)",
             ([j.id for j in claimable],),
         )
@@ -987,20 +988,40 @@ class ProtocolModel(RuleBasedStateMachine):
 
     @rule(batch=st.integers(1, 5))
     def cleanup(self, batch: int) -> None:
-        # A failed or cancelled job stays while a job depends on it (its retry must still wait for it).
+        # A failed or cancelled job stays while a job depends on it (its retry must still wait for it). Succeeded
+        # jobs are in the history, which cleanup empties a slot at a time (cleanup_history).
         parents = {p for j in self.jobs.values() for p in j.parents}
-        finished = {
-            i for i, j in self.jobs.items() if j.state in TERMINAL and (j.state == "succeeded" or i not in parents)
-        }
+        finished = {i for i, j in self.jobs.items() if j.state in ("failed", "cancelled") and i not in parents}
         counts = repository.delete_finished_batch(self.h.conn, 0.0, batch)
         assert counts.total == min(batch, len(finished)), f"cleanup deleted {counts}, {len(finished)} deletable"
-        left = {r[0] for r in self.h.conn.rows("SELECT id FROM sched_jobs")}
+        left = {r[0] for r in self.h.conn.rows("SELECT id FROM sched_jobs_all")}
         gone = set(self.jobs) - left
         assert gone <= finished, f"cleanup deleted jobs it must keep {sorted(gone - finished)}"
         if any(self.jobs[i].state in ("failed", "cancelled") and i in parents for i in self.jobs):
             self.h.seen["cleanup kept a failed or cancelled parent"] += 1
         assert len(gone) == counts.total
         for job_id in gone:
+            del self.jobs[job_id]
+        for job in self.jobs.values():
+            job.parents &= left
+
+    @rule()
+    def cleanup_history(self) -> None:
+        """Cleanup with a retention of nothing: the slot taking new rows moves on, and every other slot is emptied
+        with its jobs' edges: every succeeded job goes, nothing else."""
+        succeeded = {i for i, j in self.jobs.items() if j.state == "succeeded"}
+        emptied, held = admin.empty_history_slots(self.h.conn, 0.0)
+        assert held == len(succeeded), f"emptied {emptied} holding {held} jobs, {len(succeeded)} succeeded"
+        if held:
+            self.h.seen["cleanup emptied a history slot"] += 1
+        left = {r[0] for r in self.h.conn.rows("SELECT id FROM sched_jobs_all")}
+        assert set(self.jobs) - left == succeeded
+        edges = self.h.conn.rows(
+            "SELECT count(*) FROM sched_job_deps WHERE job_id <> ALL(%(left)s) OR depends_on <> ALL(%(left)s)",
+            {"left": sorted(left)},
+        )
+        assert edges == [(0,)], "edges of deleted jobs left behind"
+        for job_id in succeeded:
             del self.jobs[job_id]
         for job in self.jobs.values():
             job.parents &= left
@@ -1014,7 +1035,7 @@ class ProtocolModel(RuleBasedStateMachine):
         assert self.h.run(repository.promote_due(self.h.reaper, marks=self.due_marks)) >= 0
         if full:
             (left,) = self.h.conn.row(
-                "SELECT count(*) FROM sched_jobs WHERE state = 'queued' AND deferred AND run_at <= now()"
+                "SELECT count(*) FROM sched_jobs_all WHERE state = 'queued' AND deferred AND run_at <= now()"
             )
             assert left == 0, f"{left} due deferred job(s) left after a full promotion pass"
 
@@ -1038,7 +1059,7 @@ class ProtocolModel(RuleBasedStateMachine):
         rows = self.h.conn.rows(
             "SELECT id, queue, task, state::text, attempt, max_attempts, lease, worker_id::text, dedupe_key,"
             " pending_deps, cancel_requested_at IS NOT NULL, result, progress, run_at <= now(), priority,"
-            " finished_at IS NOT NULL FROM sched_jobs ORDER BY id"
+            " finished_at IS NOT NULL FROM sched_jobs_all ORDER BY id"
         )
         assert [r[0] for r in rows] == sorted(self.jobs), "jobs in the database differ from the model's"
         for (
@@ -1087,7 +1108,7 @@ class ProtocolModel(RuleBasedStateMachine):
     def one_live_job_per_key(self) -> None:
         self.h.seen["steps checked"] += 1
         twice = self.h.conn.rows(
-            "SELECT queue, dedupe_key, count(*) FROM sched_jobs WHERE dedupe_key IS NOT NULL"
+            "SELECT queue, dedupe_key, count(*) FROM sched_jobs_all WHERE dedupe_key IS NOT NULL"
             " AND state IN ('waiting', 'queued', 'running') GROUP BY 1, 2 HAVING count(*) > 1"
         )
         assert twice == [], f"several live jobs hold one key: {twice}"

@@ -34,7 +34,7 @@ def pickup_latencies(dsn: str, producer_url: str) -> list[float]:
     rows = query(
         dsn,
         "SELECT extract(epoch FROM e.at - j.created_at)::float8 FROM executions e"
-        " JOIN sched_jobs j ON j.id = e.job_id WHERE e.job_id = ANY(%s)",
+        " JOIN sched_jobs_all j ON j.id = e.job_id WHERE e.job_id = ANY(%s)",
         (ids,),
     )
     return [seconds for (seconds,) in rows]

@@ -54,12 +54,12 @@ def test_every_command_and_two_workers_through_pgbouncer(dsn, pooled_dsn, pgboun
         assert worker.wait(timeout=120) == 0, worker.log()[-3000:]
 
     # The failed jobs go back through the pooler and run their second attempt.
-    assert query(dsn, "SELECT count(*) FROM sched_jobs WHERE state = 'failed'") == [(5,)]
+    assert query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state = 'failed'") == [(5,)]
     sched_via(pooled_dsn, "retry", "--failed")
     again = start_pooled_worker("--burst", "--concurrency", "4")
     assert again.wait(timeout=60) == 0, again.log()[-3000:]
 
-    states = dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1"))
+    states = dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs_all GROUP BY 1"))
     assert states == {"succeeded": len(added) + len(failing), "cancelled": 1}
     runs = dict(query(dsn, "SELECT job_id, count(*) FROM executions GROUP BY 1"))
     assert runs == {**dict.fromkeys(added, 1), **dict.fromkeys(failing, 2)}
@@ -73,7 +73,7 @@ def test_every_command_and_two_workers_through_pgbouncer(dsn, pooled_dsn, pgboun
     time.sleep(1.1)
     cleaned = json.loads(sched_via(pooled_dsn, "cleanup", "--older-than", "1s", "--json").stdout)
     assert cleaned["deleted"] == len(added) + len(failing) + 1
-    assert query(dsn, "SELECT count(*) FROM sched_jobs") == [(0,)]
+    assert query(dsn, "SELECT count(*) FROM sched_jobs_all") == [(0,)]
 
     for worker in [*workers, again]:
         log = worker.log()

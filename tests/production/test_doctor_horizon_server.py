@@ -91,7 +91,7 @@ def test_a_standby_with_feedback_then_its_abandoned_slot(server: PrivateServer) 
     )
     with psycopg.connect(standby.dsn("sched")) as report:
         report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        report.execute("SELECT count(*) FROM sched_jobs")  # the standby's feedback now carries this snapshot
+        report.execute("SELECT count(*) FROM sched_jobs_all")  # the standby's feedback now carries this snapshot
         deadline = time.monotonic() + 30
         while True:
             _burn_xids(dsn, 25)
@@ -129,7 +129,7 @@ def test_a_standby_without_slot_is_named_by_its_feedback(server: PrivateServer) 
     standby = server.standby("analytics", settings={"hot_standby_feedback": "on"})
     with psycopg.connect(standby.dsn("sched")) as report:
         report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        report.execute("SELECT count(*) FROM sched_jobs")
+        report.execute("SELECT count(*) FROM sched_jobs_all")
         deadline = time.monotonic() + 30
         while True:
             _burn_xids(dsn, 25)

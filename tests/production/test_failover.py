@@ -160,7 +160,7 @@ def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs
     wait_for(lambda: all(status(port) == 200 for port in ports), 30, "both workers to be healthy")
 
     def succeeded(dsn: str) -> int:
-        rows = quietly(dsn, "SELECT count(*) FROM sched_jobs WHERE state = 'succeeded'")
+        rows = quietly(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state = 'succeeded'")
         return rows[0][0] if rows else 0
 
     wait_for(lambda: succeeded(primary.dsn("sched")) >= JOBS // 4, 60, "a quarter of the jobs to finish")
@@ -174,7 +174,7 @@ def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs
     promoted = time.monotonic()
     new = standby.dsn("sched")
     first = wait_for(
-        lambda: scalar(new, "SELECT min(finished_at) FROM sched_jobs WHERE finished_at > %s", (promoted_at,)),
+        lambda: scalar(new, "SELECT min(finished_at) FROM sched_jobs_all WHERE finished_at > %s", (promoted_at,)),
         60,
         "a job to finish on the new primary",
     )
@@ -194,12 +194,12 @@ def test_workers_carry_on_after_a_failover(commit: str, pair, start_worker, runs
     later = [q for q in json.loads(shown.stdout)["queues"] if q["queue"] == "later"]
     assert later and 3 <= later[0]["queued"] <= 4
 
-    states = dict(query(new, "SELECT state::text, count(*) FROM sched_jobs WHERE queue = 'default' GROUP BY 1"))
+    states = dict(query(new, "SELECT state::text, count(*) FROM sched_jobs_all WHERE queue = 'default' GROUP BY 1"))
     assert states == {"succeeded": JOBS}
     runs = dict(query(runs_dsn, "SELECT job_id, count(*) FROM failover_runs GROUP BY job_id"))
     assert len(runs) == JOBS, "a job succeeded that no handler ran"
     reruns = sum(runs.values()) - JOBS
-    visible = scalar(new, "SELECT count(*) FROM sched_jobs WHERE attempt > 1")
+    visible = scalar(new, "SELECT count(*) FROM sched_jobs_all WHERE attempt > 1")
     # At least once, and bounded: a re-run is a job some worker held (claimed, running or with its outcome
     # not yet on the standby) at the crash; two workers hold at most a claim batch and their slots each.
     assert reruns <= 2 * 2 * CONCURRENCY + len(workers) * 500

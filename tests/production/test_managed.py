@@ -41,7 +41,7 @@ def test_owner_without_createrole_migrates(owner_url, sched_at) -> None:
     drained = sched_at(url, "worker", "--burst", "--no-listen")
     assert drained.returncode == 0, drained.stderr
     with psycopg.connect(admin_dsn, autocommit=True) as c:
-        assert c.execute("SELECT state::text FROM sched_jobs").fetchall() == [("succeeded",)]
+        assert c.execute("SELECT state::text FROM sched_jobs_all").fetchall() == [("succeeded",)]
 
 
 def test_roles_without_createrole_names_the_missing_privilege(owner_url, sched_at) -> None:
@@ -81,7 +81,7 @@ def test_owner_grants_to_roles_an_admin_created(owner_url, sched_at) -> None:
     assert drained.returncode == 0, drained.stderr
     assert existing_roles(admin_dsn) == {*ROLES}
     with psycopg.connect(admin_dsn, autocommit=True) as c:
-        assert c.execute("SELECT state::text FROM sched_jobs").fetchall() == [("succeeded",)]
+        assert c.execute("SELECT state::text FROM sched_jobs_all").fetchall() == [("succeeded",)]
 
 
 def test_an_owner_of_the_schema_only_is_told_to_own_the_database(make_server, sched_at) -> None:

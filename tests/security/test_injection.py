@@ -65,7 +65,7 @@ def assert_intact(conn: db.Connection, canary: int) -> None:
     """Every sched table exists and the canary job is untouched."""
     for table in SCHED_TABLES:
         assert conn.row("SELECT to_regclass(%s) IS NOT NULL", [table])[0], table
-    assert conn.row("SELECT task, state::text, payload FROM sched_jobs WHERE id = %s", [canary]) == (
+    assert conn.row("SELECT task, state::text, payload FROM sched_jobs_all WHERE id = %s", [canary]) == (
         "canary",
         "queued",
         {"alive": True},
@@ -80,7 +80,7 @@ def test_cli_stores_hostile_keys_and_payloads_literally(
     result = sched("add", "t", "--key", text, "--payload", json.dumps(payload), "--json")
     assert result.returncode == 0, result.stderr
     job_id = json.loads(result.stdout)["id"]
-    assert conn.row("SELECT dedupe_key, payload FROM sched_jobs WHERE id = %s", [job_id]) == (text, payload)
+    assert conn.row("SELECT dedupe_key, payload FROM sched_jobs_all WHERE id = %s", [job_id]) == (text, payload)
     shown = sched("status", str(job_id), "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["payload"] == payload
@@ -102,7 +102,7 @@ def test_cli_refuses_hostile_names(sched: Callable, conn: db.Connection, canary:
         assert stdout == ""
         assert stderr.startswith(f"Error: invalid {what} name "), stderr
         assert len(stderr.splitlines()) == 1
-    assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 1
+    assert conn.row("SELECT count(*) FROM sched_jobs_all")[0] == 1
     assert_intact(conn, canary)
 
 
@@ -121,7 +121,7 @@ def test_jsonl_with_hostile_values(sched: Callable, conn: db.Connection, canary:
     result = sched("add", "--jsonl", str(path))
     assert result.returncode == 0, result.stderr
     ids = [int(i) for i in result.stdout.split()]
-    rows = conn.rows("SELECT dedupe_key, payload->>'s' FROM sched_jobs WHERE id = ANY(%s) ORDER BY id", [ids])
+    rows = conn.rows("SELECT dedupe_key, payload->>'s' FROM sched_jobs_all WHERE id = ANY(%s) ORDER BY id", [ids])
     assert rows == [(text, text) for text in HOSTILE]
     # NUL cannot be stored in text or jsonb: refused up front with the line named, whatever field carries it.
     for line_no, field in enumerate(['"key": "a\\u0000b"', '"payload": {"s": "\\u0000"}', '"queue": "q\\u0000"'], 1):
@@ -130,7 +130,7 @@ def test_jsonl_with_hostile_values(sched: Callable, conn: db.Connection, canary:
         refused = sched("add", "--jsonl", str(path))
         assert refused.returncode == 2, refused.stderr
         assert refused.stderr.startswith(f"Error: line {line_no}: "), refused.stderr
-    assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 1 + len(HOSTILE)
+    assert conn.row("SELECT count(*) FROM sched_jobs_all")[0] == 1 + len(HOSTILE)
     assert_intact(conn, canary)
 
 
@@ -158,7 +158,7 @@ def test_database_constraints_refuse_unvalidated_names(conn: db.Connection, cana
             repository.enqueue(conn, job)
         with pytest.raises(InvalidInput):
             repository.enqueue_many(conn, [NewJob(task="t"), job])
-    assert conn.row("SELECT count(*) FROM sched_jobs")[0] == 1
+    assert conn.row("SELECT count(*) FROM sched_jobs_all")[0] == 1
     assert_intact(conn, canary)
 
 
@@ -199,6 +199,6 @@ def test_runtime_code_never_formats_values_into_sql() -> None:
 
 
 def test_the_check_above_can_see_a_formatted_query() -> None:
-    sample = ast.parse("conn.rows(f\"SELECT * FROM sched_jobs WHERE queue = '{queue}'\")").body[0].value
+    sample = ast.parse("conn.rows(f\"SELECT * FROM sched_jobs_all WHERE queue = '{queue}'\")").body[0].value
     assert _built_sql(sample.args[0])
     assert not _built_sql(ast.parse('conn.rows(query("JobGet"), {"id": 1})').body[0].value.args[0])

@@ -102,8 +102,8 @@ def test_every_sched_table_has_a_grant_decision(conn: db.Connection) -> None:
     tables = [
         name
         for (name,) in conn.rows(
-            "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'sched\\_%%' "
-            "AND relnamespace = current_schema()::regnamespace"
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p', 'v') AND NOT relispartition "
+            "AND relname LIKE 'sched\\_%%' AND relnamespace = current_schema()::regnamespace"
         )
     ]
     assert "sched_jobs" in tables
@@ -155,6 +155,13 @@ def test_producer_cannot_claim_delete_change_state_or_ddl(
         _refused(producer, "UPDATE sched_jobs SET payload = '{\"evil\": 1}' WHERE id = %(id)s", {"id": job_id})
         _refused(producer, "DELETE FROM sched_jobs")
         _refused(producer, "DELETE FROM sched_job_deps")
+        _refused(producer, "DELETE FROM sched_job_history")
+        # Finishing a job (which moves its row into the history) is the worker's alone.
+        _refused(
+            producer,
+            "SELECT * FROM sched_finish_succeeded(gen_random_uuid(), ARRAY[%(id)s]::bigint[], '{1}', NULL)",
+            {"id": job_id},
+        )
         _refused(
             producer,
             "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency) "
@@ -168,7 +175,7 @@ def test_producer_cannot_claim_delete_change_state_or_ddl(
     cleanup = sched("cleanup", "--older-than", "1s", env={"SCHED_DATABASE_URL": roles["producer"]})
     assert cleanup.returncode == 1
     assert "permission denied" in cleanup.stderr
-    assert conn.row("SELECT state::text, payload FROM sched_jobs WHERE id = %s", [job_id]) == ("queued", {})
+    assert conn.row("SELECT state::text, payload FROM sched_jobs_all WHERE id = %s", [job_id]) == ("queued", {})
 
 
 # --- sched_worker --------------------------------------------------------------------------------------------
@@ -182,7 +189,7 @@ def test_worker_claims_runs_and_records_outcomes(roles: dict[str, str], sched: C
     env = {"SCHED_DATABASE_URL": roles["worker"]}
     run = sched("worker", "--burst", "--concurrency", "4", env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    states = dict(conn.rows("SELECT id, state::text FROM sched_jobs"))
+    states = dict(conn.rows("SELECT id, state::text FROM sched_jobs_all"))
     assert states == {ok: "succeeded", after: "succeeded", failing: "failed", doomed: "cancelled"}
     assert conn.row("SELECT count(*) FROM sched_workers")[0] == 0
     reap = sched("reap", "--json", env=env)
@@ -227,6 +234,8 @@ def test_worker_cannot_delete_rewrite_jobs_or_ddl(roles: dict[str, str], sched: 
     job_id = int(sched("add", "t", "--payload", '{"a": 1}').stdout)
     with db.connect(roles["worker"]) as worker:
         _refused(worker, "DELETE FROM sched_jobs")
+        _refused(worker, "DELETE FROM sched_job_history")
+        _refused(worker, "TRUNCATE sched_job_history")
         for column, value in (("payload", "'{}'"), ("task", "'other'"), ("queue", "'other'"), ("priority", "5")):
             _refused(worker, f"UPDATE sched_jobs SET {column} = {value} WHERE id = %(id)s", {"id": job_id})
         _refused(worker, "INSERT INTO sched_job_deps (job_id, depends_on) VALUES (%(id)s, %(id)s)", {"id": job_id})
@@ -240,7 +249,7 @@ def test_worker_cannot_delete_rewrite_jobs_or_ddl(roles: dict[str, str], sched: 
     cleanup = sched("cleanup", "--older-than", "1s", env={"SCHED_DATABASE_URL": roles["worker"]})
     assert cleanup.returncode == 1
     assert "permission denied" in cleanup.stderr
-    assert conn.row("SELECT task, payload FROM sched_jobs WHERE id = %s", [job_id]) == ("t", {"a": 1})
+    assert conn.row("SELECT task, payload FROM sched_jobs_all WHERE id = %s", [job_id]) == ("t", {"a": 1})
 
 
 def test_named_queries_exist() -> None:

@@ -14,7 +14,18 @@ HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 def test_every_query_name_is_unique_sorted_and_in_its_entitys_file() -> None:
     files = {path.stem: HEADER.findall(path.read_text()) for path in sqlfiles.query_files()}
-    assert set(files) == {"admin", "bench", "browse", "bulk", "jobs", "queues", "reads", "schedules", "workers"}
+    assert set(files) == {
+        "admin",
+        "bench",
+        "browse",
+        "bulk",
+        "history",
+        "jobs",
+        "queues",
+        "reads",
+        "schedules",
+        "workers",
+    }
     names = [name for found in files.values() for name in found]
     assert len(names) == len(set(names))
     assert sorted(names) == sorted(queries())

@@ -53,7 +53,7 @@ def mixed(conn: db.Connection) -> db.Connection:
             "SELECT %(q)s, 't' || (g %% 3), 'waiting', 1 FROM generate_series(1, 20) g RETURNING id",
             {"q": queue},
         )
-        ready = conn.row("SELECT min(id) FROM sched_jobs WHERE queue = %(q)s AND state = 'queued'", {"q": queue})
+        ready = conn.row("SELECT min(id) FROM sched_jobs_all WHERE queue = %(q)s AND state = 'queued'", {"q": queue})
         conn.run(
             "INSERT INTO sched_job_deps (job_id, depends_on) SELECT unnest(%s::bigint[]), %s",
             ([r[0] for r in waiting], ready[0]),  # type: ignore[index]
@@ -68,7 +68,8 @@ def expected(conn: db.Connection, state: str, task: str | None, group: str | Non
     return [
         r[0]
         for r in conn.rows(
-            f"SELECT id FROM sched_jobs WHERE queue = 'q' AND {where} AND (%(task)s::text IS NULL OR task = %(task)s) "
+            f"SELECT id FROM sched_jobs_all WHERE queue = 'q' AND {where} "
+            "AND (%(task)s::text IS NULL OR task = %(task)s) "
             f"AND (%(group)s::text IS NULL OR group_name = %(group)s) ORDER BY {order}",
             {"task": task, "group": group},
         )
@@ -117,7 +118,7 @@ def test_a_filter_no_index_serves_stops_at_the_walk_budget(mixed: db.Connection)
 
 
 def test_a_key_finds_its_live_holder_through_the_key_index(mixed: db.Connection) -> None:
-    holder = mixed.row("SELECT id FROM sched_jobs WHERE queue = 'q' AND dedupe_key = 'k10'")[0]  # type: ignore[index]
+    holder = mixed.row("SELECT id FROM sched_jobs_all WHERE queue = 'q' AND dedupe_key = 'k10'")[0]  # type: ignore[index]
     assert [j["id"] for j in repository.browse_jobs(mixed, "q", key="k10").jobs] == [holder]
     assert [j["id"] for j in repository.browse_jobs(mixed, "q", state="queued", key="k10").jobs] == [holder]
     assert repository.browse_jobs(mixed, "q", state="scheduled", key="k10").jobs == []

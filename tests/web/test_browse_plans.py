@@ -46,7 +46,7 @@ def crowded(dsn: str, conn: db.Connection) -> str:
     conn.run(
         "WITH w AS (INSERT INTO sched_jobs (queue, task, state, pending_deps) "
         "SELECT 'default', 'sched.noop', 'waiting', 1 FROM generate_series(1, 500) RETURNING id) "
-        "INSERT INTO sched_job_deps (job_id, depends_on) SELECT id, (SELECT max(id) - 600 FROM sched_jobs) FROM w"
+        "INSERT INTO sched_job_deps (job_id, depends_on) SELECT id, (SELECT max(id) - 600 FROM sched_jobs_all) FROM w"
     )
     conn.run("VACUUM ANALYZE sched_jobs")
     conn.run("VACUUM ANALYZE sched_job_deps")

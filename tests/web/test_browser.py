@@ -89,7 +89,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriv
 
 
 def state_of(conn: db.Connection, job_id: int) -> str:
-    return conn.row("SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,))[0]  # type: ignore[index]
+    return conn.row("SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,))[0]  # type: ignore[index]
 
 
 def test_every_page_renders_and_retry_and_cancel_work(
@@ -164,6 +164,6 @@ def test_a_bulk_retry_from_the_failures_page_previews_then_retries(
     browser.find_element(By.ID, "confirm").click()
     wait.until(lambda d: d.find_element(By.ID, "bulk-done").text.startswith("retried 1 of 1 matching job(s)"))
     assert state_of(conn, ids["failed"]) == "queued"
-    assert conn.row("SELECT state::text FROM sched_jobs WHERE queue = 'other'") == ("failed",)
+    assert conn.row("SELECT state::text FROM sched_jobs_all WHERE queue = 'other'") == ("failed",)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

@@ -23,7 +23,7 @@ def hidden_fields(html: str) -> dict[str, str]:
 
 
 def states(conn: db.Connection) -> list[tuple]:
-    return conn.rows("SELECT id, state::text, attempt FROM sched_jobs ORDER BY id")
+    return conn.rows("SELECT id, state::text, attempt FROM sched_jobs_all ORDER BY id")
 
 
 def add_failures(conn: db.Connection, n: int) -> list[int]:
@@ -62,7 +62,7 @@ def test_a_bulk_retry_previews_then_acts_on_confirmation(client: TestClient, con
     assert "retried 4 of 4 matching job(s): 4 queued, 0 waiting on dependencies, 0 refused" in done.text
     assert {(s, a) for i, s, a in states(conn) if i in (seeded["failed"], *more)} == {("queued", 0)}
     # The other queue's failure with the same error did not match.
-    assert conn.row("SELECT state::text FROM sched_jobs WHERE queue = 'other'") == ("failed",)
+    assert conn.row("SELECT state::text FROM sched_jobs_all WHERE queue = 'other'") == ("failed",)
     # Posting the same form again changes nothing.
     again = client.post("/bulk/retry", data=form)
     assert "retried 0 of 0 matching job(s)" in again.text
@@ -73,9 +73,9 @@ def test_a_bulk_cancel_by_task_cancels_and_asks(client: TestClient, conn: db.Con
     assert re.search(r"<strong>1</strong> job\(s\) match", preview.text)  # the running one
     done = client.post("/bulk/cancel", data=hidden_fields(preview.text))
     assert "cancelled 0 of 1 matching job(s) and 0 dependent job(s); asked the workers of 1 running" in done.text
-    assert conn.row("SELECT cancel_requested_at IS NOT NULL FROM sched_jobs WHERE id = %s", (seeded["running"],)) == (
-        True,
-    )
+    assert conn.row(
+        "SELECT cancel_requested_at IS NOT NULL FROM sched_jobs_all WHERE id = %s", (seeded["running"],)
+    ) == (True,)
 
 
 def test_a_bulk_post_needs_the_sessions_token(client: TestClient, conn: db.Connection, seeded) -> None:
@@ -116,7 +116,7 @@ def test_read_only_refuses_bulk_actions(dsn: str, conn: db.Connection, seeded) -
         refused = client.post("/bulk/retry", data={"csrf": token, "queue": "web"})
         assert refused.status_code == 403 and "this dashboard is read-only" in refused.text
     app.state.database.close()
-    assert conn.row("SELECT state::text FROM sched_jobs WHERE id = %s", (seeded["failed"],)) == ("failed",)
+    assert conn.row("SELECT state::text FROM sched_jobs_all WHERE id = %s", (seeded["failed"],)) == ("failed",)
 
 
 def test_a_queues_jobs_page_links_the_bulk_actions_that_fit_its_filter(client: TestClient, seeded) -> None:

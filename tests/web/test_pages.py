@@ -17,7 +17,7 @@ from tests.web.conftest import cost_of, csrf_of
 
 
 def state_of(conn: db.Connection, job_id: int) -> str:
-    return conn.row("SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,))[0]  # type: ignore[index]
+    return conn.row("SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,))[0]  # type: ignore[index]
 
 
 def test_the_queues_page_shows_the_live_figures_and_controls(client: TestClient, conn: db.Connection, seeded) -> None:

@@ -247,7 +247,7 @@ def scalar(dsn: str, sql: str, params: Any = None) -> Any:
 
 def states(dsn: str) -> dict[str, int]:
     """Job counts by state."""
-    return dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs GROUP BY 1"))
+    return dict(query(dsn, "SELECT state::text, count(*) FROM sched_jobs_all GROUP BY 1"))
 
 
 def worker_rows(dsn: str) -> int:

@@ -38,7 +38,7 @@ async def test_a_cancel_notify_for_a_job_claimed_ahead_keeps_its_handler_from_st
             await worker.run_next()
         assert await worker.flush()
     assert ran == [first]
-    assert query(dsn, "SELECT id, state::text FROM sched_jobs ORDER BY id") == [
+    assert query(dsn, "SELECT id, state::text FROM sched_jobs_all ORDER BY id") == [
         (first, "succeeded"),
         (second, "cancelled"),
     ]
@@ -57,4 +57,4 @@ async def test_the_cancel_poll_finds_a_job_claimed_ahead_while_nothing_runs(dsn,
         assert await worker.flush()
         assert worker.worker.executor.in_flight == 0
     assert ran == []
-    assert query(dsn, "SELECT state::text, error FROM sched_jobs") == [("cancelled", "cancelled on request")]
+    assert query(dsn, "SELECT state::text, error FROM sched_jobs_all") == [("cancelled", "cancelled on request")]

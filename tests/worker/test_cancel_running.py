@@ -38,7 +38,7 @@ async def test_a_cancel_notify_stops_the_run_of_its_job(dsn, conn) -> None:
         await worker.worker.listener.receive_once(listening, timeout=5)
         await asyncio.wait_for(run, 5)
         assert await worker.flush()
-    assert query(dsn, "SELECT state::text, error FROM sched_jobs") == [("cancelled", "cancelled on request")]
+    assert query(dsn, "SELECT state::text, error FROM sched_jobs_all") == [("cancelled", "cancelled on request")]
 
 
 async def test_a_handler_that_raises_after_its_cancel_was_requested_ends_cancelled(dsn, conn) -> None:
@@ -62,7 +62,7 @@ async def test_a_handler_that_raises_after_its_cancel_was_requested_ends_cancell
         await worker.service(CancelPoll).run_once(await worker.control())
         await asyncio.wait_for(run, 5)
         assert await worker.flush()
-    assert query(dsn, "SELECT state::text, attempt, error FROM sched_jobs") == [
+    assert query(dsn, "SELECT state::text, attempt, error FROM sched_jobs_all") == [
         ("cancelled", 1, "cancelled on request")
     ]
 
@@ -95,7 +95,7 @@ async def test_a_cancel_request_does_not_switch_off_a_sync_jobs_timeout(dsn, con
         assert executor.abandoned_threads == 1
         assert executor.running == {} and executor.in_flight == 0
         assert await worker.flush()
-        assert query(dsn, "SELECT state::text, attempt, error FROM sched_jobs") == [
+        assert query(dsn, "SELECT state::text, attempt, error FROM sched_jobs_all") == [
             ("cancelled", 1, "cancelled on request")
         ]
         await until(lambda: executor.abandoned_threads == 0, message="the abandoned handler to return")
@@ -108,9 +108,9 @@ def test_a_worker_abandons_a_cancelled_sync_job_at_its_timeout(dsn, sched, start
     started = time.monotonic()
     assert sched("cancel", str(job_id)).returncode == 0
     # The handler ignores the request and sleeps on; at its timeout the worker stops waiting for it.
-    wait_for(lambda: query(dsn, "SELECT state::text FROM sched_jobs") == [("cancelled",)], 10, "the cancel")
+    wait_for(lambda: query(dsn, "SELECT state::text FROM sched_jobs_all") == [("cancelled",)], 10, "the cancel")
     assert time.monotonic() - started < 5
-    assert query(dsn, "SELECT attempt, error FROM sched_jobs") == [(1, "cancelled on request")]
+    assert query(dsn, "SELECT attempt, error FROM sched_jobs_all") == [(1, "cancelled on request")]
     assert query(dsn, "SELECT phase FROM executions") == [("start",)]
     # The slot is free again at once, though the abandoned handler still sleeps.
     [after] = add_jobs("count")

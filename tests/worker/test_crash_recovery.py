@@ -21,13 +21,13 @@ def test_another_worker_requeues_a_killed_workers_jobs(dsn, start_worker, add_jo
     wait_for(lambda: len(run_rows(dsn, "start")) == 4, 20, "four jobs to start")
     doomed.send(signal.SIGKILL)
     assert doomed.wait(timeout=10) == -signal.SIGKILL
-    assert query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs") == [("running", 1)]
+    assert query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs_all") == [("running", 1)]
 
     rescuer = start_worker("--concurrency", "4", "--stale-after", "2s")
     # Stale after 2 s, found by the rescuer's next reap (every 5 s, jittered up to 6 s); generous slack on top.
     wait_for(lambda: run_rows(dsn, "end") == {(i, 2) for i in ids}, 2 + 6 + 12, "the jobs to finish on attempt 2")
     wait_for(
-        lambda: query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs") == [("succeeded", 2)],
+        lambda: query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs_all") == [("succeeded", 2)],
         10,
         "the outcomes to be written",
     )
@@ -58,13 +58,13 @@ def test_sched_reap_requeues_a_killed_workers_jobs(dsn, sched, start_worker, add
         return json.loads(result.stdout)["requeued"] == ids
 
     wait_for(reaped, 15, "sched reap to requeue the jobs", interval=0.5)
-    rows = query(dsn, "SELECT state::text, attempt, worker_id, error FROM sched_jobs ORDER BY id")
+    rows = query(dsn, "SELECT state::text, attempt, worker_id, error FROM sched_jobs_all ORDER BY id")
     assert rows == [("queued", 1, None, "worker lost (attempt 1 of 3)")] * 3
     assert worker_rows(dsn) == 0
 
     finisher = start_worker("--burst", "--concurrency", "3")
     assert finisher.wait(timeout=30) == 0
-    assert query(dsn, "SELECT DISTINCT state::text, attempt, error FROM sched_jobs") == [("succeeded", 2, None)]
+    assert query(dsn, "SELECT DISTINCT state::text, attempt, error FROM sched_jobs_all") == [("succeeded", 2, None)]
     assert run_rows(dsn, "end") == {(i, 2) for i in ids}
 
 
@@ -74,9 +74,9 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(dsn, sc
     job_id = int(added.stdout)
     deadline = time.monotonic() + 45
     deaths = 0
-    while scalar(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,)) != "failed":
+    while scalar(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,)) != "failed":
         assert time.monotonic() < deadline, "the job never failed"
-        if scalar(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,)) == "queued":
+        if scalar(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,)) == "queued":
             worker = start_worker("--concurrency", "1", "--stale-after", "2s")
             assert worker.wait(timeout=20) == -signal.SIGKILL, worker.log()[-2000:]
             deaths += 1
@@ -84,7 +84,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(dsn, sc
         assert reaped.returncode == 0, reaped.stderr
         time.sleep(0.5)
     assert deaths == 2
-    row = query(dsn, "SELECT attempt, max_attempts, error, finished_at IS NOT NULL FROM sched_jobs")
+    row = query(dsn, "SELECT attempt, max_attempts, error, finished_at IS NOT NULL FROM sched_jobs_all")
     assert row == [(2, 2, "worker lost (attempt 2 of 2)", True)]
     assert run_rows(dsn, "run") == {(job_id, 1), (job_id, 2)}
     assert worker_rows(dsn) == 0

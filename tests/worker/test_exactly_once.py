@@ -16,7 +16,7 @@ def assert_each_ran_once(dsn: str, ids: list[int]) -> None:
     assert set(runs) == set(ids)
     assert set(runs.values()) == {1}, {job: n for job, n in runs.items() if n != 1}
     assert states(dsn) == {"succeeded": len(ids)}
-    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs") == [(1,)]
+    assert query(dsn, "SELECT DISTINCT attempt FROM sched_jobs_all") == [(1,)]
     assert query(dsn, "SELECT DISTINCT attempt FROM executions") == [(1,)]
     assert worker_rows(dsn) == 0
 

@@ -14,7 +14,7 @@ def test_json_results_are_stored_and_non_json_fails_the_job_without_retry(dsn, s
     [bad] = add_jobs("not_json")
     worker = start_worker("--burst", "--concurrency", "2")
     assert worker.wait(timeout=30) == 0, worker.log()[-2000:]
-    rows = dict((r[0], r[1:]) for r in query(dsn, "SELECT id, state::text, attempt, result, error FROM sched_jobs"))
+    rows = dict((r[0], r[1:]) for r in query(dsn, "SELECT id, state::text, attempt, result, error FROM sched_jobs_all"))
     assert rows[good] == ("succeeded", 1, {"echo": {"n": 7, "tags": ["a", "b"]}, "attempt": 1, "text": "hé"}, None)
     state, attempt, result, error = rows[bad]
     # Attempts remain (3), but a handler that returns something unstorable would do so again: no retry.
@@ -36,7 +36,7 @@ def test_a_handler_fails_a_job_for_good_or_retries_it_at_the_time_it_names(dsn, 
         return query(
             dsn,
             "SELECT state::text, attempt, error, extract(epoch FROM run_at - now())::float8, result"
-            " FROM sched_jobs WHERE id = %s",
+            " FROM sched_jobs_all WHERE id = %s",
             (job_id,),
         )[0]
 
@@ -80,16 +80,16 @@ def test_progress_is_stored_at_a_bounded_rate(dsn, start_worker, add_jobs) -> No
     wait_for(lambda: query(dsn, "SELECT 1 FROM executions WHERE phase = 'reported'"), 20, "the handler's 300 reports")
     # The last report reaches the database while the job still runs (the rate limit is one write a second).
     wait_for(
-        lambda: scalar(dsn, "SELECT progress FROM sched_jobs WHERE id = %s", (job_id,)) == {"i": 299},
+        lambda: scalar(dsn, "SELECT progress FROM sched_jobs_all WHERE id = %s", (job_id,)) == {"i": 299},
         3,
         "the last progress report to be stored",
     )
-    assert scalar(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,)) == "running"
+    assert scalar(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,)) == "running"
     assert worker.wait(timeout=30) == 0
-    assert query(dsn, "SELECT state::text, progress FROM sched_jobs") == [("succeeded", {"i": 299})]
+    assert query(dsn, "SELECT state::text, progress FROM sched_jobs_all") == [("succeeded", {"i": 299})]
     writes = [row[0] for row in query(dsn, "SELECT progress FROM progress_writes ORDER BY at")]
     seconds = scalar(
-        dsn, "SELECT extract(epoch FROM finished_at - started_at)::float8 FROM sched_jobs WHERE id = %s", (job_id,)
+        dsn, "SELECT extract(epoch FROM finished_at - started_at)::float8 FROM sched_jobs_all WHERE id = %s", (job_id,)
     )
     # 300 reports over a few seconds: at most one write per second (plus the first), in report order.
     assert 2 <= len(writes) <= int(seconds) + 2, (writes, seconds)
@@ -101,7 +101,7 @@ def test_a_worker_claims_only_tasks_it_has_handlers_for(dsn, start_worker, add_j
     known = add_jobs("count", 3)
     worker = start_worker("--burst", "--concurrency", "4")
     assert worker.wait(timeout=30) == 0, worker.log()[-2000:]
-    assert query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs WHERE id = %s", (unknown,)) == [
+    assert query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs_all WHERE id = %s", (unknown,)) == [
         ("queued", 0, None)
     ]
     assert states(dsn) == {"queued": 1, "succeeded": 3}

@@ -49,9 +49,9 @@ async def test_a_claim_reissuing_a_lease_the_worker_holds_disowns_the_older_run(
         go[1].set()
         await asyncio.wait_for(old, 5)
         assert await worker.flush()
-        assert query(dsn, "SELECT state::text, result FROM sched_jobs") == [("running", None)]
+        assert query(dsn, "SELECT state::text, result FROM sched_jobs_all") == [("running", None)]
         go[2].set()
         await asyncio.wait_for(new, 5)
         assert await worker.flush()
         assert worker.worker.executor.running == {} and worker.worker.executor.in_flight == 0
-    assert query(dsn, "SELECT state::text, result FROM sched_jobs") == [("succeeded", {"run": 2})]
+    assert query(dsn, "SELECT state::text, result FROM sched_jobs_all") == [("succeeded", {"run": 2})]

@@ -39,7 +39,7 @@ def test_three_workers_never_run_more_than_the_limits(dsn, conn, start_worker, a
     rows = query(
         dsn,
         "SELECT j.group_name, extract(epoch FROM s.at)::float8, extract(epoch FROM e.at)::float8 "
-        "FROM sched_jobs j JOIN executions s ON s.job_id = j.id AND s.phase = 'start' "
+        "FROM sched_jobs_all j JOIN executions s ON s.job_id = j.id AND s.phase = 'start' "
         "JOIN executions e ON e.job_id = j.id AND e.attempt = s.attempt AND e.phase = 'end'",
     )
     assert len(rows) == len(ids)
@@ -72,7 +72,7 @@ def test_three_workers_never_pass_a_group_rate(dsn, conn, start_worker, add_jobs
     # Claim moments as the database recorded them (when the claim read and charged the buckets).
     rows = query(
         dsn,
-        "SELECT group_name, array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs "
+        "SELECT group_name, array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs_all "
         "GROUP BY 1",
     )
     for group, times in rows:

@@ -22,7 +22,7 @@ def jobs_by_task(conn, tasks: list[str], **fields) -> dict[str, int]:
 
 
 def rows(dsn: str) -> dict[int, tuple]:
-    found = query(dsn, "SELECT id, state::text, error, result FROM sched_jobs")
+    found = query(dsn, "SELECT id, state::text, error, result FROM sched_jobs_all")
     return {r[0]: r[1:] for r in found}
 
 
@@ -135,8 +135,8 @@ def test_a_worker_stores_what_it_can_of_unstorable_outcomes_and_exits_cleanly(ds
     worker = start_worker("--burst", "--concurrency", "8")
     assert worker.wait(timeout=30) == 0, worker.log()[-3000:]
     assert states(dsn) == {"succeeded": 20, "failed": 3}
-    assert {r[0] for r in query(dsn, "SELECT id FROM sched_jobs WHERE state = 'succeeded'")} == set(good)
-    errors = dict(query(dsn, "SELECT id, error FROM sched_jobs WHERE id = ANY(%s)", (bad,)))
+    assert {r[0] for r in query(dsn, "SELECT id FROM sched_jobs_all WHERE state = 'succeeded'")} == set(good)
+    errors = dict(query(dsn, "SELECT id, error FROM sched_jobs_all WHERE id = ANY(%s)", (bad,)))
     assert "lone surrogate" in errors[bad[0]]
     assert errors[bad[1]].startswith("ValueError: NUL\\x00here")
     assert "NUL character" in errors[bad[2]]
@@ -171,6 +171,6 @@ async def test_outcomes_wait_out_a_locked_table_instead_of_failing(dsn, conn) ->
             "writing 4 outcome(s) failed: database error: canceling statement due to lock timeout; will retry"
         ]
         assert await worker.flush()
-    assert query(dsn, "SELECT DISTINCT state::text, error, result FROM sched_jobs") == [
+    assert query(dsn, "SELECT DISTINCT state::text, error, result FROM sched_jobs_all") == [
         ("succeeded", None, {"done": True})
     ]

@@ -24,7 +24,7 @@ WORKER = [
 
 
 def state(dsn: str, job_id: int) -> str:
-    return scalar(dsn, "SELECT state::text FROM sched_jobs WHERE id = %s", (job_id,))
+    return scalar(dsn, "SELECT state::text FROM sched_jobs_all WHERE id = %s", (job_id,))
 
 
 def test_a_job_committed_behind_the_position_is_found_by_the_probe(dsn, start_worker, add_jobs) -> None:

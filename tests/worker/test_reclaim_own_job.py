@@ -49,12 +49,14 @@ async def test_two_runs_of_one_job_in_one_worker_end_apart(dsn, conn) -> None:
         release[1].set()
         await run_a
         assert await worker.flush()
-        assert query(dsn, "SELECT state::text, attempt FROM sched_jobs") == [("running", 2)]
+        assert query(dsn, "SELECT state::text, attempt FROM sched_jobs_all") == [("running", 2)]
 
         release[2].set()
         await run_b
         assert await worker.flush()
-        assert query(dsn, "SELECT state::text, attempt, result FROM sched_jobs") == [("succeeded", 2, {"attempt": 2})]
+        assert query(dsn, "SELECT state::text, attempt, result FROM sched_jobs_all") == [
+            ("succeeded", 2, {"attempt": 2})
+        ]
         assert executor.running == {} and executor.in_flight == 0
 
 
@@ -69,13 +71,13 @@ def test_a_worker_stopped_past_its_stale_after_runs_its_reclaimed_job_to_success
         time.sleep(2.5)
         reaped = sched("reap", "--json")
         assert reaped.returncode == 0, reaped.stderr
-        assert query(dsn, "SELECT state::text FROM sched_jobs") == [("queued",)]
+        assert query(dsn, "SELECT state::text FROM sched_jobs_all") == [("queued",)]
     finally:
         worker.send(signal.SIGCONT)
     # The same worker claims the job again as attempt 2 while attempt 1 still sleeps; attempt 1's end is fenced
     # off and attempt 2's end is the job's.
     wait_for(lambda: states(dsn) == {"succeeded": 1}, 20, "the second run to succeed")
-    assert query(dsn, "SELECT attempt FROM sched_jobs") == [(2,)]
+    assert query(dsn, "SELECT attempt FROM sched_jobs_all") == [(2,)]
     assert scalar(dsn, "SELECT count(*) FROM executions WHERE job_id = %s AND phase = 'end'", (job_id,)) == 2
     # Both slots are still there: two new jobs run side by side.
     add_jobs("sleepy", 2, payload='{"seconds": 1.5}')

@@ -26,16 +26,16 @@ def terminate(server_dsn: str, dsn: str, application_name: str) -> int:
 
 
 def unfinished(dsn: str) -> int:
-    return query(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'")[0][0]
+    return query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state <> 'succeeded'")[0][0]
 
 
 def assert_at_least_once(dsn: str, ids: list[int]) -> None:
     """Every job succeeded; each ran once, or twice on two distinct attempts when a replay was fenced."""
-    assert query(dsn, "SELECT DISTINCT state::text FROM sched_jobs") == [("succeeded",)]
+    assert query(dsn, "SELECT DISTINCT state::text FROM sched_jobs_all") == [("succeeded",)]
     runs = dict(query(dsn, "SELECT job_id, count(*) FROM executions GROUP BY job_id"))
     assert set(runs) == set(ids)
     assert max(runs.values()) <= 2
-    assert query(dsn, "SELECT count(*) FROM sched_jobs WHERE attempt > 2") == [(0,)]
+    assert query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE attempt > 2") == [(0,)]
 
 
 def reconnect_attempts(log: str) -> list[int]:
@@ -140,7 +140,9 @@ def test_the_worker_rides_out_a_server_restart(server: PrivateServer, dsn, start
     worker = start_worker("--concurrency", "10", "--poll-interval", "0.5s")
     wait_for(lambda: unfinished(dsn) < 290, 20, "the worker to get going")
     server.restart()
-    wait_for(lambda: quietly(dsn, "SELECT count(*) FROM sched_jobs WHERE state <> 'succeeded'") == [(0,)], 45, "all")
+    wait_for(
+        lambda: quietly(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state <> 'succeeded'") == [(0,)], 45, "all"
+    )
     assert worker.alive()
     assert_at_least_once(dsn, ids)
     log = wait_for(lambda: "restored after" in (text := worker.log()) and text, 10, "the reconnection to be logged")

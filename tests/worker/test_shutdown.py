@@ -26,7 +26,7 @@ def fill_slots(dsn: str, add_jobs, start_worker, seconds: float, *args: str):
 
 
 def assert_untouched(dsn: str, ids: list[int]) -> None:
-    rows = query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    rows = query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs_all WHERE id = ANY(%s)", (ids,))
     assert rows and set(rows) == {("queued", 0, None)}
 
 
@@ -38,7 +38,7 @@ def test_sigterm_lets_running_jobs_finish_and_leaves_the_rest_queued(dsn, start_
     log = worker.log()
     assert "received SIGTERM, shutting down gracefully" in log
     assert "releasing" not in log
-    rows = query(dsn, "SELECT id, state::text, attempt FROM sched_jobs WHERE id = ANY(%s)", (list(running),))
+    rows = query(dsn, "SELECT id, state::text, attempt FROM sched_jobs_all WHERE id = ANY(%s)", (list(running),))
     assert {(state, attempt) for _, state, attempt in rows} == {("succeeded", 1)}
     ended = query(dsn, "SELECT job_id, count(*) FROM executions WHERE phase = 'end' GROUP BY job_id")
     assert dict(ended) == dict.fromkeys(running, 1)

@@ -28,7 +28,7 @@ def test_sigterm_gives_back_jobs_claimed_ahead_but_not_started(dsn, start_worker
             # Every slot runs a long job (each noted its start) and more long jobs are running in the database:
             # those are held by the worker, claimed but not started.
             started = rows("SELECT DISTINCT job_id FROM executions WHERE job_id = ANY(%s)")
-            running = rows("SELECT id FROM sched_jobs WHERE state = 'running' AND id = ANY(%s)")
+            running = rows("SELECT id FROM sched_jobs_all WHERE state = 'running' AND id = ANY(%s)")
             return running - started if len(started) == CONCURRENCY else set()
 
         held = wait_for(
@@ -36,7 +36,7 @@ def test_sigterm_gives_back_jobs_claimed_ahead_but_not_started(dsn, start_worker
         )
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0, worker.log()[-2000:]
-    rows = query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs WHERE id = ANY(%s)", (list(held),))
+    rows = query(dsn, "SELECT state::text, attempt, worker_id FROM sched_jobs_all WHERE id = ANY(%s)", (list(held),))
     assert sorted(rows) == [("queued", 0, None)] * len(held), worker.log()[-2000:]
     assert query(dsn, "SELECT job_id, phase FROM executions WHERE job_id = ANY(%s)", (list(held),)) == []
     assert worker_rows(dsn) == 0

@@ -46,7 +46,7 @@ async def test_an_async_handler_that_ignores_its_timeout_is_left_behind_and_its_
         await executor.watch_once(time.monotonic())
         assert executor.running == {} and executor.in_flight == 0
         assert await worker.flush()
-        assert query(dsn, "SELECT id, state::text, error FROM sched_jobs") == [
+        assert query(dsn, "SELECT id, state::text, error FROM sched_jobs_all") == [
             (job_id, "queued", "timed out after 0.3s")
         ]
         released.set()
@@ -66,7 +66,7 @@ async def test_shutdown_does_not_wait_for_an_async_handler_that_ignores_its_canc
         forced.set()  # a second SIGTERM
         await asyncio.wait_for(executor.finish_running(0.1, forced), timeout=executor.ABANDON_AFTER_S + 3)
         assert await worker.flush()
-        assert query(dsn, "SELECT id, state::text, attempt FROM sched_jobs") == [(job_id, "queued", 0)]
+        assert query(dsn, "SELECT id, state::text, attempt FROM sched_jobs_all") == [(job_id, "queued", 0)]
         released.set()
         await asyncio.wait_for(stuck, 5)
         assert executor.abandoned_tasks == 0
@@ -90,8 +90,8 @@ def test_a_worker_process_exits_after_sigterm_though_an_async_handler_ignores_ca
     (app_dir / f"{APP_MODULE}.py").write_text(APP_SOURCE + "\nimport asyncio\n" + STUBBORN_SOURCE)
     [job_id] = (e.id for e in repository.enqueue_many(conn, [NewJob(task="stubborn")]))
     worker = start_worker("--concurrency", "1", "--shutdown-timeout", "1s")
-    wait_for(lambda: query(dsn, "SELECT state::text FROM sched_jobs") == [("running",)], 20, "the job to start")
+    wait_for(lambda: query(dsn, "SELECT state::text FROM sched_jobs_all") == [("running",)], 20, "the job to start")
     time.sleep(0.5)
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0, worker.log()[-3000:]
-    assert query(dsn, "SELECT id, state::text, attempt FROM sched_jobs") == [(job_id, "queued", 0)]
+    assert query(dsn, "SELECT id, state::text, attempt FROM sched_jobs_all") == [(job_id, "queued", 0)]

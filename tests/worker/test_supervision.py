@@ -49,5 +49,5 @@ async def test_a_failed_background_task_stops_the_worker_with_exit_code_1(dsn, c
     assert failure["message"] == "the worker's maintenance failed unexpectedly; stopping the worker"
     assert failure["exception"].type is RuntimeError and failure["exception"].traceback is not None
     # Released without spending an attempt, and the worker deregistered.
-    assert query(dsn, "SELECT state::text, attempt FROM sched_jobs") == [("queued", 0)]
+    assert query(dsn, "SELECT state::text, attempt FROM sched_jobs_all") == [("queued", 0)]
     assert query(dsn, "SELECT count(*) FROM sched_workers") == [(0,)]

@@ -35,7 +35,7 @@ def test_a_killed_child_is_restarted_and_sigterm_drains_the_group(dsn, start_wor
     supervisor.send(signal.SIGTERM)
     assert supervisor.wait(timeout=20) == 0, supervisor.log()[-3000:]
     assert not any(alive(pid) for pid in survivors)
-    rows = query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    rows = query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs_all WHERE id = ANY(%s)", (ids,))
     assert rows == [("succeeded", 1)]
     # Both live children deregistered; only the killed one's row may wait for a reaper.
     assert worker_pids(dsn) <= {victim}

@@ -18,5 +18,5 @@ def test_a_signal_to_the_whole_group_lets_running_jobs_finish(dsn, start_worker,
     os.killpg(supervisor.pid, signal.SIGTERM)  # the supervisor leads its group (start_worker's own session)
     assert supervisor.wait(timeout=30) == 0, supervisor.log()[-3000:]
     assert "second signal" not in supervisor.log()
-    rows = query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    rows = query(dsn, "SELECT DISTINCT state::text, attempt FROM sched_jobs_all WHERE id = ANY(%s)", (ids,))
     assert rows == [("succeeded", 1)], supervisor.log()[-3000:]

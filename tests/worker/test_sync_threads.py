@@ -14,7 +14,7 @@ def test_abandoned_sync_handlers_do_not_starve_later_jobs(dsn, start_worker, add
     blocking = add_jobs("plain_sync", 2, payload='{"seconds": 8}', timeout_s=1, max_attempts=1)
     worker = start_worker("--concurrency", "2", "--health-port", str(port), "--poll-interval", "0.2s")
     wait_for(
-        lambda: query(dsn, "SELECT DISTINCT state::text FROM sched_jobs") == [("failed",)],
+        lambda: query(dsn, "SELECT DISTINCT state::text FROM sched_jobs_all") == [("failed",)],
         15,
         "the two blocking jobs to time out",
     )
@@ -23,7 +23,8 @@ def test_abandoned_sync_handlers_do_not_starve_later_jobs(dsn, start_worker, add
     quick = add_jobs("plain_sync", 4, payload='{"seconds": 0.2}', timeout_s=1, max_attempts=1)
     wait_for(
         lambda: (
-            query(dsn, "SELECT DISTINCT state::text FROM sched_jobs WHERE id = ANY(%s)", (quick,)) == [("succeeded",)]
+            query(dsn, "SELECT DISTINCT state::text FROM sched_jobs_all WHERE id = ANY(%s)", (quick,))
+            == [("succeeded",)]
         ),
         10,
         "the later jobs to succeed",
@@ -33,7 +34,7 @@ def test_abandoned_sync_handlers_do_not_starve_later_jobs(dsn, start_worker, add
     _status, body = health(port)
     assert body["abandoned_threads"] == 2
     assert sample(get(port, "/metrics")[1], "sched_worker_abandoned_threads") == 2
-    errors = query(dsn, "SELECT DISTINCT error FROM sched_jobs WHERE id = ANY(%s)", (blocking,))
+    errors = query(dsn, "SELECT DISTINCT error FROM sched_jobs_all WHERE id = ANY(%s)", (blocking,))
     assert errors == [("timed out after 1s",)]
     wait_for(lambda: health(port)[1]["abandoned_threads"] == 0, 15, "the abandoned handlers to return")
     assert sample(get(port, "/metrics")[1], "sched_worker_abandoned_threads") == 0

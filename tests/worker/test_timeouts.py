@@ -11,7 +11,9 @@ from harness import query, scalar, wait_for
 
 def job(dsn: str, job_id: int) -> dict:
     cols = "state::text AS state, attempt, error, result, progress, finished_at"
-    with_names = query(dsn, f"SELECT row_to_json(j) FROM (SELECT {cols} FROM sched_jobs WHERE id = %s) j", (job_id,))
+    with_names = query(
+        dsn, f"SELECT row_to_json(j) FROM (SELECT {cols} FROM sched_jobs_all WHERE id = %s) j", (job_id,)
+    )
     return with_names[0][0]
 
 

@@ -177,5 +177,5 @@ async def test_a_worker_without_opentelemetry_runs_traced_jobs(dsn, spans, monke
         await worker.run_next()
         assert await worker.flush()
     assert states(dsn) == {"succeeded": 2}
-    assert scalar(dsn, "SELECT count(*) FROM sched_jobs WHERE trace_context ? 'traceparent'") == 2
+    assert scalar(dsn, "SELECT count(*) FROM sched_jobs_all WHERE trace_context ? 'traceparent'") == 2
     assert [s.name for s in spans.get_finished_spans()] == ["request"]

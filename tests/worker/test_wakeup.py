@@ -12,7 +12,7 @@ from harness import query, scalar, wait_for
 def latency(dsn: str, job_id: int) -> float | None:
     """Seconds from enqueue to claim, both stamped by the server."""
     return scalar(
-        dsn, "SELECT extract(epoch FROM started_at - created_at)::float8 FROM sched_jobs WHERE id = %s", (job_id,)
+        dsn, "SELECT extract(epoch FROM started_at - created_at)::float8 FROM sched_jobs_all WHERE id = %s", (job_id,)
     )
 
 
@@ -33,7 +33,7 @@ def test_an_idle_worker_starts_a_new_job_well_within_the_poll_interval(dsn, star
     for _ in range(20):
         [job_id] = add_jobs("count")
         samples.append(wait_for(lambda job_id=job_id: latency(dsn, job_id), 10, "the job to start", interval=0.02))
-        wait_for(lambda: scalar(dsn, "SELECT count(*) FROM sched_jobs WHERE state = 'running'") == 0, 10, "idle")
+        wait_for(lambda: scalar(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state = 'running'") == 0, 10, "idle")
     median = statistics.median(samples)
     print(
         f"\nenqueue-to-start latency over {len(samples)} jobs (poll interval 5 s): median {median * 1000:.1f} ms, "
@@ -50,7 +50,9 @@ def test_no_listen_polls_instead(dsn, start_worker, add_jobs) -> None:
     wait_for(lambda: scalar(dsn, "SELECT count(*) FROM sched_workers") == 1, 20, "the worker to register")
     ids = add_jobs("count", 3)
     wait_for(
-        lambda: scalar(dsn, "SELECT count(*) FROM sched_jobs WHERE state = 'succeeded'") == 3, 10, "polled jobs to run"
+        lambda: scalar(dsn, "SELECT count(*) FROM sched_jobs_all WHERE state = 'succeeded'") == 3,
+        10,
+        "polled jobs to run",
     )
     assert listeners(dsn) == 0
     assert {r[0] for r in query(dsn, "SELECT job_id FROM executions")} == set(ids)
