@@ -284,13 +284,13 @@ FROM (SELECT 1) AS one
 LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 
 -- name: JobGet
--- One job with the ids it depends on.
+-- One job with the ids it depends on and the trace context it was added in (README, "Tracing").
 SELECT j.id, j.queue, j.task, j.state::text AS state, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
        j.started_at, j.finished_at, j.payload, j.result, j.error, j.progress,
        coalesce((SELECT array_agg(d.depends_on ORDER BY d.depends_on)
                  FROM sched_job_deps d WHERE d.job_id = j.id), '{}') AS depends_on,
        extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps,
-       j.group_name AS "group"
+       j.group_name AS "group", j.trace_context
 FROM sched_jobs j
 WHERE j.id = %(id)s;
 
