@@ -168,7 +168,7 @@ class Client:
 
     def get(self, job_id: int) -> dict[str, Any]:
         """One job as ``sched status ID --json`` shows it (``state``, ``attempt``, ``result``, ``error``,
-        ``progress``, times...), without ``why``; ``NotFound`` if there is no such job."""
+        ``progress``, times, ``trace_context``...), without ``why``; ``NotFound`` if there is no such job."""
         self._reconnect_if_lost()
         return repository.get_job(self._conn, _job_id(job_id))
 

@@ -43,7 +43,7 @@ def iso(value: datetime | None) -> str | None:
 
 _JOB_JSON_FIELDS = (
     "id queue task group state attempt max_attempts priority run_at created_at started_at finished_at payload result "
-    "error progress depends_on why"
+    "error progress depends_on trace_context why"
 ).split()
 
 
@@ -144,9 +144,18 @@ def print_job(job: dict[str, Any], console: Console | None = None) -> None:
             table.add_row(name, json.dumps(job[name], ensure_ascii=False))
     if job.get("error"):
         table.add_row("error", job["error"], style="red")
+    if job.get("trace_context"):
+        table.add_row("trace", _trace(job["trace_context"]))
     if job.get("why"):
         table.add_row("why", job["why"])
     console.print(table, highlight=False, markup=True)
+
+
+def _trace(context: dict[str, Any]) -> str:
+    # The traceparent names the trace and the span that added the job, what a tracing UI is searched by; any other
+    # propagation fields (tracestate, baggage) are in --json.
+    traceparent = context.get("traceparent")
+    return traceparent if isinstance(traceparent, str) else json.dumps(context, ensure_ascii=False)
 
 
 def print_schedules(schedules: list[dict[str, Any]], console: Console | None = None) -> None:

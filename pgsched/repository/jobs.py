@@ -79,20 +79,14 @@ class CancelMany:
 
 
 def cancel_in_transaction(conn: Connection, ids: Sequence[int]) -> CancelMany:
-    """Cancel each waiting or queued job of ``ids`` (``JobCancel``), with its dependents; record the request of
-    each running one and tell its worker. Finished or unknown ids are passed over. Runs in the caller's
-    transaction when there is one, so the notifications go out on its commit."""
+    """Cancel the waiting or queued jobs of ``ids`` with their dependents, and record the request of the running
+    ones and tell their workers: one statement for all of them (``JobCancelMany``), then one for the dependents.
+    Finished or unknown ids are passed over. Runs in the caller's transaction when there is one, so the
+    notifications go out on its commit."""
     done = CancelMany()
     with conn.transaction():
-        for job_id in ids:
-            row = conn.row(query("JobCancel"), {"id": job_id})
-            if row is None:
-                continue
-            if row[0] == "running":
-                conn.rows(query("JobNotifyCancel"), {"id": job_id})
-                done.requested.append(job_id)
-            else:
-                done.cancelled.append(job_id)
+        for job_id, state, _ in conn.rows(query("JobCancelMany"), {"ids": list(ids)}):
+            (done.requested if state == "running" else done.cancelled).append(job_id)
         if done.cancelled:
             settled = conn.row(query("JobSettleDependents"), {"ids": done.cancelled})
             done.dependents_cancelled = settled[0] if settled else 0

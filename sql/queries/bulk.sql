@@ -3,7 +3,8 @@
 -- cursor id and examines at most %(walk)s entries, so a batch costs the same on a table of millions of
 -- finished jobs as on an empty one and never sorts more than what it walked; the next batch resumes after the
 -- last entry walked (keyset on id). Retry and cancel then apply the single-job transitions of jobs.sql to the
--- locked ids (JobRetryMany, JobCancel), so a bulk action obeys the same rules as one job (docs/protocol.md).
+-- locked ids, one statement for the whole batch (JobRetryMany, JobCancelMany), so a bulk action obeys the same
+-- rules as one job (docs/protocol.md).
 -- The filter is the same in every query: %(states)s (never empty), and each of queue, task, group, key,
 -- error_like (a case-insensitive substring of the error) and since (finished within it, or created within it
 -- for a live job) when not NULL. A running job whose cancel was already requested never matches: asking again

@@ -10,16 +10,33 @@
 -- its file. Each starts with "-- name: Name" and a one-line description. Parameters use psycopg's %(name)s
 -- style (%(name)b for a binary parameter).
 
--- name: JobCancel
--- Cancel a waiting or queued job at once; for a running one only record the request (its worker stops
--- the handler and records the cancellation). Returns the job's state afterwards, nothing if it is finished.
-UPDATE sched_jobs
-SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::sched_job_state,
-    finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
-    error = CASE WHEN state = 'running' THEN error ELSE 'cancelled by request' END,
-    cancel_requested_at = coalesce(cancel_requested_at, now())
-WHERE id = %(id)s AND state IN ('waiting', 'queued', 'running')
-RETURNING state::text;
+-- name: JobCancelMany
+-- Cancel the waiting or queued jobs among %(ids)s at once; for a running one only record the request and tell
+-- its worker (NOTIFY, delivered on commit), which stops the handler and records the cancellation. One statement
+-- for a whole batch. The rows are locked in id order first, whatever order the ids come in, as the bulk walk
+-- locks them (BulkJobLockNext), so two writers sharing rows never wait for each other crosswise. A job that
+-- finished while its lock was awaited no longer matches (FOR UPDATE and the UPDATE re-check the state on the
+-- row's newest version, which the SET reads too) and is left alone. Returns each changed job's id and state
+-- afterwards ("cancelled", or "running" when its worker was asked to stop it), by id; finished and unknown ids
+-- return none.
+WITH locked AS (
+    SELECT id FROM sched_jobs
+    WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('waiting', 'queued', 'running')
+    ORDER BY id
+    FOR UPDATE
+),
+changed AS (
+    UPDATE sched_jobs j
+    SET state = CASE WHEN j.state = 'running' THEN j.state ELSE 'cancelled' END::sched_job_state,
+        finished_at = CASE WHEN j.state = 'running' THEN j.finished_at ELSE now() END,
+        error = CASE WHEN j.state = 'running' THEN j.error ELSE 'cancelled by request' END,
+        cancel_requested_at = coalesce(j.cancel_requested_at, now())
+    WHERE j.id = ANY(ARRAY(SELECT id FROM locked)) AND j.state IN ('waiting', 'queued', 'running')
+    RETURNING j.id, j.state::text AS state
+)
+SELECT c.id, c.state, CASE WHEN c.state = 'running' THEN pg_notify('sched_cancel', c.id::text) END
+FROM changed c
+ORDER BY c.id;
 
 -- name: JobClaim
 -- Claim up to %(limit)s ready jobs of one queue for a worker, each under a new lease (docs/protocol.md,
@@ -274,13 +291,14 @@ FROM (SELECT 1) AS one
 LEFT JOIN sched_queues q ON q.queue = %(queue)s;
 
 -- name: JobGet
--- One job with the ids it depends on, live or finished (a succeeded job is in the history).
+-- One job with the ids it depends on and the trace context it was added in (README, "Tracing"), live or
+-- finished (a succeeded job is in the history).
 SELECT j.id, j.queue, j.task, j.state::text AS state, j.attempt, j.max_attempts, j.priority, j.run_at, j.created_at,
        j.started_at, j.finished_at, j.payload, j.result, j.error, j.progress,
        coalesce((SELECT array_agg(d.depends_on ORDER BY d.depends_on)
                  FROM sched_job_deps d WHERE d.job_id = j.id), '{}') AS depends_on,
        extract(epoch FROM j.timeout)::float8 AS timeout_s, j.dedupe_key AS key, j.worker_id, j.pending_deps,
-       j.group_name AS "group"
+       j.group_name AS "group", j.trace_context
 FROM sched_jobs_all j
 WHERE j.id = %(id)s;
 
@@ -446,10 +464,6 @@ SELECT id, lease FROM sched_jobs WHERE state = 'running' AND worker_id = %(worke
 UPDATE sched_jobs SET has_dependents = true
 WHERE id = ANY(%(ids)s::bigint[])
 RETURNING id, state;
-
--- name: JobNotifyCancel
--- Tell the worker running a job that its cancellation was requested (delivered on commit).
-SELECT pg_notify('sched_cancel', %(id)s::text);
 
 -- name: JobPromoteDue
 -- Move deferred jobs that have fallen due into the ready index, a bounded batch per queue, so that the claim's

@@ -23,7 +23,7 @@ QUEUE_KEYS = {
 WORKER_KEYS = {"id", "host", "pid", "queues", "concurrency", "running", "heartbeat_age_s"}
 JOB_KEYS = (
     "id queue task group state attempt max_attempts priority run_at created_at started_at finished_at payload result "
-    "error progress depends_on why"
+    "error progress depends_on trace_context why"
 ).split()
 
 
@@ -68,6 +68,19 @@ def test_status_of_one_job(sched) -> None:
     assert job["created_at"].endswith("+00:00") or "T" in job["created_at"]
     # The plain rendering works too.
     assert sched("status", str(child)).returncode == 0
+
+
+def test_status_shows_the_trace_context_a_job_was_added_in(sched) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    traced = sched("add", "t", env={"TRACEPARENT": traceparent, "TRACESTATE": "vendor=opaque"}).stdout.strip()
+    plain = sched("add", "t").stdout.strip()
+    shown = json.loads(sched("status", traced, "--json").stdout)
+    assert shown["trace_context"] == {"traceparent": traceparent, "tracestate": "vendor=opaque"}
+    assert json.loads(sched("status", plain, "--json").stdout)["trace_context"] is None
+    # The plain view names the trace on a line of its own, and has no such line for a job outside a trace.
+    lines = sched("status", traced).stdout.splitlines()
+    assert [line.split() for line in lines if line.startswith("trace")] == [["trace", traceparent]]
+    assert not [line for line in sched("status", plain).stdout.splitlines() if line.startswith("trace")]
 
 
 def test_status_of_a_missing_job(sched) -> None:

@@ -236,6 +236,94 @@ def test_cancelling_a_running_job_records_a_request_and_tells_its_worker(dsn: st
     assert states(conn)[waiting_parent][0] == "cancelled" and states(conn)[child][0] == "cancelled"
 
 
+def test_a_cancel_batch_changes_all_its_jobs_in_one_statement(dsn: str, conn: db.Connection) -> None:
+    running = add(conn)
+    worker, _ = claim(dsn)
+    queued = [add(conn) for _ in range(4)]
+    parent = add(conn)
+    waiting = add(conn, "u", after=[parent])
+    grandchild = add(conn, "u", after=[waiting])
+    with db.connect(dsn) as listener:
+        listener.raw.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(repository.cancel_channel())))
+        batch = repository.cancel_batch(conn, bulk.build_filter("cancel", task="t"), bulk.FIRST_ID, 100, 1000)
+        notes = [n.payload for n in listener.raw.notifies(timeout=2, stop_after=1)]
+    assert (batch.matched, batch.changed, batch.requested) == (6, sorted([running, *queued, parent]), [running])
+    assert batch.dependents_cancelled == 2 and notes == [str(running)]
+    # A row keeps the number of the command that wrote it within its transaction (cmin): one number for every
+    # job of the batch shows they were written by one statement, not one statement per job. The dependents are
+    # cancelled by the statement after it.
+    written = dict(conn.rows("SELECT id, cmin::text FROM sched_jobs"))
+    assert len({written[j] for j in (running, *queued, parent)}) == 1
+    assert written[waiting] == written[grandchild] != written[parent]
+    row = "SELECT state::text, finished_at IS NULL, error, cancel_requested_at IS NOT NULL, worker_id::text"
+    assert conn.row(row + " FROM sched_jobs WHERE id = %s", (running,)) == ("running", True, None, True, worker)
+    for job in (*queued, parent):
+        assert conn.row(row + " FROM sched_jobs WHERE id = %s", (job,)) == (
+            "cancelled",
+            False,
+            "cancelled by request",
+            True,
+            None,
+        )
+    for job in (waiting, grandchild):
+        assert conn.row(row + " FROM sched_jobs WHERE id = %s", (job,)) == (
+            "cancelled",
+            False,
+            "a job it depends on failed or was cancelled",
+            False,
+            None,
+        )
+
+
+def test_a_job_that_finished_after_the_preview_is_left_alone(dsn: str, conn: db.Connection) -> None:
+    first, second, third = add(conn), add(conn), add(conn)
+    cancel = bulk.build_filter("cancel", queue="default")
+    assert bulk.preview(conn, "cancel", cancel).matched == 3
+    worker, claimed = claim(dsn, limit=1)
+    finish(dsn, worker, claimed, "succeeded")
+    report = bulk.perform(conn, "cancel", cancel)
+    assert (report.matched, report.cancelled, report.requested) == (2, 2, 0)
+    assert states(conn) == {
+        first: ("succeeded", 1, False),
+        second: ("cancelled", 0, True),
+        third: ("cancelled", 0, True),
+    }
+
+
+def _waits_for_a_lock(conn: db.Connection, pid: int) -> bool:
+    return conn.row("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)) == (True,)
+
+
+def test_a_cancel_locks_in_id_order_and_passes_over_a_job_that_finished_while_it_waited(
+    dsn: str, conn: db.Connection
+) -> None:
+    running = add(conn)
+    claim(dsn)
+    ids = sorted([running, *(add(conn) for _ in range(4))])
+    # A worker's write in flight: the running job's row stays locked until it commits its success.
+    writer = psycopg.connect(dsn)
+    writer.execute("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE id = %s", [running])
+    done: list = []
+    with db.connect(dsn) as canceller:
+        pid = canceller.raw.info.backend_pid
+        # The ids come highest first; the statement still locks lowest first.
+        thread = threading.Thread(target=lambda: done.append(repository.cancel_in_transaction(canceller, ids[::-1])))
+        thread.start()
+        while thread.is_alive() and not _waits_for_a_lock(conn, pid):
+            thread.join(0.05)
+        # While it waits for the running job (the lowest id), it holds no other row: a worker's batch write, which
+        # also goes by id, can never hold a row it needs while waiting for one it holds.
+        free = conn.rows("SELECT id FROM sched_jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE SKIP LOCKED", (ids,))
+        assert [r[0] for r in free] == ids[1:]
+        writer.commit()
+        writer.close()
+        thread.join(30)
+    (result,) = done
+    # The job finished while the cancel waited for it: the statement re-read it and left it alone.
+    assert (result.cancelled, result.requested) == (ids[1:], [])
+    assert states(conn)[running] == ("succeeded", 1, False)
+
+
 def test_cancel_takes_dependents_along_as_single_cancel_does(conn: db.Connection) -> None:
     parent = add(conn, "u")
     child = add(conn, after=[parent])

@@ -95,6 +95,15 @@ def test_the_claim_hands_the_context_to_the_worker_from_limited_queues_too(dsn, 
     assert limited.trace_context == {"traceparent": TRACEPARENT}
 
 
+def test_client_get_returns_the_context_a_job_was_added_in(dsn) -> None:
+    with Client(dsn) as client:
+        with _in_span():
+            traced = client.enqueue("t").id
+        plain = client.enqueue("t").id
+        assert client.get(traced)["trace_context"] == {"traceparent": TRACEPARENT}
+        assert client.get(plain)["trace_context"] is None
+
+
 def test_sched_adds_cli_path_records_a_valid_traceparent(conn, monkeypatch) -> None:
     monkeypatch.setenv("TRACEPARENT", TRACEPARENT)
     monkeypatch.setenv("TRACESTATE", "vendor=opaque")
