@@ -80,7 +80,7 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
                 row[f"{mode}_per_s"] = _round(conns[mode], config)
                 if mode == "vacuumed":
                     measured.vacuum_jobs(conns[mode])
-            dead, table_bytes, index_bytes, _, _ = _sizes(conns["held"])
+            dead, table_bytes, index_bytes, *_ = _sizes(conns["held"])
             row["held_dead_tuples"] = dead
             row["held_table_mb"] = round(table_bytes / 2**20, 1)
             row["held_index_mb"] = round(index_bytes / 2**20, 1)
@@ -105,12 +105,15 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
             before = _sizes(conns["held"])
             _round(conns["held"], config)
             after = _sizes(conns["held"])
-            mb = [round(size / 2**20, 1) for size in (before[1], after[1], before[2], after[2], before[3], after[3])]
+            mb = [
+                round(size / 2**20, 1)
+                for size in (before[1], after[1], before[2], after[2], before[3], after[3], before[5], after[5])
+            ]
             after_sizes.append(mb)
             report(
                 f"after the snapshot ended, VACUUM and a round of {config.jobs:,} jobs: table {mb[0]} -> {mb[1]} MB, "
-                f"indexes {mb[2]} -> {mb[3]} MB (the ready index {mb[4]} -> {mb[5]} MB; the others keep the "
-                "finished jobs until cleanup)"
+                f"indexes {mb[2]} -> {mb[3]} MB (the ready index {mb[4]} -> {mb[5]} MB); the history of succeeded "
+                f"jobs {mb[6]} -> {mb[7]} MB (until cleanup empties its slots)"
             )
     finally:
         for worker in workers.values():
@@ -133,17 +136,17 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
         "held_vs_vacuumed_pct_last_rounds": round(statistics.median(r["held_vs_vacuumed_pct"] for r in tail), 1),
         "latency_ms": {mode: {"p50": p50, "p99": p99} for mode, (p50, p99) in latency.items()},
         "after_vacuum": [
-            {"table_mb": [t0, t1], "index_mb": [i0, i1], "ready_index_mb": [r0, r1]}
-            for t0, t1, i0, i1, r0, r1 in after_sizes
+            {"table_mb": [t0, t1], "index_mb": [i0, i1], "ready_index_mb": [r0, r1], "history_mb": [h0, h1]}
+            for t0, t1, i0, i1, r0, r1, h0, h1 in after_sizes
         ],
     }
 
 
-def _sizes(conn: db.Connection) -> tuple[int, int, int, int, int]:
-    """Dead row versions, table bytes, index bytes, ready index bytes, last id."""
+def _sizes(conn: db.Connection) -> tuple[int, int, int, int, int, int]:
+    """Dead row versions, table bytes, index bytes, ready index bytes, last id, history bytes."""
     row = conn.row(query("BenchJobsTableSize"))
     assert row is not None
-    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5])
 
 
 def _since(conn: db.Connection, after: int) -> tuple[int, float, list[float]]:
@@ -154,7 +157,7 @@ def _since(conn: db.Connection, after: int) -> tuple[int, float, list[float]]:
 
 def _round(conn: db.Connection, config: VacuumBenchConfig) -> int:
     """Add one round of jobs, wait for the worker to finish them, and return its drain rate."""
-    *_, after = _sizes(conn)
+    after = _sizes(conn)[4]
     repository.enqueue_many(conn, noop_jobs(config.jobs))
     deadline = time.monotonic() + config.round_timeout_s
     while True:
@@ -168,7 +171,7 @@ def _round(conn: db.Connection, config: VacuumBenchConfig) -> int:
 
 def _latency(conn: db.Connection, config: VacuumBenchConfig) -> tuple[float, float]:
     """Enqueue-to-start latency, p50 and p99 in ms, of jobs added one at a time to the idle worker."""
-    *_, after = _sizes(conn)
+    after = _sizes(conn)[4]
     for job in noop_jobs(config.latency_jobs):
         repository.enqueue(conn, job)
         time.sleep(0.02)  # each job meets an idle worker

@@ -312,7 +312,8 @@ def print_vacuum_bench(figures: dict[str, Any], console: Console | None = None) 
         console.print(
             f"after the snapshot ended, VACUUM and round {number}: table {sizes['table_mb'][0]} -> "
             f"{sizes['table_mb'][1]} MB, indexes {sizes['index_mb'][0]} -> {sizes['index_mb'][1]} MB (ready index "
-            f"{sizes['ready_index_mb'][0]} -> {sizes['ready_index_mb'][1]} MB)",
+            f"{sizes['ready_index_mb'][0]} -> {sizes['ready_index_mb'][1]} MB); history of succeeded jobs "
+            f"{sizes['history_mb'][0]} -> {sizes['history_mb'][1]} MB",
             highlight=False,
         )
 
