@@ -132,20 +132,23 @@ REVOKE ALL ON FUNCTION sched_finish_succeeded(uuid, bigint[], bigint[], jsonb) F
 
 -- Empty one slot with TRUNCATE (docs/design.md, "History and cleanup") if it does not take new rows and every
 -- job in it finished before p_before; returns how many jobs it held, or NULL when it was left as it was
--- (it takes new rows, it holds a later job, or its lock was not granted within 2 s: a reader of the slot
--- holds it, and the next cleanup tries again rather than make every later reader wait behind this one). Both
--- conditions are read after the lock, which waits out every transaction still writing into the slot. The
--- edges of its jobs go too. TRUNCATE is not MVCC-safe: a REPEATABLE READ snapshot older than it sees the slot
--- empty, as PostgreSQL documents.
+-- (it takes new rows, it holds a later job, or its lock was not granted within 0.5 s: a reader of the slot
+-- holds it, and the next cleanup tries again rather than make every later reader, a worker settling
+-- dependents among them, wait behind this one for longer). Both conditions are read after the lock, which
+-- waits out every transaction still writing into the slot. The edges of its jobs go too. TRUNCATE is not
+-- MVCC-safe: a REPEATABLE READ snapshot older than it sees the slot empty, as PostgreSQL documents.
+-- Custom plans only: a cached generic plan of "slot = p_slot" cannot prune the other slots at planning time and
+-- locks them all, so from its sixth call a session's cleanup would wait on (and deadlock with) other slots.
 CREATE FUNCTION sched_history_truncate(p_slot integer, p_before timestamptz) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     part regclass := format('sched_job_history_%s', lpad(p_slot::text, 2, '0'))::regclass;
     held bigint;
 BEGIN
-    PERFORM set_config('lock_timeout', '2s', true);
+    PERFORM set_config('lock_timeout', '500ms', true);
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', part);
     IF p_slot = (SELECT h.current_slot FROM sched_history h)
        OR EXISTS (SELECT 1 FROM sched_job_history j WHERE j.slot = p_slot AND j.finished_at >= p_before) THEN

@@ -58,6 +58,9 @@ END $$;
 GRANT SELECT, INSERT ON sched_jobs TO sched_producer;
 -- Succeeded jobs are read from the history, alone or with the live ones (`sched status ID`, `add --after`).
 GRANT SELECT ON sched_job_history, sched_jobs_all TO sched_producer;
+-- `add --after` locks the succeeded jobs it depends on (JobHistoryStates, FOR KEY SHARE), which PostgreSQL
+-- allows only with an UPDATE grant; this column means nothing in the history.
+GRANT UPDATE (has_dependents) ON sched_job_history TO sched_producer;
 -- `add --after` marks the jobs it depends on (JobLockDependencies); that flag is the only column it may change.
 GRANT UPDATE (has_dependents) ON sched_jobs TO sched_producer;
 GRANT SELECT, INSERT ON sched_job_deps TO sched_producer;

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from itertools import repeat
 from operator import attrgetter
+from typing import Any
 
 from pgsched.db import Connection
 from pgsched.errors import InvalidInput
@@ -21,10 +22,9 @@ def commit_without_flush_wait(conn: Connection) -> None:
     conn.run(query("SessionCommitWithoutFlushWait"))
 
 
-def enqueue(conn: Connection, job: NewJob) -> Enqueued:
-    """Insert one job (or find the live job with its key), refusing missing or failed dependencies and
-    respecting the queue's backlog cap."""
-    params = {
+def insert_params(job: NewJob) -> dict[str, Any]:
+    """JobInsert's parameters for ``job``, before its dependencies are counted and its queue admitted."""
+    return {
         "queue": job.queue,
         "task": job.task,
         "payload": job.payload_json,
@@ -38,6 +38,12 @@ def enqueue(conn: Connection, job: NewJob) -> Enqueued:
         "pending_deps": 0,
         "admitted": False,
     }
+
+
+def enqueue(conn: Connection, job: NewJob) -> Enqueued:
+    """Insert one job (or find the live job with its key), refusing missing or failed dependencies and
+    respecting the queue's backlog cap."""
+    params = insert_params(job)
     # A job with a trace context takes the traced variant of the insert; one without keeps the plain one.
     insert = "JobInsert"
     if job.trace_context is not None:

@@ -321,7 +321,9 @@ SELECT state::text FROM sched_jobs_all WHERE id = %(id)s;
 -- name: JobHistoryStates
 -- The states of the given jobs that are in the history (succeeded): asked after JobLockDependencies did not find
 -- them in sched_jobs, in a statement of its own so that it sees a success that committed while that one waited.
-SELECT id, state::text FROM sched_job_history WHERE id = ANY(%(ids)s::bigint[]);
+-- Locked (KEY SHARE) until the new job's edges commit, so that a row-by-row delete (cleanup --exact, purge)
+-- waits for them and deletes them with the job, and a slot is not emptied under them.
+SELECT id, state::text FROM sched_job_history WHERE id = ANY(%(ids)s::bigint[]) FOR KEY SHARE;
 
 -- name: JobIdReserveMany
 -- Reserve ids ahead of a COPY so the caller knows every new job's id without a RETURNING; the server's

@@ -56,7 +56,7 @@ def test_outcomes_survive_their_connection_being_killed_mid_flush(dsn: str, serv
             END IF;
             RETURN NULL;
         END $$;
-        CREATE TRIGGER linger AFTER UPDATE ON sched_jobs FOR EACH STATEMENT EXECUTE FUNCTION linger();
+        CREATE TRIGGER linger AFTER UPDATE OR DELETE ON sched_jobs FOR EACH STATEMENT EXECUTE FUNCTION linger();
         """,
     )
     ids = enqueue(dsn, "chaos.record", 3000, '{"seconds": 0.01}')

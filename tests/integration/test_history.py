@@ -104,7 +104,7 @@ def test_a_job_added_after_a_succeeded_one_counts_it_as_done(dsn: str, conn: db.
 
 def test_a_completion_in_flight_is_never_truncated(dsn: str, conn: db.Connection) -> None:
     """A worker's success that read slot 0 as current and has not committed when cleanup moves the slot on and
-    empties slot 0: the truncation waits for the slot's lock, gives up after 2 s, and the job stays."""
+    empties slot 0: the truncation waits for the slot's lock, gives up after 0.5 s, and the job stays."""
     old = [repository.enqueue(conn, NewJob(task="t")).id]
     _finish(dsn, 1)
     _age(conn, old, 2)

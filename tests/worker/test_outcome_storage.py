@@ -85,14 +85,15 @@ async def test_a_batch_the_database_refuses_is_split_and_only_the_bad_outcomes_f
     [good, nul_error, surrogate, nul_json, vetoed, last] = (
         e.id for e in repository.enqueue_many(conn, [NewJob(task="t", max_attempts=1) for _ in range(6)])
     )
-    # A trigger refuses one job's success: an error that is not about the data's encoding at all.
+    # A trigger refuses one job's success (its row's move into the history): an error that is not about the data's
+    # encoding at all.
     query(
         dsn,
         f"""
         CREATE FUNCTION veto() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'job % may not succeed', NEW.id; END $$;
-        CREATE TRIGGER veto BEFORE UPDATE ON sched_jobs FOR EACH ROW
-            WHEN (NEW.state = 'succeeded' AND NEW.id = {vetoed}) EXECUTE FUNCTION veto();
+        CREATE TRIGGER veto BEFORE INSERT ON sched_job_history FOR EACH ROW
+            WHEN (NEW.id = {vetoed}) EXECUTE FUNCTION veto();
         """,
     )
     async with in_process_worker(dsn, registry) as worker:

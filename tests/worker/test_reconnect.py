@@ -92,7 +92,8 @@ def test_a_dropped_outcomes_connection_loses_no_outcome(dsn, server_dsn, start_w
             END IF;
             RETURN NULL;
         END $$;
-        CREATE TRIGGER slow_outcomes AFTER UPDATE ON sched_jobs FOR EACH STATEMENT EXECUTE FUNCTION slow_outcomes();
+        CREATE TRIGGER slow_outcomes AFTER UPDATE OR DELETE ON sched_jobs FOR EACH STATEMENT
+            EXECUTE FUNCTION slow_outcomes();
         """,
     )
     ids = add_jobs("count", 1500)
@@ -109,7 +110,7 @@ def test_a_dropped_outcomes_connection_loses_no_outcome(dsn, server_dsn, start_w
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s"
                 " AND application_name = 'sched-worker-outcomes' AND state = 'active'"
                 " AND query LIKE %s AND pid <> ALL(%s)",
-                (name, "%SET state = 'succeeded'%", killed),
+                (name, "%sched_finish_succeeded%", killed),
             ).fetchall()
             killed += [
                 pid for (pid,) in flushing if admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]

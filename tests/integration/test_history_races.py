@@ -18,7 +18,7 @@ from support.cli import run_sched
 from pgsched import admin, db, repository
 from pgsched.errors import WrongState
 from pgsched.models import NewJob, Outcome, OutcomeKind
-from pgsched.repository.producers import _lock_dependencies
+from pgsched.repository.producers import _lock_dependencies, insert_params
 from pgsched.sqlfiles import query
 from tests.support.connections import run_async
 
@@ -136,7 +136,7 @@ def test_a_stale_lease_or_another_workers_id_moves_nothing(dsn: str, conn: db.Co
     assert conn.row("SELECT count(*) FROM sched_jobs_all WHERE id = %s", (job,)) == (1,)
 
 
-LOGINS = {"producer": "sched_review_producer_login", "worker": "sched_review_worker_login"}
+LOGINS = {"producer": "sched_history_producer_login", "worker": "sched_history_worker_login"}
 
 
 @pytest.fixture
@@ -199,9 +199,10 @@ def _fill_slots(conn: db.Connection, slots: range, per_slot: int, days: float) -
 
 
 def test_a_cleanup_past_its_fifth_slot_does_not_wait_on_slots_it_is_not_emptying(dsn: str, conn: db.Connection) -> None:
-    """sched_history_truncate reads the history through the parent with "slot = p_slot": from the sixth call in
-    a session PL/pgSQL may use a generic plan, which locks every slot, so emptying slot 14 waits on slot 7 that
-    another session holds exclusively (another cleanup emptying it) and gives up after 2 s, or deadlocks."""
+    """sched_history_truncate reads the history through the parent with "slot = p_slot", planned for each call:
+    a cached generic plan (PL/pgSQL's choice from the sixth call in a session) would lock every slot, so emptying
+    slot 14 would wait on slot 7 that another session holds exclusively (another cleanup emptying it), give up,
+    or deadlock."""
     _fill_slots(conn, range(1, 16), 3, 2)
     with psycopg.connect(dsn, autocommit=True) as cleaner, psycopg.connect(dsn) as other:
         for slot in (8, 9, 10, 11, 12):
@@ -256,8 +257,9 @@ def test_a_dry_run_with_every_slot_full_counts_what_cleanup_deletes(dsn: str, co
 
 
 def test_an_exact_cleanup_racing_an_add_after_leaves_no_edge_to_a_deleted_job(dsn: str, conn: db.Connection) -> None:
-    """The add reads the parent in the history (no lock: JobHistoryStates), cleanup --exact deletes it row by
-    row, then the add records its edge: without the foreign key nothing stops an edge naming a deleted job."""
+    """The add finds the parent in the history and locks it (JobHistoryStates, KEY SHARE) until its edge commits:
+    a cleanup --exact meanwhile passes the parent over (SKIP LOCKED), and a later one deletes it with the edge.
+    Without the lock, nothing (no foreign key) would stop an edge naming a deleted job."""
     parent = repository.enqueue(conn, NewJob(task="t")).id
     worker, jobs = _claim(dsn)
     run_async(
@@ -268,9 +270,12 @@ def test_an_exact_cleanup_racing_an_add_after_leaves_no_edge_to_a_deleted_job(ds
     with db.connect(dsn) as adder, adder.transaction():
         # The add's own steps, in its order (producers.enqueue with --after).
         assert _lock_dependencies(adder, [parent]) == 0
-        assert admin.cleanup(conn, DAY, 100, exact=True).succeeded == 1
+        assert admin.cleanup(conn, DAY, 100, exact=True).succeeded == 0
         child = adder.row(query("JobInsert"), _insert_params())[0]
         adder.run(query("JobDependencyInsertMany"), {"job_id": child, "depends_on": [parent]})
+    assert repository.get_job(conn, child)["depends_on"] == [parent]
+    assert admin.cleanup(conn, DAY, 100, exact=True).succeeded == 1
+    assert conn.rows("SELECT job_id, depends_on FROM sched_job_deps") == []
     orphans = conn.rows(
         "SELECT job_id, depends_on FROM sched_job_deps d "
         "WHERE NOT EXISTS (SELECT 1 FROM sched_jobs_all j WHERE j.id = d.depends_on)"
@@ -282,21 +287,7 @@ def test_an_exact_cleanup_racing_an_add_after_leaves_no_edge_to_a_deleted_job(ds
 
 def _insert_params() -> dict:
     """The parameters producers.enqueue gives JobInsert for a plain job with dependencies all done."""
-    job = NewJob(task="t")
-    return {
-        "queue": job.queue,
-        "task": job.task,
-        "payload": job.payload_json,
-        "priority": job.priority,
-        "run_at": job.run_at,
-        "delay_s": job.delay_s,
-        "max_attempts": job.max_attempts,
-        "timeout_s": job.timeout_s,
-        "key": job.key,
-        "group": job.group,
-        "pending_deps": 0,
-        "admitted": True,
-    }
+    return {**insert_params(NewJob(task="t")), "admitted": True}
 
 
 def test_cleanup_in_an_installation_of_its_own_schema(empty_dsn: str) -> None:
