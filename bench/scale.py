@@ -60,7 +60,7 @@ def fill(conn: db.Connection, rows: int) -> None:
         " timeout, pending_deps, deferred, has_dependents, created_at, started_at, finished_at, worker_id, slot) "
         "SELECT nextval('sched_jobs_id_seq'), 'scale', 'sched.noop', '{}', 'succeeded', 0, t, 1, 3, '5 minutes', 0,"
         " false, false, t, t, t, gen_random_uuid(), (SELECT current_slot FROM sched_history) "
-        "FROM generate_series(1, %s), now() - interval '8 days' AS t",
+        "FROM generate_series(1, %s), (SELECT now() - interval '8 days') AS w(t)",
         (rows,),
     )
     conn.run(
