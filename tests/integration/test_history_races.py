@@ -15,7 +15,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from support.cli import run_sched
 
-from pgsched import admin, db, repository
+from pgsched import admin, db, repository, sqlfiles
 from pgsched.errors import WrongState
 from pgsched.models import NewJob, Outcome, OutcomeKind
 from pgsched.repository.producers import _lock_dependencies, insert_params
@@ -149,7 +149,8 @@ def logins(sched: Callable, server_dsn: str, dsn: str) -> dict[str, str]:
                 f"DO $$ BEGIN CREATE ROLE {login} LOGIN; "
                 "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
             )
-            su.execute(f"GRANT sched_{kind} TO {login}")
+            # The installation's own group role (sched_worker in public, sched_worker_<schema> elsewhere).
+            su.execute(f"GRANT {sqlfiles.role_name(f'sched_{kind}')} TO {login}")
     return {kind: make_conninfo(dsn, user=login) for kind, login in LOGINS.items()}
 
 
