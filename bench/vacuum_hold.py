@@ -43,9 +43,8 @@ async def drain(dsn: str, batch: int, marks: repository.ReadyMarks | None) -> tu
         done += len(jobs)
         # The probe a worker's maintenance runs on its own connection (it decides whether claims read from the
         # positions); here on the same one, so its cost counts against the drain.
-        if marks is not None and (levels := marks.probe_levels(time.monotonic())) is not None:
-            probe = await repository.first_ready(conn, QUEUE, TASKS, levels)
-            marks.probed(probe.firsts, took_s=probe.server_s, now=time.monotonic())
+        if marks is not None:
+            await repository.probe_ready(conn, QUEUE, TASKS, marks)
     elapsed = time.perf_counter() - started
     await repository.deregister_worker(conn, worker)
     await conn.close()

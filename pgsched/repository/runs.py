@@ -28,7 +28,10 @@ _BEGINNING, _END = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=
 @dataclass(slots=True)
 class Segments:
     """JobClaim's segments of the ready index, in claim order, as parallel lists: each covers the priority levels
-    hi..lo, from (run_at, id) on and before run_at ``until``."""
+    hi..lo, from (run_at, id) on and before run_at ``until``. And, for the limited claim's turns between groups,
+    where each known group is read: its level ``group_priority`` as a level is read from a position (from
+    ``group_from`` up to ``group_run_at``, then from (``group_run_at``, ``group_id``) on), its other levels from
+    their beginning (every group a claim does not name is read from its beginning)."""
 
     hi: list[int] = field(default_factory=list)
     lo: list[int] = field(default_factory=list)
@@ -36,6 +39,11 @@ class Segments:
     id: list[int] = field(default_factory=list)
     until: list[datetime] = field(default_factory=list)
     full: bool = False
+    group: list[str] = field(default_factory=list)
+    group_priority: list[int] = field(default_factory=list)
+    group_from: list[datetime] = field(default_factory=list)
+    group_run_at: list[datetime] = field(default_factory=list)
+    group_id: list[int] = field(default_factory=list)
 
     def add(self, hi: int, lo: int, run_at: datetime = _BEGINNING, id: int = 0, until: datetime = _END) -> None:
         self.hi.append(hi)
@@ -43,6 +51,13 @@ class Segments:
         self.run_at.append(run_at)
         self.id.append(id)
         self.until.append(until)
+
+    def add_group(self, group: str, priority: int, from_run_at: datetime, run_at: datetime, id: int) -> None:
+        self.group.append(group)
+        self.group_priority.append(priority)
+        self.group_from.append(from_run_at)
+        self.group_run_at.append(run_at)
+        self.group_id.append(id)
 
     def covers(self, priority: int, run_at: datetime, id: int) -> bool:
         """Whether a claim with these segments reads the ready job at that position."""
@@ -53,6 +68,16 @@ class Segments:
             )
         )
 
+    def covers_in_group(self, group: str, priority: int, run_at: datetime, id: int) -> bool:
+        """Whether the turn of ``group`` reads its ready job at that position (a group not named: from its
+        beginning)."""
+        for name, level, from_run_at, at, at_id in zip(
+            self.group, self.group_priority, self.group_from, self.group_run_at, self.group_id, strict=True
+        ):
+            if name == group:
+                return priority != level or from_run_at <= run_at < at or (run_at, id) >= (at, at_id)
+        return True
+
     def params(self) -> dict[str, Any]:
         return {
             "seg_hi": self.hi,
@@ -61,6 +86,11 @@ class Segments:
             "seg_id": self.id,
             "seg_until": self.until,
             "seg_full": self.full,
+            "grp_name": self.group,
+            "grp_priority": self.group_priority,
+            "grp_from": self.group_from,
+            "grp_run_at": self.group_run_at,
+            "grp_id": self.group_id,
         }
 
 
@@ -87,30 +117,39 @@ class ReadyMarks:
     from their beginning, and so is everything in a full pass: a worker's first claim, the claim after rewind(),
     and one every FULL_PASS_EVERY_S seconds (a backstop: the probe below finds such jobs).
 
+    A queue with flow control is claimed by sched_claim_limited, whose turns between groups take jobs out of
+    claim order: a level moves only to a job before which the claim took every job it read there (the row says
+    so), and each group is read, in its turn, from the last job the worker claimed of it, as a level is (that
+    job's level from the MARGIN before it; the group's other levels from their beginning). The worker knows the
+    MAX_GROUPS groups it claimed from last; the others are read from their beginning.
+
     A job can still sit further back: one whose producer's transaction committed long after it began (its run_at
     is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
     index. The worker's maintenance looks for such jobs with a read-only probe of each known level from its
-    beginning (``probe_levels``, ``lower``), on its own connection so that claims never wait for it, at a period
-    that follows the probe's cost (PROBE_COST_SHARE times the server's time for it, between PROBE_MIN_S and
-    PROBE_MAX_S).
+    beginning (``probe_levels``, ``lower``), and, while that is costly, of each known group (``probe_groups``),
+    on its own connection so that claims never wait for it, at a period that follows the probe's cost
+    (PROBE_COST_SHARE times the server's time for it, between PROBE_MIN_S and PROBE_MAX_S).
 
-    While reading from the beginning is cheap (the last probe cost the server under CHEAP_PROBE_S, the round trip
-    not counted: vacuum is keeping up), every claim is a full pass, as if there were no positions: such a job
-    then waits for nothing."""
+    While reading from the beginning is cheap (the last probe of the levels cost the server under CHEAP_PROBE_S,
+    the round trip not counted: vacuum is keeping up), every claim is a full pass, as if there were no positions:
+    such a job then waits for nothing."""
 
     MARGIN = timedelta(milliseconds=50)
     MAX_LEVELS = 16
+    MAX_GROUPS = 2000
     FULL_PASS_EVERY_S = 600.0
     PROBE_MIN_S = 0.25
     PROBE_MAX_S = 5.0
     PROBE_COST_SHARE = 20
     CHEAP_PROBE_S = 0.003
 
-    __slots__ = ("_cheap", "_levels", "_next_full", "_next_probe")
+    __slots__ = ("_cheap", "_groups", "_levels", "_next_full", "_next_probe")
 
     def __init__(self) -> None:
         # priority -> (run_at, id) of the last job the last claim at that level took, most recent last.
         self._levels: dict[int, tuple[datetime, int]] = {}
+        # group -> (priority, run_at, id) of the last job claimed of it, most recently claimed last.
+        self._groups: dict[str, tuple[int, datetime, int]] = {}
         self._next_full = 0.0
         self._next_probe = 0.0
         # Until a probe finds reading from the beginning costly (CHEAP_PROBE_S = 0: never cheap).
@@ -118,7 +157,7 @@ class ReadyMarks:
 
     def segments(self, now: float) -> Segments:
         """The segments of a claim made at ``now`` (monotonic seconds): the full pass when it is due or cheap."""
-        if self._cheap or now >= self._next_full or not self._levels:
+        if self._cheap or now >= self._next_full or not (self._levels or self._groups):
             return FULL_PASS
         segments = Segments()
         above = _HIGHEST
@@ -129,23 +168,32 @@ class ReadyMarks:
             above = level - 1
         if above >= _LOWEST:
             segments.add(above, _LOWEST)
+        for group, position in self._groups.items():
+            self._group_segments(group, *position, into=segments)
         return segments
 
     def rewind(self) -> None:
-        """Make the next claim a full pass (after this worker gave jobs back: they sit before its positions)."""
+        """Make the next claim a full pass (after this worker gave jobs back: they sit before its positions), and
+        read every group from its beginning until claimed from again."""
         self._next_full = 0.0
+        self._groups.clear()
 
     def learn(self, rows: Sequence[Sequence[Any]], *, full: bool, now: float) -> None:
-        """Move each level's position to the last job this claim took there; after a full pass, set the next."""
+        """Move each level's position to the last job this claim took there in claim order, and each group's to
+        the last job taken of it; after a full pass, set the next."""
         last: dict[int, tuple[datetime, int] | None] = {}
+        in_group: dict[str, tuple[int, datetime | None, int]] = {}
         for row in rows:
-            level, run_at = row[8], row[9]
-            if level is None:  # claimed by sched_claim_limited, which reads the index its own way
-                continue
-            if run_at is None:  # before year 1000 (JobClaim): the level is read from its beginning
-                last[level] = None
-            elif level not in last or ((known := last[level]) is not None and (run_at, row[0]) > known):
-                last[level] = (run_at, row[0])
+            level, run_at, group, marks_level = row[8], row[9], row[10], row[11]
+            if marks_level:
+                if run_at is None:  # before year 1000: the level is read from its beginning
+                    last[level] = None
+                elif level not in last or ((known := last[level]) is not None and (run_at, row[0]) > known):
+                    last[level] = (run_at, row[0])
+            if group is not None and (
+                group not in in_group or _claim_order(level, run_at, row[0]) > _claim_order(*in_group[group])
+            ):
+                in_group[group] = (level, run_at, row[0])
         levels = self._levels
         for level, position in last.items():
             levels.pop(level, None)
@@ -153,14 +201,22 @@ class ReadyMarks:
                 levels[level] = position
         while len(levels) > self.MAX_LEVELS:
             del levels[next(iter(levels))]
+        groups = self._groups
+        for group, (level, run_at, id) in in_group.items():
+            groups.pop(group, None)
+            if run_at is not None:  # before year 1000: the group is read from its beginning
+                groups[group] = (level, run_at, id)
+        while len(groups) > self.MAX_GROUPS:
+            del groups[next(iter(groups))]
         if full:
             self._next_full = now + self.FULL_PASS_EVERY_S
 
     def probe_levels(self, now: float) -> list[int] | None:
-        """The levels the maintenance probe should look at now, or None when no probe is due."""
-        if now < self._next_probe or not self._levels:
+        """The levels the maintenance probe should look at now (those with a position, and those where a known
+        group is read from its position), or None when no probe is due."""
+        if now < self._next_probe or not (self._levels or self._groups):
             return None
-        return sorted(self._levels, reverse=True)
+        return sorted(self._levels.keys() | {level for level, _, _ in self._groups.values()}, reverse=True)
 
     def probed(self, firsts: Sequence[tuple[int, datetime | None, int]], *, took_s: float, now: float) -> int:
         """Take the probe's first ready job of each level: a level whose first job lies before where claims
@@ -175,6 +231,31 @@ class ReadyMarks:
                 moved += 1
         return moved
 
+    def probe_groups(self) -> list[str]:
+        """The groups the probe should look at after the levels: every known one while reading from the
+        beginning costs (while it is cheap, claims are full passes and read every group from its beginning)."""
+        return [] if self._cheap else list(self._groups)
+
+    def probed_groups(
+        self, firsts: Sequence[tuple[str, int, datetime | None, int]], *, took_s: float, now: float
+    ) -> int:
+        """Take the probe's first ready job of each known group: a group whose first job lies before where its
+        turn reads it is read from that job next time. Returns how many groups moved back; the next probe also
+        waits PROBE_COST_SHARE times this part's cost (at most PROBE_MAX_S)."""
+        self._next_probe = max(self._next_probe, now + min(took_s * self.PROBE_COST_SHARE, self.PROBE_MAX_S))
+        moved = 0
+        for group, level, run_at, id in firsts:
+            known = self._groups.get(group)
+            if known is None:
+                continue
+            if run_at is None:  # before year 1000: read the group from its beginning
+                del self._groups[group]
+                moved += 1
+            elif not self._group_segments(group, *known).covers_in_group(group, level, run_at, id):
+                self._groups[group] = (level, run_at, id)
+                moved += 1
+        return moved
+
     def lower(self, level: int, run_at: datetime, id: int) -> bool:
         """Read ``level`` from the job at (run_at, id) on if it lies before where claims read it now."""
         mark = self._levels.get(level)
@@ -183,6 +264,15 @@ class ReadyMarks:
         self._levels[level] = (run_at, id)
         return True
 
+    def _group_segments(
+        self, group: str, level: int, run_at: datetime, id: int, into: Segments | None = None
+    ) -> Segments:
+        """Where a claim reads ``group`` from the position (level, run_at, id): that level as from a level's
+        position (``_level_segments``), the group's other levels from their beginning."""
+        segments = into if into is not None else Segments()
+        segments.add_group(group, level, run_at - self.MARGIN, run_at, id)
+        return segments
+
     def _level_segments(self, level: int, run_at: datetime, id: int, into: Segments | None = None) -> Segments:
         """The two segments a claim reads ``level`` with from the position (run_at, id): the MARGIN before it,
         then from it on."""
@@ -190,6 +280,12 @@ class ReadyMarks:
         segments.add(level, level, run_at - self.MARGIN, 0, run_at)
         segments.add(level, level, run_at, id)
         return segments
+
+
+def _claim_order(priority: int, run_at: datetime | None, id: int) -> tuple[int, datetime, int]:
+    """A sort key of claim order (higher priority first, then earlier run_at, then id); None stands for a run_at
+    before year 1000."""
+    return (-priority, _BEGINNING if run_at is None else run_at, id)
 
 
 async def claim_jobs(
@@ -223,12 +319,52 @@ class FirstReady(NamedTuple):
     server_s: float
 
 
+class FirstReadyInGroups(NamedTuple):
+    """What the probe of groups found: the first ready job (group, priority, run_at, id) of each group that has
+    one, and the server's seconds for it."""
+
+    firsts: list[tuple[str, int, datetime | None, int]]
+    server_s: float
+
+
 async def first_ready(conn: AsyncConnection, queue: str, tasks: list[str], levels: list[int]) -> FirstReady:
     """The first ready job of each of ``levels`` of ``queue``, read from the front of the ready index: the
     worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
     rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels}, prepare=True)
     priorities, run_ats, ids, server_s = rows[0]
     return FirstReady(list(zip(priorities or (), run_ats or (), ids or (), strict=True)), server_s)
+
+
+async def first_ready_in_groups(
+    conn: AsyncConnection, queue: str, tasks: list[str], groups: list[str]
+) -> FirstReadyInGroups:
+    """The first ready job of each of ``groups`` of ``queue``, read from the front of each group's part of the
+    grouped ready index: the probe for jobs before where the turns read a group (``ReadyMarks.probed_groups``)."""
+    rows = await conn.rows(query("JobReadyGroupFirsts"), {"queue": queue, "tasks": tasks, "groups": groups})
+    names, priorities, run_ats, ids, server_s = rows[0]
+    return FirstReadyInGroups(list(zip(names or (), priorities or (), run_ats or (), ids or (), strict=True)), server_s)
+
+
+async def probe_ready(
+    conn: AsyncConnection, queue: str, tasks: list[str], marks: ReadyMarks, now: float | None = None
+) -> int | None:
+    """The worker's probe for ready jobs before where its claims of ``queue`` read (docs/protocol.md, "Where a
+    claim starts reading"): the first ready job of each level it knows, then, while that is costly, of each group
+    it knows; moves those positions back. Returns how many moved, or None when no probe was due at ``now``
+    (monotonic seconds; by default the clock's)."""
+
+    def clock() -> float:
+        return time.monotonic() if now is None else now
+
+    levels = marks.probe_levels(clock())
+    if levels is None:
+        return None
+    probe = await first_ready(conn, queue, tasks, levels)
+    moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock())
+    if groups := marks.probe_groups():
+        found = await first_ready_in_groups(conn, queue, tasks, groups)
+        moved += marks.probed_groups(found.firsts, took_s=found.server_s, now=clock())
+    return moved
 
 
 def claim_params(queue: str, tasks: list[str], limit: int, worker_id: str, segments: Segments = FULL_PASS) -> dict:

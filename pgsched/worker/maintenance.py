@@ -138,9 +138,9 @@ class DuePromoter:
 
 
 class ReadyProbe:
-    """Looks for ready jobs before where the fetcher's claims of each queue read the ready index (a job given back,
-    a producer's late commit: docs/protocol.md, "Where a claim starts reading"), moves those positions back, and
-    wakes the fetcher. Each queue's probe runs at a period that follows its cost (ReadyMarks.probe_levels)."""
+    """Looks for ready jobs before where the fetcher's claims of each queue read the ready index or a group (a job
+    given back, a producer's late commit: docs/protocol.md, "Where a claim starts reading"), moves those positions
+    back, and wakes the fetcher. Each queue's probe runs at a period that follows its cost (repository.probe_ready)."""
 
     def __init__(self, marks: dict[str, repository.ReadyMarks], tasks: Iterable[str], wake: Callable[[], None]) -> None:
         self._marks = marks
@@ -152,11 +152,7 @@ class ReadyProbe:
 
     async def run_once(self, conn: AsyncConnection) -> None:
         for queue, marks in self._marks.items():
-            levels = marks.probe_levels(time.monotonic())
-            if levels is None:
-                continue
-            probe = await repository.first_ready(conn, queue, self._tasks, levels)
-            if marks.probed(probe.firsts, took_s=probe.server_s, now=time.monotonic()):
+            if await repository.probe_ready(conn, queue, self._tasks, marks):
                 logger.debug("ready jobs of {} found before where claims read; reading from them next", queue)
                 self._wake()
 

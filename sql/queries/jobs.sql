@@ -52,8 +52,10 @@ ORDER BY c.id;
 -- claim order, ranges of priority levels, each read from a position (run_at, id) up to a run_at. A level it has
 -- claimed from before starts where its last claim there ended (less a margin), past the entries of jobs claimed
 -- since the oldest snapshot still open, which vacuum cannot remove while a long transaction holds it back; the
--- other ranges, and every range in a full pass, start at their beginning. Rows come back with their priority and
--- run_at for the worker to move its positions.
+-- other ranges, and every range in a full pass, start at their beginning. sched_claim_limited reads its head by
+-- the same segments, and each group the worker knows (grp_*) from its position. Rows come back with their
+-- priority, run_at and group, and whether the claim took them in claim order (marks_level: every job of the
+-- claim's reading before it at its level was taken; always so here), for the worker to move its positions.
 WITH limited AS (
     -- The probe of grouped ready jobs reads the index of ready jobs that have a group (sched_jobs_ready_group),
     -- which holds no entry of a queue whose jobs have none: a few index pages, whatever the queue's backlog.
@@ -61,14 +63,16 @@ WITH limited AS (
     -- table when it expects grouped jobs to be common, and that scan reads every ungrouped job of the queue.
     -- It runs only for a fair queue (AND evaluates in order, and a subquery only when reached): while vacuum is
     -- held back it walks the dead entries of the first group's claimed jobs, which a queue with fair sharing
-    -- turned off never pays.
+    -- turned off never pays, and a worker that knows the queue's groups looks first at the last ones it claimed
+    -- from, where it reads them. Through sched_has_grouped_jobs, which reads that index whatever the planner's
+    -- statistics (on a table never analysed the planner sorted the queue's whole ready range instead).
     SELECT EXISTS (SELECT 1 FROM sched_queues
                    WHERE queue = %(queue)s
                      AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL OR group_rate IS NOT NULL))
            OR (NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)
-               AND (SELECT group_name FROM sched_jobs
-                    WHERE state = 'queued' AND NOT deferred AND queue = %(queue)s AND group_name IS NOT NULL
-                    ORDER BY group_name LIMIT 1) IS NOT NULL) AS yes
+               AND sched_has_grouped_jobs(%(queue)s, %(grp_name)s::text[], %(grp_priority)s::int[],
+                                          %(grp_from)s::timestamptz[], %(grp_run_at)s::timestamptz[],
+                                          %(grp_id)s::bigint[])) AS yes
 ),
 bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
@@ -166,12 +170,17 @@ claimed AS (
               extract(epoch FROM j.timeout)::float8, j.lease, j.trace_context, j.priority::int,
               -- No position before year 1000: a session west of UTC would show year 1 as a date BC, which
               -- Python cannot hold; such a level is read from its beginning.
-              CASE WHEN j.run_at >= '1000-01-01 00:00:00+00' THEN j.run_at END
+              CASE WHEN j.run_at >= '1000-01-01 00:00:00+00' THEN j.run_at END,
+              NULL::text, true
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT l.*, NULL::int, NULL::timestamptz
-FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid) AS l
+SELECT l.*
+FROM sched_claim_limited(%(queue)s, %(tasks)s::text[], %(limit)s, %(worker_id)s::uuid,
+                         %(seg_hi)s::int[], %(seg_lo)s::int[], %(seg_run_at)s::timestamptz[], %(seg_id)s::bigint[],
+                         %(seg_until)s::timestamptz[], %(seg_full)s::bool,
+                         %(grp_name)s::text[], %(grp_priority)s::int[], %(grp_from)s::timestamptz[],
+                         %(grp_run_at)s::timestamptz[], %(grp_id)s::bigint[]) AS l
 WHERE (SELECT yes FROM limited);
 
 -- name: JobCopyIn
@@ -529,6 +538,17 @@ CROSS JOIN LATERAL (
     ORDER BY run_at, id
     LIMIT 1
 ) AS f;
+
+-- name: JobReadyGroupFirsts
+-- The first ready job of each given group of a queue, for the worker's tasks, read from the front of the
+-- group's part of sched_jobs_ready_group: the worker's probe for jobs that went back before where its claims
+-- read a group in its turn (docs/protocol.md, "Where a claim starts reading"). Read-only, on the worker's control
+-- connection, like JobReadyFirsts; one row of arrays and the server's seconds for it. Through a function,
+-- which reads each group through the grouped index whatever the planner's statistics (sched_group_ready).
+SELECT array_agg(f.group_name), array_agg(f.priority),
+       array_agg(CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END), array_agg(f.id),
+       extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
+FROM sched_group_firsts(%(queue)s, %(tasks)s::text[], %(groups)s::text[]) AS f;
 
 -- name: JobReap
 -- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished, or whose

@@ -274,6 +274,24 @@ def _claim_plan(dsn: str, queue: str) -> str:
     return plan
 
 
+def _nested_plans(dsn: str, params: dict) -> tuple[list, str]:
+    """JobClaim's rows (rolled back) and the plans of every statement it ran, those inside functions too."""
+    plans: list[str] = []
+    with psycopg.connect(dsn) as raw:
+        raw.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_analyze = on",
+            "SET auto_explain.log_level = 'notice'",
+        ):
+            raw.execute(setting)
+        claimed = raw.execute(query("JobClaim"), params).fetchall()
+        raw.rollback()
+    return claimed, "\n".join(plans)
+
+
 def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: str, conn: db.Connection) -> None:
     # Jobs without groups in q; grouped jobs elsewhere, in a limited queue and in a queue that turned fair
     # sharing off: q's claim stays the plain one, and so does the unfair queue's.
@@ -289,8 +307,11 @@ def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: s
         assert "Seq Scan on sched_jobs" not in plan, plan
         limited = [line for line in plan.splitlines() if "Function Scan on sched_claim_limited" in line]
         assert len(limited) == 1 and "never executed" in limited[0], plan
-    # The probe for grouped jobs reads the index of grouped ready jobs, which has no entry of q.
-    assert "sched_jobs_ready_group" in _claim_plan(dsn, "q")
+    # The probe for grouped jobs (in sched_has_grouped_jobs) reads the index of grouped ready jobs, which has no
+    # entry of q.
+    _, plans = _nested_plans(dsn, repository.claim_params("q", ["t"], 10, str(uuid.uuid4())))
+    probe = plans[plans.index("ORDER BY r.group_name LIMIT 1") :]
+    assert "Index Only Scan using sched_jobs_ready_group on sched_jobs" in probe.split("Query Text")[0], plans
 
 
 def test_a_queue_whose_jobs_have_groups_shares_fairly_by_default(dsn: str, conn: db.Connection) -> None:
@@ -326,29 +347,15 @@ def test_the_limited_claim_reads_the_ready_index_with_10000_groups(dsn: str, con
     )
     conn.run("VACUUM ANALYZE sched_jobs")
     repository.set_queue_concurrency(conn, "q", group_concurrency=1)
-    params = repository.claim_params("q", ["t"], 50, str(uuid.uuid4()))
-    plans: list[str] = []
-    with psycopg.connect(dsn) as raw:
-        raw.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_analyze = on",
-            "SET auto_explain.log_level = 'notice'",
-        ):
-            raw.execute(setting)
-        claimed = raw.execute(query("JobClaim"), params).fetchall()
-        raw.rollback()
+    claimed, everything = _nested_plans(dsn, repository.claim_params("q", ["t"], 50, str(uuid.uuid4())))
     assert len(claimed) == 50
     # Job i (up to 300,000) is in group g(i % 10000); groups g0 to g49 are at their limit; big takes one turn.
     assert all(r[0] % 10000 >= 50 for r in claimed if r[0] <= 300_000)
     assert sum(r[0] > 300_050 for r in claimed) == 1
-    everything = "\n".join(plans)
     assert "Index Scan using sched_jobs_ready on sched_jobs" in everything
     # The turns between groups: a skip scan and the heads of the groups, both on the index of grouped jobs.
     ran = [line for line in everything.splitlines() if "never executed" not in line]
     assert any("Index Only Scan using sched_jobs_ready_group on sched_jobs" in line for line in ran)
     assert any("Index Scan using sched_jobs_ready_group on sched_jobs" in line for line in ran)
-    assert "Seq Scan on sched_jobs" not in "\n".join(plans)
-    assert "Bitmap Heap Scan on sched_jobs" not in "\n".join(plans)
+    assert "Seq Scan on sched_jobs" not in everything
+    assert "Bitmap Heap Scan on sched_jobs" not in everything

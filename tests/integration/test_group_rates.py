@@ -22,7 +22,7 @@ from pgsched.errors import InvalidInput
 from pgsched.models import NewJob, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
-MIGRATION = Path(__file__).parents[2] / "sql" / "0011_group_rates.sql"
+MIGRATION = Path(__file__).parents[2] / "sql" / "0013_limited_positions.sql"
 
 
 def add(conn: db.Connection, groups: list[str | None], queue: str = "q") -> list[int]:
@@ -206,9 +206,11 @@ def test_the_check_catches_a_claim_that_does_not_charge_the_buckets(dsn: str, co
     # The same run against a claim whose charge of the group buckets was taken out: the check above must see
     # groups pass their buckets, or it could not fail.
     source = MIGRATION.read_text()
-    function = source[source.index("CREATE OR REPLACE FUNCTION") :]
-    start, end = function.index("    -- Each group's bucket pays"), function.index("    SELECT c.id, c.task")
-    conn.run(function[:start].rstrip().rstrip(",") + "\n" + function[end:])
+    function = source[
+        source.index("CREATE FUNCTION sched_claim_limited(") : source.index("-- The first ready job of each")
+    ]
+    start, end = function.index("    -- Each group's bucket pays"), function.index("    -- The head's rows")
+    conn.run("CREATE OR REPLACE" + function[len("CREATE") : start] + function[end:])
     add(conn, [f"g{i % 3}" for i in range(600)])
     repository.set_queue_group_rate(conn, "q", 40.0, 4)
     claim_concurrently(dsn, conn, 0.5)

@@ -11,32 +11,11 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from support.marks import NeverFull, drain
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
-
-
-class NeverFull(repository.ReadyMarks):
-    """Positions as while vacuum is held back (reading from the beginning never cheap), whose periodic full pass
-    never comes on its own (a test decides with rewind() or the probe)."""
-
-    FULL_PASS_EVERY_S = 3600.0
-    CHEAP_PROBE_S = 0.0
-
-
-async def _drain(dsn: str, worker: str, marks: repository.ReadyMarks, batch: int) -> int:
-    conn = await db.connect_async(dsn)
-    done = 0
-    try:
-        while jobs := await repository.claim_jobs(conn, worker, "default", ["t"], batch, marks):
-            await repository.record_outcomes(
-                conn, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
-            )
-            done += len(jobs)
-    finally:
-        await conn.close()
-    return done
 
 
 def _claim(dsn: str, worker: str, marks: repository.ReadyMarks | None, limit: int) -> list:
@@ -76,7 +55,7 @@ def test_claims_step_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_back(ds
         marks = NeverFull()
         for _ in range(4):
             repository.enqueue_many(conn, [NewJob(task="t") for _ in range(5_000)])
-            assert asyncio.run(_drain(dsn, worker, marks, 500)) == 5_000
+            assert drain(dsn, worker, marks, 500) == 5_000
         repository.enqueue_many(conn, [NewJob(task="t") for _ in range(100)])
         from_marks = _ready_scan_buffers(dsn, marks.segments(float("-inf")))
         full_pass = _ready_scan_buffers(dsn, repository.FULL_PASS)

@@ -12,10 +12,12 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=1)
 
 
-def row(job_id: int, priority: int | None, run_at: datetime | None) -> tuple:
+def row(
+    job_id: int, priority: int, run_at: datetime | None, group: str | None = None, marks_level: bool = True
+) -> tuple:
     """A claimed row as JobClaim returns it: id, task, payload, attempt, max_attempts, timeout, lease,
-    trace_context, priority, run_at."""
-    return (job_id, "t", {}, 1, 3, 300.0, job_id, None, priority, run_at)
+    trace_context, priority, run_at, group, marks_level."""
+    return (job_id, "t", {}, 1, 3, 300.0, job_id, None, priority, run_at, group, marks_level)
 
 
 class Costly(ReadyMarks):
@@ -65,9 +67,65 @@ def test_adjacent_levels_leave_no_empty_range_between_them() -> None:
     assert segments.hi == [2**31 - 1, 1, 1, 0, 0, -1]
 
 
-def test_rows_of_the_limited_claim_teach_nothing() -> None:
-    marks = learned(row(1, None, None))
-    assert marks.segments(0.01) is FULL_PASS
+def test_a_row_taken_out_of_claim_order_moves_no_level_but_its_group() -> None:
+    marks = learned(row(1, 0, T0, "a", marks_level=False))
+    segments = marks.segments(0.01)
+    assert not segments.full
+    assert segments.covers(0, LONG_AGO, 1)  # level 0 is still read from its beginning
+    assert segments.covers_in_group("a", 0, T0, 1)
+    assert not segments.covers_in_group("a", 0, T0, 0)  # the same run_at, an earlier id: taken with it
+    assert segments.covers_in_group("a", 0, T0 - timedelta(milliseconds=49), 5)
+    assert not segments.covers_in_group("a", 0, T0 - timedelta(milliseconds=51), 5)
+    assert segments.covers_in_group("a", 5, LONG_AGO, 5)  # the group's other levels: from their beginning
+    assert segments.covers_in_group("b", 0, LONG_AGO, 5)  # a group it does not know: from its beginning
+
+
+def test_a_group_is_read_from_the_last_job_claimed_of_it_in_claim_order() -> None:
+    later = T0 + timedelta(seconds=1)
+    marks = learned(row(3, 0, later, "a"), row(1, 5, LONG_AGO, "a"), row(2, 0, T0, "a"))
+    segments = marks.segments(0.01)
+    assert segments.group == ["a"] and segments.group_priority == [0]
+    assert segments.group_from == [later - ReadyMarks.MARGIN]
+    assert (segments.group_run_at, segments.group_id) == ([later], [3])
+    marks.learn([row(4, 0, None, "a")], full=False, now=0.0)  # before year 1000: from its beginning
+    assert marks.segments(0.01).group == []
+
+
+def test_the_least_recently_claimed_groups_are_forgotten_beyond_the_limit() -> None:
+    marks = Costly()
+    for number in range(ReadyMarks.MAX_GROUPS + 2):
+        marks.learn([row(number, 0, T0, f"g{number}")], full=False, now=0.0)
+    marks.learn([row(0, 0, T0, "g0")], full=True, now=0.0)  # claimed again: the most recent
+    known = marks.segments(0.01).group
+    assert len(known) == ReadyMarks.MAX_GROUPS
+    assert "g1" not in known and "g2" not in known and known[-1] == "g0"
+
+
+def test_the_probe_moves_a_group_back_to_a_job_before_its_position_while_the_front_is_costly() -> None:
+    marks = learned(row(10, 0, T0, "a"), row(11, 0, T0, "b"))
+    assert marks.probe_levels(0.0) == [0]
+    marks.probed([], took_s=0.001, now=1.0)
+    assert marks.probe_groups() == ["a", "b"]
+    moved = marks.probed_groups(
+        [("a", 0, LONG_AGO, 4), ("b", 0, T0 - timedelta(milliseconds=40), 9), ("c", 0, LONG_AGO, 1)],
+        took_s=0.1,
+        now=1.0,
+    )
+    assert moved == 1  # b's first job is within the margin; c is not known
+    segments = marks.segments(1.01)
+    assert segments.covers_in_group("a", 0, LONG_AGO, 4) and not segments.covers_in_group("b", 0, LONG_AGO, 4)
+    assert marks.probe_levels(2.99) is None and marks.probe_levels(3.0) == [0]  # 20 x 0.1 s after the groups' part
+    cheap = ReadyMarks()
+    cheap.learn([row(1, 0, T0, "a")], full=True, now=0.0)
+    assert cheap.probe_groups() == []  # while cheap, claims read every group from its beginning
+
+
+def test_rewind_reads_every_group_from_its_beginning() -> None:
+    marks = learned(row(1, 0, T0, "a"), now=100.0)
+    marks.rewind()
+    assert marks.segments(100.01).full
+    marks.learn([row(2, 0, T0)], full=True, now=100.01)
+    assert marks.segments(100.02).group == []
 
 
 def test_a_full_pass_comes_at_least_every_full_pass_period() -> None:
