@@ -476,26 +476,32 @@ BEGIN
 END
 $$;
 
--- The first ready job of each of p_groups of p_queue, for p_tasks, read from the front of each group: the
--- worker's probe for jobs before where it reads a group (JobReadyGroupFirsts). A range of sched_jobs_ready_group
--- per group, ordered by group_name first, with sorts off (see sched_group_head); a function for those settings,
--- not inlined, so they hold.
-CREATE FUNCTION sched_group_firsts(p_queue text, p_tasks text[], p_groups text[])
+-- The first ready entry, of any task, of each of p_groups of p_queue at its level p_priorities between p_from
+-- (from the level's beginning when NULL) and the group's position (p_run_ats, p_ids): the worker's probe for jobs
+-- that went back before where it reads a group (JobReadyGroupFirsts). The worker asks from where its claims read
+-- the group's level: a job before that is found by its probe of the level, so only the group's jobs claimed since
+-- are walked, not all of them. Any task, so that the grouped index alone answers (by an index-only scan, index
+-- scans off: see sched_group_head); a job of a task the worker lacks moves the group's position back only until
+-- the worker next claims from the group. A function for those settings, not inlined, so they hold.
+CREATE FUNCTION sched_group_firsts(p_queue text, p_groups text[], p_priorities integer[], p_from timestamptz[],
+                                   p_run_ats timestamptz[], p_ids bigint[])
 RETURNS TABLE (group_name text, priority integer, run_at timestamptz, id bigint)
 LANGUAGE sql STABLE
 SET search_path FROM CURRENT
+SET enable_indexscan = off
 SET enable_sort = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
 AS $$
-    SELECT g.name, f.priority, f.run_at, f.id
-    FROM unnest(p_groups) AS g (name)
+    SELECT k.g, f.priority::int, f.run_at, f.id
+    FROM unnest(p_groups, p_priorities, p_from, p_run_ats, p_ids) AS k (g, p, f, r, i)
     CROSS JOIN LATERAL (
-        SELECT r.priority::int AS priority, r.run_at, r.id FROM sched_jobs r
-        WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue
-          AND r.group_name >= g.name AND r.group_name <= g.name AND r.run_at <= now() AND r.task = ANY(p_tasks)
-        ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1) AS f
+        SELECT r.priority, r.run_at, r.id FROM sched_jobs r
+        WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue AND r.group_name = k.g
+          AND r.priority = k.p AND r.run_at >= coalesce(k.f, '-infinity') AND (r.run_at, r.id) < (k.r, k.i)
+          AND r.run_at <= now()
+        ORDER BY r.run_at, r.id LIMIT 1) AS f
 $$;
 
 -- Whether p_queue has a ready job with a group (JobClaim hands such a queue, when fair, to sched_claim_limited).

@@ -104,6 +104,17 @@ def _full_pass() -> Segments:
 FULL_PASS = _full_pass()
 
 
+class GroupProbe(NamedTuple):
+    """Where the probe looks for a group's jobs before where claims read it: at its level ``priority``, from
+    ``from_run_at`` (the level's beginning when None) up to its position (``run_at``, ``id``)."""
+
+    group: str
+    priority: int
+    from_run_at: datetime | None
+    run_at: datetime
+    id: int
+
+
 class ReadyMarks:
     """Where one worker's claims of one queue start reading the ready index (docs/protocol.md, "Where a claim
     starts reading").
@@ -126,9 +137,10 @@ class ReadyMarks:
     A job can still sit further back: one whose producer's transaction committed long after it began (its run_at
     is that transaction's start), one given back by a stopping or dead worker, a due job promoted into the ready
     index. The worker's maintenance looks for such jobs with a read-only probe of each known level from its
-    beginning (``probe_levels``, ``lower``), and, while that is costly, of each known group (``probe_groups``),
-    on its own connection so that claims never wait for it, at a period that follows the probe's cost
-    (PROBE_COST_SHARE times the server's time for it, between PROBE_MIN_S and PROBE_MAX_S).
+    beginning (``probe_levels``, ``lower``), and, while that is costly, of each known group between where claims
+    read its level and its position (``probe_groups``): what lies before where claims read a level is the level
+    probe's to find. It runs on its own connection so that claims never wait for it, at a period that follows
+    the probe's cost (PROBE_COST_SHARE times the server's time for it, between PROBE_MIN_S and PROBE_MAX_S).
 
     While reading from the beginning is cheap (the last probe of the levels cost the server under CHEAP_PROBE_S,
     the round trip not counted: vacuum is keeping up), every claim is a full pass, as if there were no positions:
@@ -231,10 +243,21 @@ class ReadyMarks:
                 moved += 1
         return moved
 
-    def probe_groups(self) -> list[str]:
-        """The groups the probe should look at after the levels: every known one while reading from the
-        beginning costs (while it is cheap, claims are full passes and read every group from its beginning)."""
-        return [] if self._cheap else list(self._groups)
+    def probe_groups(self) -> list[GroupProbe]:
+        """Where the probe should look for jobs before where claims read each known group, after the levels:
+        while reading from the beginning costs (while it is cheap, claims are full passes and read every group
+        from its beginning), at the group's level from where claims read that level (the probe of the level finds
+        what lies before) up to the group's position; nothing for a group whose level is read from past it."""
+        if self._cheap:
+            return []
+        probes = []
+        for group, (level, run_at, id) in self._groups.items():
+            mark = self._levels.get(level)
+            if mark is None:  # the level is read from its beginning
+                probes.append(GroupProbe(group, level, None, run_at, id))
+            elif mark < (run_at, id):  # else claims read the level from the group's position or past it
+                probes.append(GroupProbe(group, level, mark[0] - self.MARGIN, run_at, id))
+        return probes
 
     def probed_groups(
         self, firsts: Sequence[tuple[str, int, datetime | None, int]], *, took_s: float, now: float
@@ -335,12 +358,20 @@ async def first_ready(conn: AsyncConnection, queue: str, tasks: list[str], level
     return FirstReady(list(zip(priorities or (), run_ats or (), ids or (), strict=True)), server_s)
 
 
-async def first_ready_in_groups(
-    conn: AsyncConnection, queue: str, tasks: list[str], groups: list[str]
-) -> FirstReadyInGroups:
-    """The first ready job of each of ``groups`` of ``queue``, read from the front of each group's part of the
-    grouped ready index: the probe for jobs before where the turns read a group (``ReadyMarks.probed_groups``)."""
-    rows = await conn.rows(query("JobReadyGroupFirsts"), {"queue": queue, "tasks": tasks, "groups": groups})
+async def first_ready_in_groups(conn: AsyncConnection, queue: str, probes: list[GroupProbe]) -> FirstReadyInGroups:
+    """The first ready job (of any task) of each probed group of ``queue`` in its range of the grouped ready index
+    (``ReadyMarks.probe_groups``): the probe for jobs before where the turns read a group."""
+    rows = await conn.rows(
+        query("JobReadyGroupFirsts"),
+        {
+            "queue": queue,
+            "groups": [p.group for p in probes],
+            "priorities": [p.priority for p in probes],
+            "froms": [p.from_run_at for p in probes],
+            "run_ats": [p.run_at for p in probes],
+            "ids": [p.id for p in probes],
+        },
+    )
     names, priorities, run_ats, ids, server_s = rows[0]
     return FirstReadyInGroups(list(zip(names or (), priorities or (), run_ats or (), ids or (), strict=True)), server_s)
 
@@ -362,7 +393,7 @@ async def probe_ready(
     probe = await first_ready(conn, queue, tasks, levels)
     moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock())
     if groups := marks.probe_groups():
-        found = await first_ready_in_groups(conn, queue, tasks, groups)
+        found = await first_ready_in_groups(conn, queue, groups)
         moved += marks.probed_groups(found.firsts, took_s=found.server_s, now=clock())
     return moved
 

@@ -540,15 +540,16 @@ CROSS JOIN LATERAL (
 ) AS f;
 
 -- name: JobReadyGroupFirsts
--- The first ready job of each given group of a queue, for the worker's tasks, read from the front of the
--- group's part of sched_jobs_ready_group: the worker's probe for jobs that went back before where its claims
--- read a group in its turn (docs/protocol.md, "Where a claim starts reading"). Read-only, on the worker's control
--- connection, like JobReadyFirsts; one row of arrays and the server's seconds for it. Through a function,
--- which reads each group through the grouped index whatever the planner's statistics (sched_group_ready).
+-- The first ready job of each given group of a queue that lies between where the worker's claims read the
+-- group's level and where they read the group, at that level: the worker's probe for jobs that went back before
+-- where its claims read a group in its turn (docs/protocol.md, "Where a claim starts reading"). Read-only, on the
+-- worker's control connection, like JobReadyFirsts; one row of arrays and the server's seconds for it. Through a
+-- function, which reads the grouped index whatever the planner's statistics (sched_group_firsts).
 SELECT array_agg(f.group_name), array_agg(f.priority),
        array_agg(CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END), array_agg(f.id),
        extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
-FROM sched_group_firsts(%(queue)s, %(tasks)s::text[], %(groups)s::text[]) AS f;
+FROM sched_group_firsts(%(queue)s, %(groups)s::text[], %(priorities)s::int[], %(froms)s::timestamptz[],
+                        %(run_ats)s::timestamptz[], %(ids)s::bigint[]) AS f;
 
 -- name: JobReap
 -- Requeue (or fail, once attempts are spent) running jobs whose worker stopped beating or vanished, or whose

@@ -11,6 +11,7 @@ import uuid
 
 import psycopg
 import pytest
+from support.marks import NeverFull
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome, OutcomeKind
@@ -21,16 +22,30 @@ def add(conn: db.Connection, groups: list[str | None], queue: str = "q", task: s
     return [e.id for e in repository.enqueue_many(conn, [NewJob(task=task, queue=queue, group=g) for g in groups])]
 
 
-async def _claim(dsn: str, worker: str, limit: int, queue: str) -> list:
+async def _claim(dsn: str, worker: str, limit: int, queue: str, marks: repository.ReadyMarks | None) -> list:
     conn = await db.connect_async(dsn)
     try:
-        return await repository.claim_jobs(conn, worker, queue, ["t"], limit)
+        return await repository.claim_jobs(conn, worker, queue, ["t"], limit, marks)
     finally:
         await conn.close()
 
 
-def claim(dsn: str, limit: int = 100, queue: str = "q", worker: str | None = None) -> list:
-    return asyncio.run(_claim(dsn, worker or str(uuid.uuid4()), limit, queue))
+def claim(
+    dsn: str,
+    limit: int = 100,
+    queue: str = "q",
+    worker: str | None = None,
+    marks: repository.ReadyMarks | None = None,
+) -> list:
+    return asyncio.run(_claim(dsn, worker or str(uuid.uuid4()), limit, queue, marks))
+
+
+@pytest.fixture(params=["full passes", "positions"])
+def marks(request: pytest.FixtureRequest) -> repository.ReadyMarks | None:
+    """How a test's claims read the ready indexes: each from the front (no positions), or as a worker's while
+    vacuum is held back (docs/protocol.md, "Where a claim starts reading"): its first claim is a full pass, the
+    next ones read from its positions. The limits and the turns must not tell the difference."""
+    return NeverFull() if request.param == "positions" else None
 
 
 def running_by_group(conn: db.Connection, queue: str = "q") -> dict[str | None, int]:
@@ -40,21 +55,23 @@ def running_by_group(conn: db.Connection, queue: str = "q") -> dict[str | None, 
     return dict(rows)
 
 
-def test_a_claim_takes_at_most_the_free_slots_of_the_queue_and_of_each_group(dsn: str, conn: db.Connection) -> None:
+def test_a_claim_takes_at_most_the_free_slots_of_the_queue_and_of_each_group(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
+) -> None:
     ids = add(conn, ["a", "a", "a", "b", "b", "c", None])
     repository.set_queue_concurrency(conn, "q", max_running=4, group_concurrency=2)
-    first = claim(dsn)
+    first = claim(dsn, marks=marks)
     # Turns between groups (docs/protocol.md, "Fair sharing"): the first jobs of a, b and c, then a's second;
     # then the queue is at 4.
     assert sorted(j.id for j in first) == [ids[0], ids[1], ids[3], ids[5]]
-    assert claim(dsn) == []
+    assert claim(dsn, marks=marks) == []
     conn.run("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE id = %s", (ids[0],))
     # One free slot: the turn after c comes round to a (b has a job too, but its turn comes after a's).
-    assert [j.id for j in claim(dsn)] == [ids[2]]
+    assert [j.id for j in claim(dsn, marks=marks)] == [ids[2]]
     repository.set_queue_concurrency(conn, "q", max_running=None, set_group_concurrency=False)
     # Without max_running: b's second job and the job without a group; a and b are then at their limit of 2.
-    assert sorted(j.id for j in claim(dsn)) == [ids[4], ids[6]]
-    assert claim(dsn) == []
+    assert sorted(j.id for j in claim(dsn, marks=marks)) == [ids[4], ids[6]]
+    assert claim(dsn, marks=marks) == []
     assert running_by_group(conn) == {"a": 2, "b": 2, "c": 1, None: 1}
 
 
@@ -103,7 +120,9 @@ def test_every_way_a_run_ends_gives_its_slot_back(dsn: str, conn: db.Connection)
     assert running_by_group(conn) == {}
 
 
-def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection) -> None:
+def test_concurrent_claimers_never_pass_the_limits(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
+) -> None:
     groups = [f"g{i % 4}" for i in range(1200)]
     add(conn, groups)
     repository.set_queue_concurrency(conn, "q", max_running=7, group_concurrency=2)
@@ -132,8 +151,9 @@ def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection
                 c, worker, "h", seed, ["q"], ["t"], 10, stale_after_s=60, timeout_grace_s=10
             )
             idle = 0
+            own = None if marks is None else NeverFull()  # each worker its own positions
             while idle < 20:
-                jobs = await repository.claim_jobs(c, worker, "q", ["t"], rng.randint(1, 4))
+                jobs = await repository.claim_jobs(c, worker, "q", ["t"], rng.randint(1, 4), own)
                 idle = 0 if jobs else idle + 1
                 await asyncio.sleep(rng.random() * 0.003)
                 if jobs:
@@ -163,23 +183,25 @@ def test_concurrent_claimers_never_pass_the_limits(dsn: str, conn: db.Connection
     assert seen["group"] == 2, seen
 
 
-def test_a_spread_head_is_taken_as_it_is(dsn: str, conn: db.Connection) -> None:
+def test_a_spread_head_is_taken_as_it_is(dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None) -> None:
     # docs/protocol.md, "Fair sharing": the first jobs in claim order are each the first of a different group,
     # none at its limit, so the claim takes them without turns (the cursor stays); a group's second job among
     # them sends the claim to the turns, which start after the cursor.
     ids = add(conn, ["d", "c", "b", "a", None, "a", "b"])
     repository.set_queue_concurrency(conn, "q", group_concurrency=2)
-    assert sorted(j.id for j in claim(dsn, limit=5)) == ids[:5]
+    assert sorted(j.id for j in claim(dsn, limit=5, marks=marks)) == ids[:5]
     assert conn.row("SELECT rr_group FROM sched_queues WHERE queue = 'q'") == (None,)
     conn.run("UPDATE sched_jobs SET state = 'succeeded', finished_at = now() WHERE state = 'running'")
     add(conn, ["a", "e"])
     # Ready now: a, b (the second jobs of their groups, at the head), then a again and e: not spread.
-    second = claim(dsn, limit=3)
+    second = claim(dsn, limit=3, marks=marks)
     assert sorted(j.id for j in second) == sorted([ids[5], ids[6], ids[6] + 2])
     assert conn.row("SELECT rr_group FROM sched_queues WHERE queue = 'q'") == ("e",)
 
 
-def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection) -> None:
+def test_groups_take_turns_whatever_their_backlog(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
+) -> None:
     # docs/protocol.md, "Fair sharing": a group with 500 queued jobs, added first, and five groups of 5 behind it.
     add(conn, ["big"] * 500 + [f"small{i}" for i in range(5) for _ in range(5)])
     repository.set_queue_concurrency(conn, "q", group_concurrency=1000)
@@ -187,7 +209,7 @@ def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection)
     big_before_last_small = 0
     small_left = 25
     while small_left:
-        jobs = claim(dsn, limit=3, worker=worker)
+        jobs = claim(dsn, limit=3, worker=worker, marks=marks)
         assert jobs, "a claim took nothing while jobs were ready"
         groups = [
             g for (g,) in conn.rows("SELECT group_name FROM sched_jobs_all WHERE id = ANY(%s)", ([j.id for j in jobs],))
@@ -198,7 +220,7 @@ def test_groups_take_turns_whatever_their_backlog(dsn: str, conn: db.Connection)
     # Six groups take turns three jobs at a time: the big group has one turn in six.
     assert big_before_last_small <= 6, big_before_last_small
     # Work-conserving: once the small groups are done, the big group takes every job asked for.
-    assert len(claim(dsn, limit=3, worker=worker)) == 3
+    assert len(claim(dsn, limit=3, worker=worker, marks=marks)) == 3
 
 
 def test_status_says_which_limit_holds_a_job_back(dsn: str, conn: db.Connection) -> None:
@@ -243,16 +265,18 @@ def test_metrics_count_the_jobs_each_limit_holds_back(dsn: str, conn: db.Connect
     assert b'queue="plain"' not in text.split(b"sched_queue_held_back_jobs", 1)[1].split(b"# HELP", 1)[0]
 
 
-def test_limits_combine_with_pause_and_the_rate_limit(dsn: str, conn: db.Connection) -> None:
+def test_limits_combine_with_pause_and_the_rate_limit(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
+) -> None:
     add(conn, ["a"] * 3 + ["b"] * 3 + ["c"] * 3)
     repository.set_queue_concurrency(conn, "q", group_concurrency=2)
     repository.set_queue_paused(conn, "q", True)
-    assert claim(dsn) == []
+    assert claim(dsn, marks=marks) == []
     repository.set_queue_paused(conn, "q", False)
     repository.set_queue_rate(conn, "q", 0.001, 3)
     # The bucket holds 3 tokens: the claim takes 3, within each group's limit, and charges exactly 3.
-    assert len(claim(dsn)) == 3
-    assert claim(dsn) == []
+    assert len(claim(dsn, marks=marks)) == 3
+    assert claim(dsn, marks=marks) == []
     tokens = conn.row("SELECT tokens FROM sched_queues WHERE queue = 'q'")[0]  # type: ignore[index]
     assert tokens < 1
 
@@ -314,15 +338,17 @@ def test_the_claim_of_a_queue_without_limits_never_runs_the_limited_claim(dsn: s
     assert "Index Only Scan using sched_jobs_ready_group on sched_jobs" in probe.split("Query Text")[0], plans
 
 
-def test_a_queue_whose_jobs_have_groups_shares_fairly_by_default(dsn: str, conn: db.Connection) -> None:
+def test_a_queue_whose_jobs_have_groups_shares_fairly_by_default(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
+) -> None:
     # docs/protocol.md, "Fair sharing": no limit set, yet a group with 30 jobs added first takes its turn
     # with three groups of 2 behind it; with fair sharing off, the claim takes jobs in claim order.
     ids = add(conn, ["big"] * 30 + ["a", "a", "b", "b", "c", "c"])
-    first = claim(dsn, limit=4)
+    first = claim(dsn, limit=4, marks=marks)
     assert sorted(j.id for j in first) == [ids[0], ids[30], ids[32], ids[34]]
     assert conn.row("SELECT rr_group FROM sched_queues WHERE queue = 'q'") == ("c",)
     repository.set_queue_fair(conn, "q", False)
-    assert sorted(j.id for j in claim(dsn, limit=4)) == ids[1:5]
+    assert sorted(j.id for j in claim(dsn, limit=4, marks=marks)) == ids[1:5]
     repository.set_queue_fair(conn, "q", True)
     assert conn.rows("SELECT * FROM sched_queues") == []
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from support.marks import NeverFull
 
 from pgsched import db, repository
 from pgsched.admin import QueueLimits, set_queue_limits
@@ -138,8 +139,9 @@ def test_bad_group_rates_are_refused(options: dict, message: str) -> None:
         QueueLimits.parse(**options)
 
 
-def claim_concurrently(dsn: str, conn: db.Connection, seconds: float) -> None:
-    """Six claimers on their own connections claim and finish jobs of q as fast as they can for ``seconds``."""
+def claim_concurrently(dsn: str, conn: db.Connection, seconds: float, positions: bool = False) -> None:
+    """Six claimers on their own connections claim and finish jobs of q as fast as they can for ``seconds``
+    (with ``positions``, each reads from its own positions as while vacuum is held back)."""
     errors: list[BaseException] = []
     deadline = time.monotonic() + seconds
 
@@ -151,8 +153,9 @@ def claim_concurrently(dsn: str, conn: db.Connection, seconds: float) -> None:
             await repository.register_worker(
                 c, worker, "h", seed, ["q"], ["t"], 10, stale_after_s=60, timeout_grace_s=10
             )
+            marks = NeverFull() if positions else None
             while time.monotonic() < deadline:
-                jobs = await repository.claim_jobs(c, worker, "q", ["t"], rng.randint(1, 6))
+                jobs = await repository.claim_jobs(c, worker, "q", ["t"], rng.randint(1, 6), marks)
                 if jobs:
                     await repository.record_outcomes(
                         c, worker, [Outcome(j.id, j.lease, OutcomeKind.SUCCEEDED) for j in jobs]
@@ -191,11 +194,12 @@ def excess_claims(conn: db.Connection, rate: float, burst: int) -> dict[str, int
     return worst
 
 
-def test_concurrent_claimers_never_pass_a_group_bucket(dsn: str, conn: db.Connection) -> None:
+@pytest.mark.parametrize("positions", [False, True], ids=["full passes", "positions"])
+def test_concurrent_claimers_never_pass_a_group_bucket(dsn: str, conn: db.Connection, positions: bool) -> None:
     add(conn, [f"g{i % 3}" for i in range(600)])
     rate, burst = 40.0, 4
     repository.set_queue_group_rate(conn, "q", rate, burst)
-    claim_concurrently(dsn, conn, 1.5)
+    claim_concurrently(dsn, conn, 1.5, positions)
     taken = dict(conn.rows("SELECT group_name, count(*) FROM sched_jobs_all WHERE state = 'succeeded' GROUP BY 1"))
     # The buckets were the limit: each group took about burst + 1.5 s x rate, far fewer than its 200 jobs.
     assert all(10 < n < 200 for n in taken.values()), taken

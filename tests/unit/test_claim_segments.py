@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pgsched.repository import FULL_PASS, DueMarks, ReadyMarks
+from pgsched.repository import FULL_PASS, DueMarks, GroupProbe, ReadyMarks
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=1)
@@ -102,10 +102,11 @@ def test_the_least_recently_claimed_groups_are_forgotten_beyond_the_limit() -> N
 
 
 def test_the_probe_moves_a_group_back_to_a_job_before_its_position_while_the_front_is_costly() -> None:
-    marks = learned(row(10, 0, T0, "a"), row(11, 0, T0, "b"))
+    marks = learned(row(10, 0, T0, "a", marks_level=False), row(11, 0, T0, "b", marks_level=False))
     assert marks.probe_levels(0.0) == [0]
     marks.probed([], took_s=0.001, now=1.0)
-    assert marks.probe_groups() == ["a", "b"]
+    # Level 0 has no position (the rows were not taken in claim order): each group from its level's beginning.
+    assert marks.probe_groups() == [GroupProbe("a", 0, None, T0, 10), GroupProbe("b", 0, None, T0, 11)]
     moved = marks.probed_groups(
         [("a", 0, LONG_AGO, 4), ("b", 0, T0 - timedelta(milliseconds=40), 9), ("c", 0, LONG_AGO, 1)],
         took_s=0.1,
@@ -118,6 +119,15 @@ def test_the_probe_moves_a_group_back_to_a_job_before_its_position_while_the_fro
     cheap = ReadyMarks()
     cheap.learn([row(1, 0, T0, "a")], full=True, now=0.0)
     assert cheap.probe_groups() == []  # while cheap, claims read every group from its beginning
+
+
+def test_the_probe_of_a_group_starts_where_claims_read_its_level() -> None:
+    later = T0 + timedelta(seconds=1)
+    marks = learned(row(1, 0, T0, "a"), row(2, 0, later, "b", marks_level=False))
+    marks.probed([], took_s=0.001, now=1.0)
+    # Level 0 is read from job 1 (less the margin): a's position is there, so a has nothing to probe; b's range
+    # runs from there to its position.
+    assert marks.probe_groups() == [GroupProbe("b", 0, T0 - ReadyMarks.MARGIN, later, 2)]
 
 
 def test_rewind_reads_every_group_from_its_beginning() -> None:
