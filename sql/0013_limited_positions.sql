@@ -228,11 +228,9 @@ BEGIN
     --    claim takes them as they are, for the price of one index scan: the common case of many groups whose
     --    jobs arrive interleaved. Otherwise (a group's second job among them, as when one group's backlog leads)
     --    the turns decide, and these rows are the head of their candidates.
-    SELECT coalesce(array_agg(h.id ORDER BY h.priority DESC, h.run_at, h.id), '{}'),
-           coalesce(array_agg(h.g ORDER BY h.priority DESC, h.run_at, h.id), '{}'),
-           coalesce(array_agg(h.priority ORDER BY h.priority DESC, h.run_at, h.id), '{}'),
-           coalesce(array_agg(h.run_at ORDER BY h.priority DESC, h.run_at, h.id), '{}'),
-           count(*) = count(DISTINCT coalesce(h.g, ''))
+    --    (The rows come in claim order: the segments are in claim order and each is read in it.)
+    SELECT coalesce(array_agg(h.id), '{}'), coalesce(array_agg(h.g), '{}'), coalesce(array_agg(h.priority), '{}'),
+           coalesce(array_agg(h.run_at), '{}'), count(*) = count(DISTINCT coalesce(h.g, ''))
     INTO head_ids, head_groups, head_priorities, head_run_ats, spread
     FROM (SELECT c.id, c.g, c.priority, c.run_at
           FROM unnest(p_seg_hi, p_seg_lo, p_seg_run_at, p_seg_id, p_seg_until)
@@ -482,26 +480,31 @@ $$;
 -- the group's level: a job before that is found by its probe of the level, so only the group's jobs claimed since
 -- are walked, not all of them. Any task, so that the grouped index alone answers (by an index-only scan, index
 -- scans off: see sched_group_head); a job of a task the worker lacks moves the group's position back only until
--- the worker next claims from the group. A function for those settings, not inlined, so they hold.
+-- the worker next claims from the group. A function for those settings (PL/pgSQL, generic plans: see
+-- sched_has_grouped_jobs).
 CREATE FUNCTION sched_group_firsts(p_queue text, p_groups text[], p_priorities integer[], p_from timestamptz[],
                                    p_run_ats timestamptz[], p_ids bigint[])
 RETURNS TABLE (group_name text, priority integer, run_at timestamptz, id bigint)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
 SET enable_indexscan = off
 SET enable_sort = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
+BEGIN
+    RETURN QUERY
     SELECT k.g, f.priority::int, f.run_at, f.id
     FROM unnest(p_groups, p_priorities, p_from, p_run_ats, p_ids) AS k (g, p, f, r, i)
     CROSS JOIN LATERAL (
-        SELECT r.priority, r.run_at, r.id FROM sched_jobs r
-        WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue AND r.group_name = k.g
-          AND r.priority = k.p AND r.run_at >= coalesce(k.f, '-infinity') AND (r.run_at, r.id) < (k.r, k.i)
-          AND r.run_at <= now()
-        ORDER BY r.run_at, r.id LIMIT 1) AS f
+        SELECT j.priority, j.run_at, j.id FROM sched_jobs j
+        WHERE j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue AND j.group_name = k.g
+          AND j.priority = k.p AND j.run_at >= coalesce(k.f, '-infinity') AND (j.run_at, j.id) < (k.r, k.i)
+          AND j.run_at <= now()
+        ORDER BY j.run_at, j.id LIMIT 1) AS f;
+END
 $$;
 
 -- Whether p_queue has a ready job with a group (JobClaim hands such a queue, when fair, to sched_claim_limited).
@@ -513,23 +516,31 @@ $$;
 CREATE FUNCTION sched_has_grouped_jobs(p_queue text, p_groups text[], p_priorities integer[], p_from timestamptz[],
                                        p_run_ats timestamptz[], p_ids bigint[])
 RETURNS boolean
-LANGUAGE sql STABLE
+-- PL/pgSQL, not SQL: a SQL function that cannot be inlined plans its statement again at every call (here, every
+-- claim); PL/pgSQL keeps the plan for the session, if told to: with every scan but the index-only one turned off,
+-- its choice between a generic plan and one made for the call's values kept choosing the latter (0.5 ms a call).
+LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
 SET enable_indexscan = off
 SET enable_sort = off
 SET enable_bitmapscan = off
 SET enable_seqscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan
 AS $$
-    SELECT EXISTS (SELECT 1
-                   FROM (SELECT * FROM unnest(p_groups, p_priorities, p_from, p_run_ats, p_ids) WITH ORDINALITY
-                                           AS k (g, p, f, r, i, n)
-                         ORDER BY k.n DESC LIMIT 4) k
+BEGIN
+    RETURN EXISTS (SELECT 1
+                   FROM unnest(p_groups[greatest(cardinality(p_groups) - 3, 1):],
+                               p_priorities[greatest(cardinality(p_groups) - 3, 1):],
+                               p_from[greatest(cardinality(p_groups) - 3, 1):],
+                               p_run_ats[greatest(cardinality(p_groups) - 3, 1):],
+                               p_ids[greatest(cardinality(p_groups) - 3, 1):]) AS k (g, p, f, r, i)
                    CROSS JOIN LATERAL sched_group_head(p_queue, k.g, k.p, k.f, k.r, k.i) AS h)
         -- In the index's order with LIMIT 1, not EXISTS, which would drop the order and the limit.
         OR (SELECT r.group_name FROM sched_jobs r
             WHERE r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue AND r.group_name IS NOT NULL
-            ORDER BY r.group_name LIMIT 1) IS NOT NULL
+            ORDER BY r.group_name LIMIT 1) IS NOT NULL;
+END
 $$;
 
 -- The claim of workers of the previous release: a full pass of the claim above.

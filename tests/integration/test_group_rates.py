@@ -210,9 +210,8 @@ def test_the_check_catches_a_claim_that_does_not_charge_the_buckets(dsn: str, co
     # The same run against a claim whose charge of the group buckets was taken out: the check above must see
     # groups pass their buckets, or it could not fail.
     source = MIGRATION.read_text()
-    function = source[
-        source.index("CREATE FUNCTION sched_claim_limited(") : source.index("-- The first ready job of each")
-    ]
+    begin = source.index("CREATE FUNCTION sched_claim_limited(")
+    function = source[begin : source.index("$$;", begin) + 3]
     start, end = function.index("    -- Each group's bucket pays"), function.index("    -- The head's rows")
     conn.run("CREATE OR REPLACE" + function[len("CREATE") : start] + function[end:])
     add(conn, [f"g{i % 3}" for i in range(600)])
