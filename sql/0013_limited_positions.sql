@@ -25,7 +25,10 @@
 -- such a group will want back once it has a free slot).
 --
 -- The four-argument sched_claim_limited, which workers of the previous release call, becomes a full pass of the
--- new one: the same claim, written once.
+-- new one: the same claim, written once. Beside it: sched_group_head and sched_group_jobs (a group's first entry
+-- from its position, a group's jobs from an entry on; inlined where they are called), sched_group_firsts (the
+-- worker's probe of the groups it knows, JobReadyGroupFirsts) and sched_has_grouped_jobs (JobClaim's question
+-- whether a queue's ready jobs have groups, which looks first at the groups the worker claimed from last).
 --
 -- Locks: creating functions and replacing one in place take no lock on any table; a claim running the old body
 -- finishes with it.
