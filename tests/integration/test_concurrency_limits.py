@@ -199,6 +199,26 @@ def test_a_spread_head_is_taken_as_it_is(dsn: str, conn: db.Connection, marks: r
     assert conn.row("SELECT rr_group FROM sched_queues WHERE queue = 'q'") == ("e",)
 
 
+@pytest.mark.parametrize("cap", ["group_concurrency", "group_rate"])
+def test_a_job_behind_rows_over_their_cap_is_not_passed_over_for_a_lower_priority(
+    dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None, cap: str
+) -> None:
+    # docs/protocol.md, "Fair sharing": the claim of 5 reads five jobs of x (priority 10) at the head, of which x
+    # may start 2. The jobs without a group (priority 5) lie after the head, where only the head finds them; the
+    # groups y (priority 0) are found by the turns. Taking y's jobs in the free places would pass over the jobs
+    # without a group: the claim takes x's 2, and the next one, with x at its cap, takes the rest in order.
+    x = [e.id for e in repository.enqueue_many(conn, [NewJob(task="t", queue="q", group="x", priority=10)] * 10)]
+    plain = [e.id for e in repository.enqueue_many(conn, [NewJob(task="t", queue="q", priority=5)] * 3)]
+    add(conn, [f"y{i}" for i in range(5)])
+    if cap == "group_concurrency":
+        repository.set_queue_concurrency(conn, "q", group_concurrency=2)
+    else:
+        repository.set_queue_group_rate(conn, "q", 0.001, 2)
+    assert sorted(j.id for j in claim(dsn, limit=5, marks=marks)) == x[:2]
+    second = [j.id for j in claim(dsn, limit=5, marks=marks)]
+    assert sorted(second[:3]) == plain and len(second) == 5
+
+
 def test_groups_take_turns_whatever_their_backlog(
     dsn: str, conn: db.Connection, marks: repository.ReadyMarks | None
 ) -> None:

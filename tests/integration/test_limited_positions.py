@@ -57,9 +57,18 @@ def _scenario(conn: db.Connection, rng: random.Random) -> None:
 def test_a_full_pass_claims_what_the_previous_function_claimed(dsn: str, conn: db.Connection) -> None:
     # The function of 0011 under another name, side by side with the new one's full pass, on the same rows: each
     # claim of each scenario runs both (the first rolled back) and must take the same jobs and move the cursor the
-    # same way; the new one's claim is kept, so the next claim starts where a worker's would.
+    # same way; the new one's claim is kept, so the next claim starts where a worker's would. The old function
+    # gets 0014's priority rule (a full head takes nothing of a lower priority than its last row), which changed
+    # what both take.
     source = (SQL / "0011_group_rates.sql").read_text()
     previous = source[source.index("CREATE OR REPLACE FUNCTION sched_claim_limited(") :]
+    unfixed = "WHERE NOT spread\n"
+    assert previous.count(unfixed) == 1
+    previous = previous.replace(
+        unfixed,
+        unfixed + "AND (cardinality(head_ids) < n OR r.priority >= (SELECT h.priority FROM sched_jobs h"
+        " WHERE h.id = head_ids[cardinality(head_ids)]))\n",
+    )
     conn.run(previous.replace("FUNCTION sched_claim_limited(", "FUNCTION sched_claim_limited_0011(", 1))
     full = repository.FULL_PASS.params()
     new = (

@@ -287,7 +287,7 @@ def test_later_migrations_keep_a_populated_table_in_place(empty_dsn: str, tmp_pa
         _migrate_up_to(conn, 2, tmp_path / "sql")
         conn.run("INSERT INTO sched_jobs (queue, task) SELECT 'q' || i, 'task.' || i FROM generate_series(1, 100) i")
         before = conn.rows(files)
-        assert [m.version for m in migrate.apply(conn)] == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        assert [m.version for m in migrate.apply(conn)] == [m.version for m in migrate.available()][2:]
         after = conn.rows(files)
         kept = {"sched_jobs", "sched_jobs_pkey", "sched_jobs_finished", "sched_jobs_running"}
         assert [row for row in after if row[0] in kept] == [row for row in before if row[0] in kept]
@@ -333,7 +333,7 @@ def test_the_lease_migration_gives_running_jobs_distinct_leases_and_workers_a_co
             " SELECT 't', 'running', 1, '00000000-0000-0000-0000-000000000001', now() FROM generate_series(1, 3)"
         )
         conn.run("INSERT INTO sched_jobs (task) SELECT 't' FROM generate_series(1, 2)")
-        assert [m.version for m in migrate.apply(conn)] == [5, 6, 7, 8, 9, 10, 11, 12, 13]
+        assert [m.version for m in migrate.apply(conn)] == [m.version for m in migrate.available()][4:]
         leases = conn.rows("SELECT state::text, lease FROM sched_jobs_all ORDER BY id")
         running = [lease for state, lease in leases if state == "running"]
         assert len(running) == 3 and None not in running and len(set(running)) == 3
