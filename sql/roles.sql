@@ -96,7 +96,7 @@ GRANT SELECT ON sched_migrations TO sched_worker;
 -- The claim charges a rate-limited queue's token bucket and moves its turn between groups; pausing and limits stay
 -- with the operator.
 GRANT SELECT ON sched_queues TO sched_worker;
-GRANT UPDATE (tokens, refilled_at, rr_group) ON sched_queues TO sched_worker;
+GRANT UPDATE (tokens, refilled_at, rr_group, group_swept_at) ON sched_queues TO sched_worker;
 -- The first fair claim of a queue whose jobs have groups makes its row (with no settings) to keep the cursor.
 GRANT INSERT (queue) ON sched_queues TO sched_worker;
 -- The claim charges the groups' buckets and drops those that are full again (docs/protocol.md, "Group rates").

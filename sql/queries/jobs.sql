@@ -270,10 +270,13 @@ SELECT coalesce(q.paused, false) AS paused, q.rate,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
        q.max_running, q.group_concurrency, q.group_rate,
-       -- The job's group's bucket level: a group without a row has a full bucket.
+       -- The job's group's bucket level, from its row that is not yet full (rows of earlier charges lie in the
+       -- past): a group without one has a full bucket.
        (SELECT q.group_burst - greatest(0, extract(epoch FROM b.full_at - clock_timestamp())) * q.group_rate
         FROM sched_group_buckets b
-        WHERE q.group_rate IS NOT NULL AND b.queue = %(queue)s AND b.group_name = %(group)s::text) AS group_tokens,
+        WHERE q.group_rate IS NOT NULL AND b.queue = %(queue)s AND b.group_name = %(group)s::text
+          AND b.full_at > clock_timestamp()
+        ORDER BY b.full_at DESC LIMIT 1) AS group_tokens,
        (SELECT count(*) FROM sched_jobs j
         WHERE q.max_running IS NOT NULL AND j.state = 'running' AND j.queue = %(queue)s) AS queue_running,
        (SELECT count(*) FROM sched_jobs j

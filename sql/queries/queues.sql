@@ -72,7 +72,7 @@ SELECT n.queue, coalesce(q.paused, false) AS paused, q.rate, q.burst,
        least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM clock_timestamp() - q.refilled_at)))
            AS tokens,
        q.max_backlog, q.max_running, q.group_concurrency, q.group_rate, q.group_burst, coalesce(q.fair, true) AS fair,
-       (SELECT count(*) FROM sched_group_buckets b
+       (SELECT count(DISTINCT b.group_name) FROM sched_group_buckets b
         WHERE q.group_rate IS NOT NULL AND b.queue = n.queue AND b.full_at > now()) AS group_buckets,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'queued') AS queued,
        (SELECT count(*) FROM sched_jobs j WHERE j.queue = n.queue AND j.state = 'running') AS running

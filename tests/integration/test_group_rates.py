@@ -67,15 +67,36 @@ def test_an_empty_bucket_skips_its_group_and_other_groups_are_taken(dsn: str, co
 
 
 def test_full_buckets_leave_no_rows(dsn: str, conn: db.Connection) -> None:
-    # 1,000 groups claimed once each at 1,000 jobs a second: a millisecond later every bucket is full again,
-    # and the next claim deletes their rows.
-    add(conn, [f"g{i}" for i in range(1000)] + ["late"])
+    # 1,000 groups claimed once each at 1,000 jobs a second: a millisecond later every bucket is full again. A
+    # claim sweeps their rows at most once a second per queue (docs/protocol.md, "Group rates"); until then they
+    # are full buckets, the same as none.
+    add(conn, [f"g{i}" for i in range(1000)] + ["late", "later"])
     repository.set_queue_group_rate(conn, "q", 1000, 1)
     assert len(claim(dsn, limit=1000)) == 1000
     assert conn.row("SELECT count(*) FROM sched_group_buckets") == (1000,)
     time.sleep(0.01)
     assert len(claim(dsn, limit=1)) == 1
+    assert conn.row("SELECT count(*) FROM sched_group_buckets") == (1001,)
+    # A second later (the last sweep moved back by one), the next claim sweeps every full one.
+    conn.run("UPDATE sched_queues SET group_swept_at = group_swept_at - interval '1 second'")
+    assert len(claim(dsn, limit=1)) == 1
     assert conn.row("SELECT count(*) FROM sched_group_buckets") == (1,)
+
+
+def test_a_charge_replaces_the_groups_row_and_reads_no_earlier_one(dsn: str, conn: db.Connection) -> None:
+    # A group charged again has one row not yet full: the new charge's, from the later of its last full_at
+    # and now. Earlier charges' rows, in the past, take no part (docs/protocol.md, "Group rates").
+    add(conn, ["a"] * 6)
+    repository.set_queue_group_rate(conn, "q", 0.001, 2)
+    assert len(claim(dsn)) == 2
+    (first,) = conn.row("SELECT full_at FROM sched_group_buckets WHERE group_name = 'a'")
+    # A stale row in the past (as a sweep would leave for a second) changes nothing.
+    conn.run("INSERT INTO sched_group_buckets (queue, group_name, full_at) VALUES ('q', 'a', now() - interval '1 h')")
+    conn.run("UPDATE sched_group_buckets SET full_at = full_at - interval '1000 seconds' WHERE full_at > now()")
+    # One token has come back: one job, charged 1,000 s on from the bucket's moment.
+    assert len(claim(dsn)) == 1
+    rows = conn.rows("SELECT full_at FROM sched_group_buckets WHERE group_name = 'a' AND full_at > now()")
+    assert len(rows) == 1 and abs((rows[0][0] - first).total_seconds()) < 1, (rows, first)
 
 
 def test_rates_combine_with_group_concurrency_max_running_pause_and_the_queue_rate(

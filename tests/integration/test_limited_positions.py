@@ -57,11 +57,19 @@ def _scenario(conn: db.Connection, rng: random.Random) -> None:
 def test_a_full_pass_claims_what_the_previous_function_claimed(dsn: str, conn: db.Connection) -> None:
     # The function of 0011 under another name, side by side with the new one's full pass, on the same rows: each
     # claim of each scenario runs both (the first rolled back) and must take the same jobs and move the cursor the
-    # same way; the new one's claim is kept, so the next claim starts where a worker's would. The old function
+    # same way; the new one's claim is kept, so the next claim starts where a worker's would. (It deletes full
+    # buckets' rows before it reads any, so it meets at most one row of a group, as 0015 keeps them.) The old function
     # gets 0014's priority rule (a full head takes nothing of a lower priority than its last row), which changed
     # what both take.
     source = (SQL / "0011_group_rates.sql").read_text()
     previous = source[source.index("CREATE OR REPLACE FUNCTION sched_claim_limited(") :]
+    # Its charges are rolled back, and since 0015 no key makes a group's bucket row unique: it inserts them.
+    upsert = (
+        "ON CONFLICT (queue, group_name) DO UPDATE\n"
+        "        SET full_at = greatest(b.full_at, t_now) + (EXCLUDED.full_at - t_now)\n"
+    )
+    assert previous.count(upsert) == 1
+    previous = previous.replace(upsert, "")
     unfixed = "WHERE NOT spread\n"
     assert previous.count(unfixed) == 1
     previous = previous.replace(
@@ -122,9 +130,14 @@ def _claim_buffers(dsn: str, segments: repository.Segments, limit: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("group_rate", [False, True], ids=["fair", "group rate"])
 def test_a_fair_claim_steps_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_back(
-    dsn: str, conn: db.Connection
+    dsn: str, conn: db.Connection, group_rate: bool
 ) -> None:
+    if group_rate:
+        # A rate that never binds: each claim charges every group it takes from, 20 charges a group a round. The
+        # claim reads each group's bucket from now on, never through the rows earlier charges left (0015).
+        repository.set_queue_group_rate(conn, "q", 100_000, 100_000)
     worker = str(uuid.uuid4())
     conn.run(
         "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency) VALUES (%s, 'h', 1, '{q}', '{t}', 1)",

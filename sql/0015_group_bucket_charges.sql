@@ -1,0 +1,427 @@
+-- Group buckets stay cheap while vacuum is held back (docs/protocol.md, "Group rates").
+--
+-- A bucket was one row per (queue, group), updated by every claim that charged it. While a long transaction
+-- holds vacuum back, each update leaves a version that nothing removes, and the claim's lookups of a group's
+-- row (its primary key, and the check for a conflicting key on each charge) walked every version the group's
+-- charges had left: after 100,000 jobs over 100 groups a claim read tens of thousands of buffers. Each claim also
+-- deleted the rows that had become full with a range from the beginning of (queue, full_at), which walked every
+-- row deleted before.
+--
+-- Now a charge inserts a new row and deletes the group's row that was not yet full, and nothing is updated in
+-- place: a group has at most one row whose full_at is after now (rows in the past are full buckets, the same as
+-- none). The claim reads a group's bucket from now on (an index on (queue, group_name, full_at)), so never
+-- through the rows of earlier charges, whose full_at have passed. Rows of full buckets are swept at most once a
+-- second per queue from where the last sweep ended (sched_queues.group_swept_at), so each row is swept once and
+-- no sweep walks what an earlier one deleted. The primary key on (queue, group_name) goes: it is no longer
+-- unique, and it was what walked the versions. Every write of a queue's buckets still happens under the queue's
+-- row lock.
+--
+-- Locks: dropping the key and adding the column take ACCESS EXCLUSIVE on sched_group_buckets and sched_queues
+-- for a moment (catalog changes); the new index is built under SHARE on sched_group_buckets, which holds a row
+-- only for each group charged in the last burst / rate seconds. The claim is replaced in place.
+
+ALTER TABLE sched_queues ADD COLUMN group_swept_at timestamptz;
+ALTER TABLE sched_group_buckets DROP CONSTRAINT sched_group_buckets_pkey;
+CREATE INDEX sched_group_buckets_group ON sched_group_buckets (queue, group_name, full_at);
+
+CREATE OR REPLACE FUNCTION sched_claim_limited(
+    p_queue text, p_tasks text[], p_limit integer, p_worker uuid,
+    p_seg_hi integer[], p_seg_lo integer[], p_seg_run_at timestamptz[], p_seg_id bigint[], p_seg_until timestamptz[],
+    p_seg_full boolean, p_grp_name text[], p_grp_priority integer[], p_grp_from timestamptz[],
+    p_grp_run_at timestamptz[], p_grp_id bigint[])
+RETURNS TABLE (id bigint, task text, payload jsonb, attempt integer, max_attempts integer, timeout_s float8,
+               lease bigint, trace_context jsonb, priority integer, run_at timestamptz, group_name text,
+               marks_level boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path FROM CURRENT
+-- Index scans, never bitmap scans: an index scan marks the dead entries finished runs leave in the partial
+-- index of running jobs (which the count reads) so later scans skip them; a bitmap scan revisits every one
+-- until vacuum, and each claim would cost more than the last. Never sequential scans either: every statement
+-- here reads a partial index or a primary key, but the planner, costing each heap fetch as a random read,
+-- counted the running jobs (a few hundred of a table of thousands) with a scan of the whole table, which grows
+-- with the finished jobs the table keeps. No sorts where an index gives the order: see sched_group_head. And
+-- no JIT: a path that needs a sort still counts its penalty in the plan's cost (as do the branches a condition
+-- turns off), and such a cost made every statement compile itself, 0.25 to 2 s a claim.
+SET enable_bitmapscan = off
+SET enable_seqscan = off
+SET enable_sort = off
+-- Put back when the function returns: step 4 turns it off for one statement.
+SET enable_indexscan = on
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    q sched_queues;
+    t_now timestamptz;
+    level float8;
+    n integer := p_limit;
+    running_total integer := 0;
+    per_group jsonb := '{}';
+    full_groups text[] := '{}';
+    empty_groups text[] := '{}';
+    blocked text[];
+    group_cap integer;
+    taken integer;
+    visits integer;
+    head_ids bigint[];
+    head_groups text[];
+    head_priorities integer[];
+    head_run_ats timestamptz[];
+    spread boolean;
+    -- Due deferred rows are read from this moment on: all of them in a full pass, else those of the last 2 s.
+    due_since timestamptz := CASE WHEN p_seg_full THEN '-infinity'::timestamptz ELSE now() - interval '2 seconds' END;
+    -- The groups the worker knows, in name order (none in a full pass), and the first one after the cursor.
+    k_name text[] := '{}';
+    k_priority integer[] := '{}';
+    k_from timestamptz[] := '{}';
+    k_run_at timestamptz[] := '{}';
+    k_id bigint[] := '{}';
+    k_after integer;
+    -- The turns between groups (step 4): each group's name, place in the ring and first entry.
+    turn_groups text[] := '{}';
+    turn_pos integer[] := '{}';
+    turn_priorities integer[] := '{}';
+    turn_run_ats timestamptz[] := '{}';
+    turn_ids bigint[] := '{}';
+BEGIN
+    -- 1. Take the queue's turn. A claimer that waited here gets the row's newest version (a pause, a new limit
+    --    or a charge of the bucket committed while it waited). A queue claimed here only for its turns between
+    --    groups may have no row yet: its first claim makes one (with no settings) to keep the cursor.
+    SELECT * INTO q FROM sched_queues s WHERE s.queue = p_queue FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO sched_queues (queue) VALUES (p_queue) ON CONFLICT DO NOTHING;
+        SELECT * INTO q FROM sched_queues s WHERE s.queue = p_queue FOR UPDATE;
+    END IF;
+    IF NOT FOUND OR q.paused THEN
+        RETURN;
+    END IF;
+    -- Every bucket is read and charged at this one moment, after the lock: claims of the queue follow each
+    -- other, so their moments only go forward.
+    t_now := clock_timestamp();
+    IF q.rate IS NOT NULL THEN
+        level := least(q.burst, q.tokens + q.rate * greatest(0, extract(epoch FROM t_now - q.refilled_at)));
+        n := least(n, floor(level)::int);
+    END IF;
+    -- 2. Count on a snapshot taken after the lock: every earlier claim of this queue has committed. The running
+    --    set is small (it is bounded by the workers' slots) and read through its partial index. A queue without
+    --    concurrency limits needs no count.
+    IF q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL THEN
+        SELECT coalesce(sum(c.n), 0)::int,
+               coalesce(jsonb_object_agg(c.g, c.n) FILTER (WHERE c.g IS NOT NULL), '{}'),
+               coalesce(array_agg(c.g) FILTER (WHERE c.g IS NOT NULL AND c.n >= q.group_concurrency), '{}')
+        INTO running_total, per_group, full_groups
+        FROM (SELECT j.group_name::text AS g, count(*)::int AS n FROM sched_jobs j
+              WHERE j.state = 'running' AND j.queue = p_queue
+              GROUP BY j.group_name) c;
+    END IF;
+    IF q.max_running IS NOT NULL THEN
+        n := least(n, q.max_running - running_total);
+    END IF;
+    IF n <= 0 THEN
+        RETURN;
+    END IF;
+    -- Group buckets: at most once a second, drop the rows of buckets that became full since the last time (a
+    -- full bucket is the same as none): a range from where that sweep ended, so no sweep walks the entries of
+    -- rows an earlier one deleted (docs/protocol.md, "Group rates"). Then find the empty ones (less than one
+    -- token): their groups are skipped like groups at their limit.
+    IF q.group_rate IS NOT NULL THEN
+        IF q.group_swept_at IS NULL OR q.group_swept_at < t_now - interval '1 second' THEN
+            DELETE FROM sched_group_buckets b
+            WHERE b.queue = p_queue AND b.full_at > coalesce(q.group_swept_at, '-infinity') AND b.full_at <= t_now;
+            UPDATE sched_queues s SET group_swept_at = t_now WHERE s.queue = p_queue;
+        END IF;
+        SELECT coalesce(array_agg(b.group_name), '{}') INTO empty_groups FROM sched_group_buckets b
+        WHERE b.queue = p_queue
+          AND b.full_at > t_now + make_interval(secs => (q.group_burst - 1) / q.group_rate);
+    END IF;
+    blocked := full_groups || empty_groups;
+    -- The most jobs one group can take in this claim: its limit, its bucket (none without either).
+    group_cap := least(q.group_concurrency, floor(q.group_burst)::int);
+    -- Groups visited in turn: enough for the jobs asked for at group_cap each (5 without a cap: each probe of
+    -- the skip scan costs about as much as taking a job, so visiting one group per job asked for would double
+    -- the claim), and at least 64 so a claim spreads over many groups, never more than the jobs asked for.
+    visits := least(n, greatest(64, n / coalesce(group_cap, 5) + 1));
+    IF q.fair AND NOT p_seg_full THEN
+        -- DISTINCT ON: a name given twice would take two turns.
+        SELECT coalesce(array_agg(k.g ORDER BY k.g), '{}'), coalesce(array_agg(k.p ORDER BY k.g), '{}'),
+               coalesce(array_agg(k.f ORDER BY k.g), '{}'), coalesce(array_agg(k.r ORDER BY k.g), '{}'),
+               coalesce(array_agg(k.i ORDER BY k.g), '{}')
+        INTO k_name, k_priority, k_from, k_run_at, k_id
+        FROM (SELECT DISTINCT ON (k.g) k.g, k.p, k.f, k.r, k.i
+              FROM unnest(p_grp_name, p_grp_priority, p_grp_from, p_grp_run_at, p_grp_id) AS k (g, p, f, r, i)
+              WHERE k.g IS NOT NULL ORDER BY k.g) k;
+    END IF;
+    k_after := 1 + (SELECT count(*) FROM unnest(k_name) AS k (g) WHERE k.g <= coalesce(q.rr_group, ''));
+    -- 3. The head: the first n jobs in claim order, skipping blocked groups, read by the worker's segments as
+    --    JobClaim reads them (one range scan per segment, in order, until n rows). The spread head: when they
+    --    are each the first of a different group, at most one has no group, and no deferred job has fallen due,
+    --    they are what the turns below ask of a claim: every group's first job and none a second, none of a
+    --    group at its limit or out of tokens (those are blocked), by priority; only which groups go first
+    --    differs (claim order, not the cursor: first jobs are taken oldest first, so none waits for ever). The
+    --    claim takes them as they are, for the price of one index scan: the common case of many groups whose
+    --    jobs arrive interleaved. Otherwise (a group's second job among them, as when one group's backlog leads)
+    --    the turns decide, and these rows are the head of their candidates.
+    --    (The rows come in claim order: the segments are in claim order and each is read in it.)
+    SELECT coalesce(array_agg(h.id), '{}'), coalesce(array_agg(h.g), '{}'), coalesce(array_agg(h.priority), '{}'),
+           coalesce(array_agg(h.run_at), '{}'), count(*) = count(DISTINCT coalesce(h.g, ''))
+    INTO head_ids, head_groups, head_priorities, head_run_ats, spread
+    FROM (SELECT c.id, c.g, c.priority, c.run_at
+          FROM unnest(p_seg_hi, p_seg_lo, p_seg_run_at, p_seg_id, p_seg_until)
+              AS s (hi, lo, from_run_at, from_id, until_run_at)
+          CROSS JOIN LATERAL (
+              SELECT * FROM (
+                  SELECT j.id, j.group_name::text AS g, j.priority::int AS priority, j.run_at FROM sched_jobs j
+                  WHERE s.hi = s.lo
+                    AND j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue AND j.run_at <= now()
+                    AND j.priority = s.hi
+                    AND (j.run_at, j.id) >= (s.from_run_at, s.from_id) AND j.run_at < s.until_run_at
+                    AND j.task = ANY(p_tasks)
+                    AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
+                  ORDER BY j.run_at, j.id
+                  LIMIT n) AS one_level
+              UNION ALL
+              SELECT * FROM (
+                  SELECT j.id, j.group_name::text AS g, j.priority::int AS priority, j.run_at FROM sched_jobs j
+                  WHERE s.hi > s.lo
+                    AND j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue AND j.run_at <= now()
+                    AND j.priority <= s.hi AND j.priority >= s.lo
+                    AND j.task = ANY(p_tasks)
+                    AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
+                  ORDER BY j.priority DESC, j.run_at, j.id
+                  LIMIT n) AS levels
+          ) AS c
+          LIMIT n) h;
+    spread := spread AND NOT EXISTS (SELECT 1 FROM sched_jobs d
+                                     WHERE d.state = 'queued' AND d.deferred AND d.queue = p_queue
+                                       AND d.run_at <= now() AND d.run_at >= due_since AND d.task = ANY(p_tasks));
+    -- 4. Otherwise take jobs in claim order (docs/protocol.md, "Claim"), and for a fair queue, in turns between
+    --    groups ("Fair sharing"). Candidates come from
+    --    - the head of the queue (step 3) and the earliest due deferred rows, as JobClaim reads them: n rows of
+    --      each, which is all an unfair queue can take; a fair one takes the groups' jobs in turns;
+    --    - for a fair queue, the next groups after the queue's cursor (rr_group), in name order and round again
+    --      from the first (the turns, below), as many groups as the claim needs (see visits) plus those blocked,
+    --      so the cost follows the claim, not the groups; from each, its free slots and tokens but no more than
+    --      its share of the claim (what is left goes to the next).
+    --    Within a priority, every group's first job comes before any group's second, a group at most taking
+    --    its free slots and its whole tokens; the cursor moves to the last group served, so the next claim
+    --    starts after it. Candidates are then locked; a row locked elsewhere is skipped, which can only take
+    --    fewer jobs. Each group's bucket is charged for exactly the jobs taken of it.
+    --
+    --    The turns: each group with a ready job and its first entry (of any task), found by a skip scan of
+    --    sched_jobs_ready_group, one probe per group. A group the worker knows is not probed but read from its
+    --    position (sched_group_head), and the skip scan looks only between two known names, where it finds the
+    --    groups the worker does not know: a probe bounded by the next known name, one descent when there are
+    --    none. So a claim visits the groups a full pass would (those with a ready job), in the same order, and
+    --    walks none of the jobs claimed from the groups the worker knows. Only the grouped index's columns are
+    --    read here, so with index scans off it is read by index-only scans (see sched_group_head); the setting
+    --    holds for this statement alone (the function's own SET puts it back on when it returns).
+    IF q.fair AND NOT spread THEN
+        PERFORM set_config('enable_indexscan', 'off', true);
+        -- Each row is a group in ring order with its first entry, if it has one: first the groups after the
+        -- cursor (phase 1), then, only for the visits those did not fill, round again from the first group up to
+        -- the cursor (phase 2; a claim in the middle of the ring probes no group twice). k is the index of the
+        -- next known name, found how many groups with an entry the ring has found so far.
+        WITH RECURSIVE ring (phase, g, pos, id, priority, run_at, k, found) AS (
+            -- Where the turns start: the cursor (not a group; pos 0).
+            SELECT 1, coalesce(q.rr_group, ''), 0, NULL::bigint, NULL::int, NULL::timestamptz, k_after, 0
+            UNION ALL
+            -- The next group: one between the last and the next known name (a probe bounded by that name, or
+            -- by the cursor in phase 2), else that known name, else the end of phase 1 (a row that is not a
+            -- group, from which phase 2 starts at the first name).
+            SELECT CASE WHEN nx.turn THEN w.phase ELSE 2 END, CASE WHEN nx.turn THEN coalesce(u.g, b.kn) ELSE '' END,
+                   CASE WHEN nx.turn THEN w.pos + 1 ELSE 0 END, coalesce(u.id, h.id),
+                   coalesce(u.priority, h.priority), coalesce(u.run_at, h.run_at),
+                   CASE WHEN nx.turn THEN w.k + (u.g IS NULL)::int ELSE 1 END,
+                   w.found + (coalesce(u.id, h.id) IS NOT NULL)::int
+            FROM ring w
+            CROSS JOIN LATERAL (
+                SELECT CASE WHEN w.phase = 1 OR k_name[w.k] <= q.rr_group THEN k_name[w.k] END AS kn) b
+            LEFT JOIN LATERAL (
+                SELECT * FROM (
+                    (SELECT r.group_name::text AS g, r.id, r.priority::int AS priority, r.run_at FROM sched_jobs r
+                     WHERE b.kn IS NOT NULL AND r.state = 'queued' AND NOT r.deferred AND r.queue = p_queue
+                       AND r.group_name IS NOT NULL AND r.group_name > w.g AND r.group_name < b.kn
+                     ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1)
+                    UNION ALL
+                    (SELECT r.group_name::text AS g, r.id, r.priority::int AS priority, r.run_at FROM sched_jobs r
+                     WHERE b.kn IS NULL AND w.phase = 1 AND r.state = 'queued' AND NOT r.deferred
+                       AND r.queue = p_queue AND r.group_name IS NOT NULL AND r.group_name > w.g
+                     ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1)
+                    UNION ALL
+                    (SELECT r.group_name::text AS g, r.id, r.priority::int AS priority, r.run_at FROM sched_jobs r
+                     WHERE b.kn IS NULL AND w.phase = 2 AND r.state = 'queued' AND NOT r.deferred
+                       AND r.queue = p_queue AND r.group_name IS NOT NULL AND r.group_name > w.g
+                       AND r.group_name <= q.rr_group
+                     ORDER BY r.group_name, r.priority DESC, r.run_at, r.id LIMIT 1)
+                ) AS x LIMIT 1) AS u ON true
+            -- LIMIT keeps the subquery whole, so that its condition is checked before it runs, not after.
+            LEFT JOIN LATERAL (
+                SELECT f.* FROM sched_group_head(p_queue, b.kn, k_priority[w.k], k_from[w.k], k_run_at[w.k],
+                                                 k_id[w.k]) AS f
+                WHERE u.g IS NULL AND b.kn IS NOT NULL LIMIT 1) AS h ON true
+            CROSS JOIN LATERAL (SELECT u.g IS NOT NULL OR b.kn IS NOT NULL AS turn) nx
+            WHERE w.found < visits + cardinality(blocked) AND (nx.turn OR (w.phase = 1 AND q.rr_group IS NOT NULL))
+        )
+        -- The jobs without a group take one turn together, after the last group and before the first. A known
+        -- group without a ready entry from its position takes no turn.
+        SELECT array_agg(t.g ORDER BY t.pos), array_agg(t.pos ORDER BY t.pos),
+               array_agg(t.priority ORDER BY t.pos), array_agg(t.run_at ORDER BY t.pos),
+               array_agg(t.id ORDER BY t.pos)
+        INTO turn_groups, turn_pos, turn_priorities, turn_run_ats, turn_ids
+        FROM (SELECT t.* FROM (
+                  SELECT r.g, (r.phase - 1) * 1000000 + r.pos AS pos, r.id, r.priority, r.run_at FROM ring r
+                  WHERE r.pos > 0 AND r.id IS NOT NULL
+                  UNION ALL
+                  SELECT NULL, 1000000, NULL, NULL, NULL
+              ) t
+              WHERE t.g IS NULL OR t.g <> ALL(blocked)
+              ORDER BY t.pos
+              LIMIT visits + 1) t;
+        PERFORM set_config('enable_indexscan', 'on', true);
+    END IF;
+    RETURN QUERY
+    WITH turns AS (
+        SELECT t.g, t.pos, t.priority, t.run_at, t.id
+        FROM unnest(turn_groups, turn_pos, turn_priorities, turn_run_ats, turn_ids)
+            AS t (g, pos, priority, run_at, id)
+    ),
+    candidates AS (
+        SELECT h.id, h.g, h.priority, h.run_at
+        FROM unnest(head_ids, head_groups, head_priorities, head_run_ats) AS h (id, g, priority, run_at)
+        UNION
+        (SELECT j.id, j.group_name::text, j.priority::int, j.run_at FROM sched_jobs j
+         WHERE j.id = ANY(ARRAY(SELECT d.id FROM sched_jobs d
+                                WHERE d.state = 'queued' AND d.deferred AND d.queue = p_queue AND d.run_at <= now()
+                                  AND d.run_at >= due_since AND d.task = ANY(p_tasks)
+                                ORDER BY d.run_at, d.id
+                                LIMIT 1000))
+           AND j.state = 'queued' AND j.deferred
+           AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
+         ORDER BY j.priority DESC, j.run_at, j.id
+         LIMIT n)
+        UNION
+        -- Each group's next jobs that this worker can run, from its first entry on (which may be of a task this
+        -- worker lacks: taking it in the group's place would put a later job of another group before the
+        -- group's own). (The turns are counted in a join, not a subquery in the arguments: that would keep the
+        -- planner from inlining the function.)
+        SELECT h.id, t.g, h.priority, h.run_at
+        FROM turns t
+        CROSS JOIN (SELECT count(*) AS turn_count FROM turns) tc
+        CROSS JOIN LATERAL (
+            SELECT r.id, r.priority, r.run_at
+            FROM sched_group_jobs(p_queue, t.g, t.priority, t.run_at, t.id, p_tasks,
+                                  -- least() ignores NULLs: a limit the queue does not have takes no part.
+                                  least(q.group_concurrency - coalesce((per_group ->> t.g)::int, 0), group_cap,
+                                        1 + n / tc.turn_count)) AS r
+            -- OFFSET 0 keeps the subquery whole: the turn of the jobs without a group reads nothing.
+            WHERE t.g IS NOT NULL OFFSET 0) h
+    ),
+    ranked AS (
+        SELECT c.id, c.g, c.priority, c.run_at, t.pos,
+               row_number() OVER (PARTITION BY c.g ORDER BY c.priority DESC, c.run_at, c.id) AS rank
+        FROM candidates c
+        -- '' stands for no group (a name is never empty): an equality the planner can hash.
+        LEFT JOIN turns t ON coalesce(t.g, '') = coalesce(c.g, '')
+    ),
+    -- The whole tokens of the buckets of the groups among the candidates: a group's row that is not yet full
+    -- (one at most; a group without one has a full bucket), read from t_now on, so not through the rows of
+    -- its earlier charges.
+    bucket_tokens AS (
+        SELECT g.g, floor(q.group_burst
+                          - greatest(0, extract(epoch FROM b.full_at - t_now)) * q.group_rate)::int AS whole
+        FROM (SELECT DISTINCT r.g FROM ranked r WHERE q.group_rate IS NOT NULL AND r.g IS NOT NULL) g
+        CROSS JOIN LATERAL (SELECT max(b.full_at) AS full_at FROM sched_group_buckets b
+                            WHERE b.queue = p_queue AND b.group_name = g.g AND b.full_at > t_now) b
+        WHERE b.full_at IS NOT NULL
+    ),
+    -- The spread head as it is (see 3), or what the turns give; the branch not taken is never executed.
+    picked AS (
+        SELECT h.id, NULL::text AS g, NULL::int AS pos FROM unnest(head_ids) AS h (id) WHERE spread
+        UNION ALL
+        (SELECT r.id, r.g, r.pos FROM ranked r
+         LEFT JOIN bucket_tokens k ON k.g = r.g
+         WHERE NOT spread
+           -- A full head ends where the claim stopped reading the queue in claim order: a job after it, which
+           -- it never saw (one without a group, which only the head finds), may come before a candidate of a
+           -- lower priority. Those are left for the next claim (see 3: it happens only when head rows are
+           -- over their group's cap, and then that group is blocked next time).
+           AND (cardinality(head_ids) < n OR r.priority >= head_priorities[cardinality(head_priorities)])
+           AND (q.group_concurrency IS NULL OR r.g IS NULL
+                OR r.rank + coalesce((per_group ->> r.g)::int, 0) <= q.group_concurrency)
+           AND (q.group_rate IS NULL OR r.g IS NULL OR r.rank <= coalesce(k.whole, floor(q.group_burst)::int))
+         ORDER BY r.priority DESC,
+                  CASE WHEN q.fair THEN r.rank ELSE 0 END,
+                  coalesce(r.pos, 3000000), r.run_at, r.id
+         LIMIT n)
+    ),
+    locked AS (
+        SELECT j.id FROM sched_jobs j
+        WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+          AND j.task = ANY(p_tasks) AND j.run_at <= now()
+        FOR UPDATE SKIP LOCKED
+    ),
+    moved AS (
+        -- The cursor moves to the last group served in turn ('' for the jobs without a group: every name is after it).
+        UPDATE sched_queues s
+        SET rr_group = (SELECT coalesce(p.g, '') FROM picked p WHERE p.pos IS NOT NULL ORDER BY p.pos DESC LIMIT 1)
+        WHERE s.queue = p_queue AND q.fair
+          AND EXISTS (SELECT 1 FROM picked p WHERE p.pos IS NOT NULL)
+    ),
+    -- started_at is the moment the buckets were read and charged (after the lock), not the transaction's
+    -- start: claims of a queue follow each other in it, which is what a check of the rates can count on.
+    claimed AS (
+        UPDATE sched_jobs j
+        SET state = 'running', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now,
+            lease = nextval('sched_job_lease_seq')
+        WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+        RETURNING j.id, j.task::text AS task, j.payload::jsonb AS payload, j.attempt::int AS attempt,
+                  j.max_attempts::int AS max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout_s, j.lease,
+                  j.trace_context, j.priority::int AS priority, j.run_at, j.group_name::text AS g
+    ),
+    -- Each group's bucket pays for exactly the jobs taken of it: full_at moves k / rate ahead of the later of
+    -- itself and now (rounded up to the microsecond, so rounding never gives a token away). The charge is a new
+    -- row, and the group's row that was not yet full is deleted: rows are never updated, so the versions a
+    -- charge leaves behind lie before the moment later claims read from (see bucket_tokens).
+    takes AS (
+        SELECT c.g, count(*) AS k FROM claimed c
+        WHERE q.group_rate IS NOT NULL AND c.g IS NOT NULL
+        GROUP BY c.g
+    ),
+    refilling AS (
+        DELETE FROM sched_group_buckets b USING takes t
+        WHERE b.queue = p_queue AND b.group_name = t.g AND b.full_at > t_now
+        RETURNING b.group_name, b.full_at
+    ),
+    charged AS (
+        INSERT INTO sched_group_buckets (queue, group_name, full_at)
+        SELECT p_queue, t.g,
+               greatest((SELECT max(r.full_at) FROM refilling r WHERE r.group_name = t.g), t_now)
+               + make_interval(secs => ceil(t.k * 1e6 / q.group_rate) / 1e6)
+        FROM takes t
+    ),
+    -- The head's rows in claim order, and at each level the first one this claim did not take: the level's
+    -- position may move up to the last job taken before it (marks_level), never past a job the head read and
+    -- left. While a group is blocked the head read past its jobs without seeing them: no level moves then.
+    head AS (
+        SELECT h.id, h.priority, h.ord FROM unnest(head_ids, head_priorities) WITH ORDINALITY AS h (id, priority, ord)
+    ),
+    left_at AS (
+        SELECT h.priority, min(h.ord) AS ord FROM head h
+        WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = h.id)
+        GROUP BY h.priority
+    )
+    SELECT c.id, c.task, c.payload, c.attempt, c.max_attempts, c.timeout_s, c.lease, c.trace_context, c.priority,
+           -- No position before year 1000, as in JobClaim: such a level is read from its beginning.
+           CASE WHEN c.run_at >= '1000-01-01 00:00:00+00' THEN c.run_at END, c.g,
+           coalesce(cardinality(blocked) = 0 AND h.ord < coalesce(l.ord, 2147483647), false)
+    FROM claimed c
+    LEFT JOIN head h ON h.id = c.id
+    LEFT JOIN left_at l ON l.priority = c.priority;
+    GET DIAGNOSTICS taken = ROW_COUNT;
+    -- 5. Charge the queue's bucket for exactly the jobs taken, as JobClaim does.
+    IF q.rate IS NOT NULL THEN
+        UPDATE sched_queues s SET tokens = level - taken, refilled_at = greatest(q.refilled_at, t_now)
+        WHERE s.queue = p_queue;
+    END IF;
+END
+$$;
