@@ -8,6 +8,7 @@ import time
 
 import psycopg
 import pytest
+from support.marks import index_buffers
 
 from pgsched import db, repository
 from pgsched.models import NewJob
@@ -45,18 +46,7 @@ def _deferred_scan_buffers(dsn: str, marks: repository.DueMarks | None) -> int:
         "queues": None if since is None else list(since),
         "froms": None if since is None else list(since.values()),
     }
-    with psycopg.connect(dsn) as conn:
-        plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobPromoteDue"), params).fetchone()
-        conn.rollback()
-
-    def walk(node: dict) -> int:
-        own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-        if node.get("Index Name") == "sched_jobs_deferred":
-            return own + sum(walk(child) for child in node.get("Plans", []))
-        return sum(walk(child) for child in node.get("Plans", []))
-
-    assert plan is not None
-    return walk(plan[0][0]["Plan"])
+    return index_buffers(dsn, query("JobPromoteDue"), params, "sched_jobs_deferred")
 
 
 @pytest.mark.slow

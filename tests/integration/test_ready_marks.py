@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from support.marks import NeverFull, drain
+from support.marks import NeverFull, drain, index_buffers
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome, OutcomeKind
@@ -32,17 +32,7 @@ def _claim(dsn: str, worker: str, marks: repository.ReadyMarks | None, limit: in
 def _ready_scan_buffers(dsn: str, segments: repository.Segments) -> int:
     """Shared buffers the claim's scans of the ready index touch (a claim of 10, rolled back)."""
     params = repository.claim_params("default", ["t"], 10, str(uuid.uuid4()), segments)
-    with psycopg.connect(dsn) as raw:
-        ((plan,),) = raw.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params).fetchall()
-        raw.rollback()
-
-    def walk(node: dict) -> int:
-        own = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-        if node.get("Index Name") == "sched_jobs_ready":
-            return own
-        return sum(walk(child) for child in node.get("Plans", []))
-
-    return walk(plan[0]["Plan"])
+    return index_buffers(dsn, query("JobClaim"), params, "sched_jobs_ready")
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """A worker's reading positions as while vacuum is held back (docs/protocol.md, "Where a claim starts reading"),
-and a worker's drain of a queue through them."""
+a worker's drain of a queue through them, and what a statement's scans of one index cost."""
 
 from __future__ import annotations
+
+import psycopg
 
 from pgsched import db, repository
 from pgsched.models import Outcome, OutcomeKind
@@ -31,3 +33,19 @@ def drain(
         return done
 
     return run_async(dsn, body)
+
+
+def index_buffers(dsn: str, sql: str, params: dict, index: str) -> int:
+    """Shared buffers (hit + read) that the scans of ``index`` touch when ``sql`` runs with ``params``, under
+    EXPLAIN ANALYZE and rolled back: buffers do not depend on how busy the machine is. A node's figures include
+    those of the nodes below it (a subquery in a scan's condition)."""
+    with psycopg.connect(dsn) as conn:
+        ((plan,),) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchall()
+        conn.rollback()
+
+    def walk(node: dict) -> int:
+        if node.get("Index Name") == index:
+            return node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+        return sum(walk(child) for child in node.get("Plans", []))
+
+    return walk(plan[0]["Plan"])
