@@ -88,8 +88,13 @@ def cleanup(
     started = time.perf_counter()
     if dry_run:
         counts = repository.count_finished(conn, older_than_s)
-        emptied, held = _history_plan(conn, older_than_s)
-        counts.succeeded += history.count_before(conn, older_than_s) if exact else held
+        emptied = _history_plan(conn, older_than_s)
+        # With --exact every succeeded job past the retention goes, whichever slot holds it.
+        counts.succeeded += (
+            history.count_before(conn, older_than_s)
+            if exact
+            else sum(history.count_slot(conn, slot) for slot in emptied)
+        )
     else:
         counts = repository.CleanupCounts()
         while True:
@@ -120,14 +125,17 @@ def cleanup(
     )
 
 
-def _history_plan(conn: Connection, older_than_s: float) -> tuple[list[int], int]:
-    """The slots a cleanup would empty now (the one taking new rows included when it would move on), and how many
-    jobs older than the retention they hold (for a dry run)."""
+def _history_plan(conn: Connection, older_than_s: float) -> list[int]:
+    """The slots a cleanup would empty now (for a dry run): the one taking new rows too when it would move on."""
     found, now = history.slots(conn)
+    return _past_retention(found, now, older_than_s, current_too=_next_slot(found, now, older_than_s) is not None)
+
+
+def _past_retention(found: list[history.Slot], now: datetime, older_than_s: float, *, current_too: bool) -> list[int]:
+    """The slots whose every job is past the retention, leaving out the one taking new rows unless
+    ``current_too`` (it is emptied only once it has moved on)."""
     cutoff = now - timedelta(seconds=older_than_s)
-    rotates = _next_slot(found, now, older_than_s) is not None
-    emptied = [s.number for s in found if s.newest is not None and s.newest < cutoff and (rotates or not s.current)]
-    return emptied, sum(history.count_slot(conn, slot) for slot in emptied)
+    return [s.number for s in found if s.newest is not None and s.newest < cutoff and (current_too or not s.current)]
 
 
 def _next_slot(found: list[history.Slot], now: datetime, older_than_s: float) -> int | None:
@@ -149,14 +157,11 @@ def empty_history_slots(conn: Connection, older_than_s: float) -> tuple[list[int
         current = next(s for s in found if s.current)
         if history.rotate(conn, current.number, following):
             found, now = history.slots(conn)
-    cutoff = now - timedelta(seconds=older_than_s)
     emptied, total = [], 0
-    for slot in found:
-        if slot.current or slot.newest is None or slot.newest >= cutoff:
-            continue
-        held = history.truncate(conn, slot.number, older_than_s)
+    for slot in _past_retention(found, now, older_than_s, current_too=False):
+        held = history.truncate(conn, slot, older_than_s)
         if held is not None:
-            emptied.append(slot.number)
+            emptied.append(slot)
             total += held
     return emptied, total
 
