@@ -145,13 +145,14 @@ def print_job(job: dict[str, Any], console: Console | None = None) -> None:
     if job.get("error"):
         table.add_row("error", job["error"], style="red")
     if job.get("trace_context"):
-        table.add_row("trace", _trace(job["trace_context"]))
+        table.add_row("trace", trace_line(job["trace_context"]))
     if job.get("why"):
         table.add_row("why", job["why"])
     console.print(table, highlight=False, markup=True)
 
 
-def _trace(context: dict[str, Any]) -> str:
+def trace_line(context: dict[str, Any]) -> str:
+    """What names the trace a job was added in, on one line."""
     # The traceparent names the trace and the span that added the job, what a tracing UI is searched by; any other
     # propagation fields (tracestate, baggage) are in --json.
     traceparent = context.get("traceparent")

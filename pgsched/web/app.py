@@ -27,6 +27,7 @@ from pgsched.dashboard import compact
 from pgsched.durations import format_duration
 from pgsched.errors import DatabaseUnavailable, NotFound, SchedError, WrongState
 from pgsched.models import check_group, check_key, check_queue, check_task
+from pgsched.render import trace_line
 from pgsched.web.database import Cost, CountedConnection, Database
 from pgsched.web.guard import Guard
 
@@ -53,7 +54,9 @@ def create_app(
     """The dashboard as an ASGI application reading ``dsn``."""
     database = Database(dsn)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    templates.filters.update(age=_age, when=_when, pretty=_pretty, compact=compact, duration=format_duration)
+    templates.filters.update(
+        age=_age, when=_when, pretty=_pretty, compact=compact, duration=format_duration, trace=trace_line
+    )
 
     def render(request: Request, name: str, cost: Cost | None = None, status: int = 200, **context: Any) -> Response:
         html = templates.get_template(name).render(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import json
 import re
 
 import pytest
@@ -247,3 +248,17 @@ def test_a_page_that_ran_out_of_its_walk_says_why(client: TestClient, conn: db.C
     assert "finished jobs of every queue and final state share one index" in page
     following = re.search(r'id="next" href="([^"]+)"', page).group(1)  # type: ignore[union-attr]
     assert len(re.findall(r'<a href="/jobs/\d+">', client.get(html.unescape(following)).text)) == 1
+
+
+def test_the_job_page_shows_the_group_and_the_trace(client: TestClient, conn: db.Connection) -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    (traced,) = conn.row(
+        "INSERT INTO sched_jobs (queue, task, group_name, trace_context) VALUES ('web', 'mail.send', 'tenant:7', %s)"
+        " RETURNING id",
+        (json.dumps({"traceparent": parent, "tracestate": "k=v"}),),
+    )
+    (plain,) = conn.row("INSERT INTO sched_jobs (task) VALUES ('t') RETURNING id")
+    page = client.get(f"/jobs/{traced}").text
+    assert "<th>group</th><td>tenant:7</td>" in page and f"<th>trace</th><td>{parent}</td>" in page
+    page = client.get(f"/jobs/{plain}").text
+    assert "<th>group</th>" not in page and "<th>trace</th>" not in page
