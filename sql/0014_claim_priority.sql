@@ -55,6 +55,8 @@ DECLARE
     head_priorities integer[];
     head_run_ats timestamptz[];
     spread boolean;
+    -- The lowest priority the claim may take (see 4), NULL for any.
+    least_priority integer;
     -- Due deferred rows are read from this moment on: all of them in a full pass, else those of the last 2 s.
     due_since timestamptz := CASE WHEN p_seg_full THEN '-infinity'::timestamptz ELSE now() - interval '2 seconds' END;
     -- The groups the worker knows, in name order (none in a full pass), and the first one after the cursor.
@@ -260,131 +262,140 @@ BEGIN
               LIMIT visits + 1) t;
         PERFORM set_config('enable_indexscan', 'on', true);
     END IF;
-    RETURN QUERY
-    WITH turns AS (
-        SELECT t.g, t.pos, t.priority, t.run_at, t.id
-        FROM unnest(turn_groups, turn_pos, turn_priorities, turn_run_ats, turn_ids)
-            AS t (g, pos, priority, run_at, id)
-    ),
-    candidates AS (
-        SELECT h.id, h.g, h.priority, h.run_at
-        FROM unnest(head_ids, head_groups, head_priorities, head_run_ats) AS h (id, g, priority, run_at)
-        UNION
-        (SELECT j.id, j.group_name::text, j.priority::int, j.run_at FROM sched_jobs j
-         WHERE j.id = ANY(ARRAY(SELECT d.id FROM sched_jobs d
-                                WHERE d.state = 'queued' AND d.deferred AND d.queue = p_queue AND d.run_at <= now()
-                                  AND d.run_at >= due_since AND d.task = ANY(p_tasks)
-                                ORDER BY d.run_at, d.id
-                                LIMIT 1000))
-           AND j.state = 'queued' AND j.deferred
-           AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
-         ORDER BY j.priority DESC, j.run_at, j.id
-         LIMIT n)
-        UNION
-        -- Each group's next jobs that this worker can run, from its first entry on (which may be of a task this
-        -- worker lacks: taking it in the group's place would put a later job of another group before the
-        -- group's own). (The turns are counted in a join, not a subquery in the arguments: that would keep the
-        -- planner from inlining the function.)
-        SELECT h.id, t.g, h.priority, h.run_at
-        FROM turns t
-        CROSS JOIN (SELECT count(*) AS turn_count FROM turns) tc
-        CROSS JOIN LATERAL (
-            SELECT r.id, r.priority, r.run_at
-            FROM sched_group_jobs(p_queue, t.g, t.priority, t.run_at, t.id, p_tasks,
-                                  -- least() ignores NULLs: a limit the queue does not have takes no part.
-                                  least(q.group_concurrency - coalesce((per_group ->> t.g)::int, 0), group_cap,
-                                        1 + n / tc.turn_count)) AS r
-            -- OFFSET 0 keeps the subquery whole: the turn of the jobs without a group reads nothing.
-            WHERE t.g IS NOT NULL OFFSET 0) h
-    ),
-    ranked AS (
-        SELECT c.id, c.g, c.priority, c.run_at, t.pos,
-               row_number() OVER (PARTITION BY c.g ORDER BY c.priority DESC, c.run_at, c.id) AS rank
-        FROM candidates c
-        -- '' stands for no group (a name is never empty): an equality the planner can hash.
-        LEFT JOIN turns t ON coalesce(t.g, '') = coalesce(c.g, '')
-    ),
-    -- The whole tokens of the buckets of the groups among the candidates (a group without a row has a full one).
-    bucket_tokens AS (
-        SELECT g.g, floor(q.group_burst
-                          - greatest(0, extract(epoch FROM b.full_at - t_now)) * q.group_rate)::int AS whole
-        FROM (SELECT DISTINCT r.g FROM ranked r WHERE q.group_rate IS NOT NULL AND r.g IS NOT NULL) g
-        JOIN sched_group_buckets b ON b.queue = p_queue AND b.group_name = g.g
-    ),
-    -- The spread head as it is (see 3), or what the turns give; the branch not taken is never executed.
-    picked AS (
-        SELECT h.id, NULL::text AS g, NULL::int AS pos FROM unnest(head_ids) AS h (id) WHERE spread
-        UNION ALL
-        (SELECT r.id, r.g, r.pos FROM ranked r
-         LEFT JOIN bucket_tokens k ON k.g = r.g
-         WHERE NOT spread
-           -- A full head ends where the claim stopped reading the queue in claim order: a job after it, which
-           -- it never saw (one without a group, which only the head finds), may come before a candidate of a
-           -- lower priority. Those are left for the next claim (see 3: it happens only when head rows are
-           -- over their group's cap, and then that group is blocked next time).
-           AND (cardinality(head_ids) < n OR r.priority >= head_priorities[cardinality(head_priorities)])
-           AND (q.group_concurrency IS NULL OR r.g IS NULL
-                OR r.rank + coalesce((per_group ->> r.g)::int, 0) <= q.group_concurrency)
-           AND (q.group_rate IS NULL OR r.g IS NULL OR r.rank <= coalesce(k.whole, floor(q.group_burst)::int))
-         ORDER BY r.priority DESC,
-                  CASE WHEN q.fair THEN r.rank ELSE 0 END,
-                  coalesce(r.pos, 3000000), r.run_at, r.id
-         LIMIT n)
-    ),
-    locked AS (
-        SELECT j.id FROM sched_jobs j
-        WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
-          AND j.task = ANY(p_tasks) AND j.run_at <= now()
-        FOR UPDATE SKIP LOCKED
-    ),
-    moved AS (
-        -- The cursor moves to the last group served in turn ('' for the jobs without a group: every name is after it).
-        UPDATE sched_queues s
-        SET rr_group = (SELECT coalesce(p.g, '') FROM picked p WHERE p.pos IS NOT NULL ORDER BY p.pos DESC LIMIT 1)
-        WHERE s.queue = p_queue AND q.fair
-          AND EXISTS (SELECT 1 FROM picked p WHERE p.pos IS NOT NULL)
-    ),
-    -- started_at is the moment the buckets were read and charged (after the lock), not the transaction's
-    -- start: claims of a queue follow each other in it, which is what a check of the rates can count on.
-    claimed AS (
-        UPDATE sched_jobs j
-        SET state = 'running', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now,
-            lease = nextval('sched_job_lease_seq')
-        WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
-        RETURNING j.id, j.task::text AS task, j.payload::jsonb AS payload, j.attempt::int AS attempt,
-                  j.max_attempts::int AS max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout_s, j.lease,
-                  j.trace_context, j.priority::int AS priority, j.run_at, j.group_name::text AS g
-    ),
-    -- Each group's bucket pays for exactly the jobs taken of it: full_at moves k / rate ahead of the later of
-    -- itself and now (rounded up to the microsecond, so rounding never gives a token away).
-    charged AS (
-        INSERT INTO sched_group_buckets AS b (queue, group_name, full_at)
-        SELECT p_queue, c.g, t_now + make_interval(secs => ceil(count(*) * 1e6 / q.group_rate) / 1e6)
+    -- A full head ends where the claim stopped reading the queue in claim order: a job after it, which the claim
+    -- never saw (one without a group, which only the head finds), may come before a candidate of a lower
+    -- priority. Those are left for the next claim: it happens only when head rows are over their group's cap,
+    -- and that group is then blocked. Unless the claim took nothing (the rows it could take among the head's
+    -- were locked elsewhere, as SKIP LOCKED skips them): it then picks again without that bound, so that a job
+    -- with a free slot is never held back by rows it cannot take.
+    least_priority := CASE WHEN cardinality(head_ids) >= n THEN head_priorities[cardinality(head_priorities)] END;
+    LOOP
+        RETURN QUERY
+        WITH turns AS (
+            SELECT t.g, t.pos, t.priority, t.run_at, t.id
+            FROM unnest(turn_groups, turn_pos, turn_priorities, turn_run_ats, turn_ids)
+                AS t (g, pos, priority, run_at, id)
+        ),
+        candidates AS (
+            SELECT h.id, h.g, h.priority, h.run_at
+            FROM unnest(head_ids, head_groups, head_priorities, head_run_ats) AS h (id, g, priority, run_at)
+            UNION
+            (SELECT j.id, j.group_name::text, j.priority::int, j.run_at FROM sched_jobs j
+             WHERE j.id = ANY(ARRAY(SELECT d.id FROM sched_jobs d
+                                    WHERE d.state = 'queued' AND d.deferred AND d.queue = p_queue AND d.run_at <= now()
+                                      AND d.run_at >= due_since AND d.task = ANY(p_tasks)
+                                    ORDER BY d.run_at, d.id
+                                    LIMIT 1000))
+               AND j.state = 'queued' AND j.deferred
+               AND (j.group_name IS NULL OR j.group_name <> ALL(blocked))
+             ORDER BY j.priority DESC, j.run_at, j.id
+             LIMIT n)
+            UNION
+            -- Each group's next jobs that this worker can run, from its first entry on (which may be of a task this
+            -- worker lacks: taking it in the group's place would put a later job of another group before the
+            -- group's own). (The turns are counted in a join, not a subquery in the arguments: that would keep the
+            -- planner from inlining the function.)
+            SELECT h.id, t.g, h.priority, h.run_at
+            FROM turns t
+            CROSS JOIN (SELECT count(*) AS turn_count FROM turns) tc
+            CROSS JOIN LATERAL (
+                SELECT r.id, r.priority, r.run_at
+                FROM sched_group_jobs(p_queue, t.g, t.priority, t.run_at, t.id, p_tasks,
+                                      -- least() ignores NULLs: a limit the queue does not have takes no part.
+                                      least(q.group_concurrency - coalesce((per_group ->> t.g)::int, 0), group_cap,
+                                            1 + n / tc.turn_count)) AS r
+                -- OFFSET 0 keeps the subquery whole: the turn of the jobs without a group reads nothing.
+                WHERE t.g IS NOT NULL OFFSET 0) h
+        ),
+        ranked AS (
+            SELECT c.id, c.g, c.priority, c.run_at, t.pos,
+                   row_number() OVER (PARTITION BY c.g ORDER BY c.priority DESC, c.run_at, c.id) AS rank
+            FROM candidates c
+            -- '' stands for no group (a name is never empty): an equality the planner can hash.
+            LEFT JOIN turns t ON coalesce(t.g, '') = coalesce(c.g, '')
+        ),
+        -- The whole tokens of the buckets of the groups among the candidates (a group without a row has a full one).
+        bucket_tokens AS (
+            SELECT g.g, floor(q.group_burst
+                              - greatest(0, extract(epoch FROM b.full_at - t_now)) * q.group_rate)::int AS whole
+            FROM (SELECT DISTINCT r.g FROM ranked r WHERE q.group_rate IS NOT NULL AND r.g IS NOT NULL) g
+            JOIN sched_group_buckets b ON b.queue = p_queue AND b.group_name = g.g
+        ),
+        -- The spread head as it is (see 3), or what the turns give; the branch not taken is never executed.
+        picked AS (
+            SELECT h.id, NULL::text AS g, NULL::int AS pos FROM unnest(head_ids) AS h (id) WHERE spread
+            UNION ALL
+            (SELECT r.id, r.g, r.pos FROM ranked r
+             LEFT JOIN bucket_tokens k ON k.g = r.g
+             WHERE NOT spread
+               AND (least_priority IS NULL OR r.priority >= least_priority)
+               AND (q.group_concurrency IS NULL OR r.g IS NULL
+                    OR r.rank + coalesce((per_group ->> r.g)::int, 0) <= q.group_concurrency)
+               AND (q.group_rate IS NULL OR r.g IS NULL OR r.rank <= coalesce(k.whole, floor(q.group_burst)::int))
+             ORDER BY r.priority DESC,
+                      CASE WHEN q.fair THEN r.rank ELSE 0 END,
+                      coalesce(r.pos, 3000000), r.run_at, r.id
+             LIMIT n)
+        ),
+        locked AS (
+            SELECT j.id FROM sched_jobs j
+            WHERE j.id = ANY(ARRAY(SELECT id FROM picked)) AND j.state = 'queued'
+              AND j.task = ANY(p_tasks) AND j.run_at <= now()
+            FOR UPDATE SKIP LOCKED
+        ),
+        moved AS (
+            -- The cursor moves to the last group served in turn ('' for the jobs without a group: every name is
+            -- after it).
+            UPDATE sched_queues s
+            SET rr_group = (SELECT coalesce(p.g, '') FROM picked p WHERE p.pos IS NOT NULL ORDER BY p.pos DESC LIMIT 1)
+            WHERE s.queue = p_queue AND q.fair
+              AND EXISTS (SELECT 1 FROM picked p WHERE p.pos IS NOT NULL)
+        ),
+        -- started_at is the moment the buckets were read and charged (after the lock), not the transaction's
+        -- start: claims of a queue follow each other in it, which is what a check of the rates can count on.
+        claimed AS (
+            UPDATE sched_jobs j
+            SET state = 'running', attempt = j.attempt + 1, worker_id = p_worker, started_at = t_now,
+                lease = nextval('sched_job_lease_seq')
+            WHERE j.id = ANY(ARRAY(SELECT id FROM locked))
+            RETURNING j.id, j.task::text AS task, j.payload::jsonb AS payload, j.attempt::int AS attempt,
+                      j.max_attempts::int AS max_attempts, extract(epoch FROM j.timeout)::float8 AS timeout_s, j.lease,
+                      j.trace_context, j.priority::int AS priority, j.run_at, j.group_name::text AS g
+        ),
+        -- Each group's bucket pays for exactly the jobs taken of it: full_at moves k / rate ahead of the later of
+        -- itself and now (rounded up to the microsecond, so rounding never gives a token away).
+        charged AS (
+            INSERT INTO sched_group_buckets AS b (queue, group_name, full_at)
+            SELECT p_queue, c.g, t_now + make_interval(secs => ceil(count(*) * 1e6 / q.group_rate) / 1e6)
+            FROM claimed c
+            WHERE q.group_rate IS NOT NULL AND c.g IS NOT NULL
+            GROUP BY c.g
+            ON CONFLICT (queue, group_name) DO UPDATE
+            SET full_at = greatest(b.full_at, t_now) + (EXCLUDED.full_at - t_now)
+        ),
+        -- The head's rows in claim order, and at each level the first one this claim did not take: the level's
+        -- position may move up to the last job taken before it (marks_level), never past a job the head read and
+        -- left. While a group is blocked the head read past its jobs without seeing them: no level moves then.
+        head AS (
+            SELECT h.id, h.priority, h.ord
+            FROM unnest(head_ids, head_priorities) WITH ORDINALITY AS h (id, priority, ord)
+        ),
+        left_at AS (
+            SELECT h.priority, min(h.ord) AS ord FROM head h
+            WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = h.id)
+            GROUP BY h.priority
+        )
+        SELECT c.id, c.task, c.payload, c.attempt, c.max_attempts, c.timeout_s, c.lease, c.trace_context, c.priority,
+               -- No position before year 1000, as in JobClaim: such a level is read from its beginning.
+               CASE WHEN c.run_at >= '1000-01-01 00:00:00+00' THEN c.run_at END, c.g,
+               coalesce(cardinality(blocked) = 0 AND h.ord < coalesce(l.ord, 2147483647), false)
         FROM claimed c
-        WHERE q.group_rate IS NOT NULL AND c.g IS NOT NULL
-        GROUP BY c.g
-        ON CONFLICT (queue, group_name) DO UPDATE
-        SET full_at = greatest(b.full_at, t_now) + (EXCLUDED.full_at - t_now)
-    ),
-    -- The head's rows in claim order, and at each level the first one this claim did not take: the level's
-    -- position may move up to the last job taken before it (marks_level), never past a job the head read and
-    -- left. While a group is blocked the head read past its jobs without seeing them: no level moves then.
-    head AS (
-        SELECT h.id, h.priority, h.ord FROM unnest(head_ids, head_priorities) WITH ORDINALITY AS h (id, priority, ord)
-    ),
-    left_at AS (
-        SELECT h.priority, min(h.ord) AS ord FROM head h
-        WHERE NOT EXISTS (SELECT 1 FROM claimed c WHERE c.id = h.id)
-        GROUP BY h.priority
-    )
-    SELECT c.id, c.task, c.payload, c.attempt, c.max_attempts, c.timeout_s, c.lease, c.trace_context, c.priority,
-           -- No position before year 1000, as in JobClaim: such a level is read from its beginning.
-           CASE WHEN c.run_at >= '1000-01-01 00:00:00+00' THEN c.run_at END, c.g,
-           coalesce(cardinality(blocked) = 0 AND h.ord < coalesce(l.ord, 2147483647), false)
-    FROM claimed c
-    LEFT JOIN head h ON h.id = c.id
-    LEFT JOIN left_at l ON l.priority = c.priority;
-    GET DIAGNOSTICS taken = ROW_COUNT;
+        LEFT JOIN head h ON h.id = c.id
+        LEFT JOIN left_at l ON l.priority = c.priority;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        EXIT WHEN taken > 0 OR least_priority IS NULL;
+        least_priority := NULL;
+    END LOOP;
     -- 5. Charge the queue's bucket for exactly the jobs taken, as JobClaim does.
     IF q.rate IS NOT NULL THEN
         UPDATE sched_queues s SET tokens = level - taken, refilled_at = greatest(q.refilled_at, t_now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgsched.db import AsyncConnection, Connection
+from pgsched.errors import DatabaseError
 from pgsched.sqlfiles import query
 
 
@@ -25,8 +26,12 @@ async def register_worker(
     stale_after_s: float,
     timeout_grace_s: float,
 ) -> None:
-    """Add the worker's row with the liveness contract it will be judged by; it must exist before it claims."""
-    await conn.rows(
+    """Add the worker's row with the liveness contract it will be judged by; it must exist before it claims.
+
+    Refuses a database whose statements do not run at READ COMMITTED: a claim of a queue with flow control
+    counts and charges on snapshots taken after it locked the queue's row (docs/protocol.md, "Concurrency
+    limits"), which only READ COMMITTED gives; at REPEATABLE READ the limits could be passed."""
+    ((isolation,),) = await conn.rows(
         query("WorkerRegister"),
         {
             "id": worker_id,
@@ -39,6 +44,13 @@ async def register_worker(
             "timeout_grace_s": timeout_grace_s,
         },
     )
+    if isolation != "read committed":
+        await conn.rows(query("WorkerDeregister"), {"id": worker_id})
+        raise DatabaseError(
+            f"sched's workers need READ COMMITTED, but this connection's transactions default to {isolation}"
+            " (default_transaction_isolation); set it back for sched's role or database, e.g. ALTER ROLE"
+            " <role> SET default_transaction_isolation = 'read committed'"
+        )
 
 
 async def heartbeat_worker(conn: AsyncConnection, worker_id: str, running: int) -> bool:

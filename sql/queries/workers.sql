@@ -26,7 +26,9 @@ FROM sched_workers
 ORDER BY host, pid;
 
 -- name: WorkerRegister
--- A worker announces itself, and the liveness contract it will be judged by, before claiming anything.
+-- A worker announces itself, and the liveness contract it will be judged by, before claiming anything; it learns
+-- the isolation its statements run at (the role's or database's default_transaction_isolation).
 INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency, stale_after, timeout_grace)
 VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(tasks)s, %(concurrency)s,
-        make_interval(secs => %(stale_after_s)s::float8), make_interval(secs => %(timeout_grace_s)s::float8));
+        make_interval(secs => %(stale_after_s)s::float8), make_interval(secs => %(timeout_grace_s)s::float8))
+RETURNING current_setting('transaction_isolation') AS isolation;
