@@ -51,11 +51,11 @@ SELECT CASE WHEN q.max_running IS NOT NULL
                                WHERE r.state = 'running' AND r.queue = q.queue AND r.group_name IS NOT NULL
                                GROUP BY r.group_name
                                HAVING count(*) >= q.group_concurrency)) AS by_group_concurrency,
-       (SELECT count(*) FROM sched_group_buckets b
+       (SELECT count(*) FROM (SELECT DISTINCT b.queue, b.group_name FROM sched_group_buckets b
+                              WHERE q.group_rate IS NOT NULL AND b.queue = q.queue
+                                AND b.full_at > now() + make_interval(secs => (q.group_burst - 1) / q.group_rate)) b
         JOIN sched_jobs j ON j.state = 'queued' AND NOT j.deferred AND j.queue = b.queue
-                         AND j.group_name = b.group_name
-        WHERE q.group_rate IS NOT NULL AND b.queue = q.queue
-          AND b.full_at > now() + make_interval(secs => (q.group_burst - 1) / q.group_rate)) AS by_group_rate
+                         AND j.group_name = b.group_name) AS by_group_rate
 FROM sched_queues q
 WHERE q.queue = %(queue)s
   AND (q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL OR q.group_rate IS NOT NULL);
