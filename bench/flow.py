@@ -37,15 +37,21 @@ def drain(conn: db.Connection, dsn: str, queue: str, groups: list[str | None], c
     args = ["worker", "--burst", "-q", "--queue", queue, "--concurrency", str(concurrency), "--batch-size", str(batch)]
     subprocess.run([sys.executable, "-m", "pgsched", *args], env=env, check=True)
     count, seconds = conn.row(
-        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM sched_jobs "
+        "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8 FROM sched_jobs_all "
         "WHERE id = ANY(%s) AND state = 'succeeded'",
         (ids,),
     )  # type: ignore[misc]
     if count != len(ids):
         raise SystemExit(f"the worker finished {count} of {len(ids)} jobs on {queue}")
-    conn.run("DELETE FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    forget(conn, ids)
     conn.run("VACUUM ANALYZE sched_jobs")
     return count / seconds
+
+
+def forget(conn: db.Connection, ids: list[int]) -> None:
+    """Delete a drain's jobs: succeeded ones are in the history (docs/design.md, "History and cleanup")."""
+    conn.run("DELETE FROM sched_job_history WHERE id = ANY(%s)", (ids,))
+    conn.run("DELETE FROM sched_jobs WHERE id = ANY(%s)", (ids,))
 
 
 def fairness(conn: db.Connection, dsn: str, big: int) -> int:
@@ -61,13 +67,13 @@ def fairness(conn: db.Connection, dsn: str, big: int) -> int:
     subprocess.run([sys.executable, "-m", "pgsched", *args], env=env, check=True)
     # Claim order within one claim is id order; across claims, started_at (the claim's transaction time).
     ahead = conn.row(
-        "WITH last AS (SELECT started_at, id FROM sched_jobs WHERE id = ANY(%(ids)s) AND group_name <> 'big' "
+        "WITH last AS (SELECT started_at, id FROM sched_jobs_all WHERE id = ANY(%(ids)s) AND group_name <> 'big' "
         "ORDER BY started_at DESC, id DESC LIMIT 1) "
-        "SELECT count(*) FROM sched_jobs j, last WHERE j.id = ANY(%(ids)s) AND j.group_name = 'big' "
+        "SELECT count(*) FROM sched_jobs_all j, last WHERE j.id = ANY(%(ids)s) AND j.group_name = 'big' "
         "AND (j.started_at, j.id) <= (last.started_at, last.id)",
         {"ids": ids},
     )[0]  # type: ignore[index]
-    conn.run("DELETE FROM sched_jobs WHERE id = ANY(%s)", (ids,))
+    forget(conn, ids)
     return ahead
 
 
