@@ -9,7 +9,7 @@ the shared buffers one claim of --batch jobs touches (EXPLAIN ANALYZE BUFFERS on
 not depend on how busy the machine is, so they show the trend even where the rates are noisy.
 
     python bench/vacuum_hold.py [--dsn postgresql://root@127.0.0.1:5432/postgres] [--rounds 10] [--jobs 20000]
-        [--groups 100 [--no-fair] [--group-concurrency 5] [--group-rate 100000]]
+        [--groups 100 [--no-fair] [--group-concurrency 5] [--group-rate 100000]] [--max-running 500]
 
 Prints one line per round and, with --json, one JSON object. The databases are created and dropped here."""
 
@@ -86,6 +86,9 @@ def main() -> None:
     )
     parser.add_argument("--group-concurrency", type=int, help="with --groups: at most this many running per group")
     parser.add_argument(
+        "--max-running", type=int, help="at most this many running jobs in the queue (claimed by sched_claim_limited)"
+    )
+    parser.add_argument(
         "--group-rate", type=float, help="with --groups: a token bucket per group of this rate per second (burst too)"
     )
     parser.add_argument("--json", action="store_true")
@@ -102,8 +105,10 @@ def main() -> None:
             migrate.apply(conn)
             if args.no_fair:
                 repository.set_queue_fair(conn, QUEUE, False)
-            if args.group_concurrency:
-                repository.set_queue_concurrency(conn, QUEUE, group_concurrency=args.group_concurrency)
+            if args.group_concurrency or args.max_running:
+                repository.set_queue_concurrency(
+                    conn, QUEUE, max_running=args.max_running, group_concurrency=args.group_concurrency
+                )
             if args.group_rate:
                 repository.set_queue_group_rate(conn, QUEUE, args.group_rate, args.group_rate)
     holder = db.connect(dsns["held"])

@@ -20,7 +20,7 @@ SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 # table sched_jobs_incoming is temporary (pg_temp) and is not one of them.
 _OBJECTS = re.compile(
     r"\b(sched_(?:jobs|job_deps|workers|queues|schedules|migrations|job_state|job_lease_seq|jobs_id_seq"
-    r"|claim_limited|group_buckets|group_firsts|has_grouped_jobs|jobs_all|job_history|history|history_truncate"
+    r"|claim_limited|queue_running|group_buckets|group_firsts|has_grouped_jobs|jobs_all|job_history|history|history_truncate"
     r"|finish_succeeded))\b"
 )
 _SCHEMA_TOKEN = re.compile(r"\bsched_schema\b")

@@ -93,10 +93,11 @@ GRANT SELECT ON sched_job_deps TO sched_worker;
 -- change nothing, and it re-registers at its next heartbeat.
 GRANT SELECT, INSERT, UPDATE, DELETE ON sched_workers TO sched_worker;
 GRANT SELECT ON sched_migrations TO sched_worker;
--- The claim charges a rate-limited queue's token bucket and moves its turn between groups; pausing and limits stay
--- with the operator.
+-- The claim charges a rate-limited queue's token bucket, moves its turn between groups and the floor of its count
+-- of running jobs; pausing and limits stay with the operator.
 GRANT SELECT ON sched_queues TO sched_worker;
-GRANT UPDATE (tokens, refilled_at, rr_group, group_swept_at) ON sched_queues TO sched_worker;
+GRANT UPDATE (tokens, refilled_at, rr_group, group_swept_at, running_floor, running_below) ON sched_queues
+    TO sched_worker;
 -- The first fair claim of a queue whose jobs have groups makes its row (with no settings) to keep the cursor.
 GRANT INSERT (queue) ON sched_queues TO sched_worker;
 -- The claim charges the groups' buckets and drops those that are full again (docs/protocol.md, "Group rates").

@@ -104,13 +104,20 @@ WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
 
 -- name: QueueSetConcurrency
 -- Set (or with NULL remove) a queue's limits on running jobs: in all, and per group. Claims take the queue's
--- row from their next statement on (docs/protocol.md, "Concurrency limits").
+-- row from their next statement on (docs/protocol.md, "Concurrency limits"). On a queue that had no limit, the
+-- count's floor goes back to the beginning: its claims took no lock and kept no count, and their runs must be
+-- counted; updated_at keeps the floor from moving for 60 s, while claims that started before the limit commit
+-- ("Where the count starts reading").
 INSERT INTO sched_queues (queue, max_running, group_concurrency)
 VALUES (%(queue)s, %(max_running)s, %(group_concurrency)s)
 ON CONFLICT (queue) DO UPDATE
 SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE sched_queues.max_running END,
     group_concurrency = CASE WHEN %(set_group_concurrency)s THEN EXCLUDED.group_concurrency
                              ELSE sched_queues.group_concurrency END,
+    running_floor = CASE WHEN sched_queues.max_running IS NULL AND sched_queues.group_concurrency IS NULL THEN NULL
+                         ELSE sched_queues.running_floor END,
+    running_below = CASE WHEN sched_queues.max_running IS NULL AND sched_queues.group_concurrency IS NULL THEN '{}'
+                         ELSE sched_queues.running_below END,
     updated_at = now();
 
 -- name: QueueSetFair

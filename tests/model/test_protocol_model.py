@@ -949,6 +949,19 @@ class ProtocolModel(RuleBasedStateMachine):
         self.queues[queue].max_running = max_running
         self.queues[queue].group_concurrency = group_concurrency
 
+    @rule(queue=st.sampled_from(QUEUES))
+    def count_floor_moves(self, queue: str) -> None:
+        """The floor of a limited queue's count moves up to now, as a claim's count moves it once its walk got
+        long (docs/protocol.md, "Where the count starts reading"; here, at any step): the runs started before it
+        are looked up by id from then on, the later ones walked."""
+        self.h.conn.run(
+            "WITH t AS (SELECT clock_timestamp() AS at)"
+            " UPDATE sched_queues SET running_floor = t.at, running_below = ARRAY("
+            "SELECT id FROM sched_jobs WHERE state = 'running' AND queue = %(queue)s AND started_at < t.at)"
+            " FROM t WHERE queue = %(queue)s",
+            {"queue": queue},
+        )
+
     @initialize(rate=st.sampled_from([None, *RATES]), burst=st.sampled_from([1, 2]))
     def start_with_a_group_rate(self, rate: float | None, burst: int) -> None:
         """Most examples start with group rates on q2, so that claims meet them from the first step."""
@@ -1153,6 +1166,32 @@ class ProtocolModel(RuleBasedStateMachine):
                     assert self.jobs[parent].state == "succeeded", f"job {job_id} {state} before parent {parent}"
         edges = {(a, b) for a, b in self.h.conn.rows("SELECT job_id, depends_on FROM sched_job_deps")}
         assert edges == {(j.id, p) for j in self.jobs.values() for p in j.parents}
+
+    @invariant()
+    def counts_see_every_run(self) -> None:
+        """What the count of a claim of a limited queue reads, from the queue's floor or (a full pass) from the
+        beginning, is the queue's running jobs by group (its own moves of the floor rolled back)."""
+        for queue, control in self.queues.items():
+            if control.max_running is None and control.group_concurrency is None:
+                continue
+            running = collections.Counter(
+                j.group for j in self.jobs.values() if j.state == "running" and j.queue == queue
+            )
+            for full in (False, True):
+                self.h.conn.raw.execute("BEGIN")
+                try:
+                    rows = self.h.conn.rows(
+                        "SELECT group_name, n FROM sched_queue_running(%s, %s, clock_timestamp())", (queue, full)
+                    )
+                finally:
+                    self.h.conn.raw.execute("ROLLBACK")
+                assert dict(rows) == running, f"the count of {queue} (full pass: {full}) reads {rows}, not {running}"
+            (below,) = self.h.conn.row(
+                "SELECT count(*) FROM sched_queues q JOIN sched_jobs j ON j.id = ANY(q.running_below)"
+                " WHERE q.queue = %s AND j.state = 'running' AND j.started_at < q.running_floor",
+                (queue,),
+            )
+            self.h.seen["count of a limited queue read runs below its floor"] += below > 0
 
     @invariant()
     def one_live_job_per_key(self) -> None:
