@@ -830,6 +830,13 @@ class ProtocolModel(RuleBasedStateMachine):
             "UPDATE sched_jobs SET started_at = now() - timeout - make_interval(secs => %s) WHERE id = %s",
             (late, job.id),
         )
+        # Had the run really started that long ago, a floor of its queue's count that moved since would have it
+        # among the runs below it (docs/protocol.md, "Where the count starts reading").
+        self.h.conn.run(
+            "UPDATE sched_queues q SET running_below = q.running_below || j.id FROM sched_jobs j"
+            " WHERE j.id = %s AND q.queue = j.queue AND j.started_at < q.running_floor",
+            (job.id,),
+        )
         job.overdue = late > self.workers[job.worker].timeout_grace_s  # type: ignore[index]
 
     @precondition(lambda self: any(j.state == "running" for j in self.jobs.values()))
