@@ -37,9 +37,9 @@ CREATE INDEX sched_jobs_running_queue ON sched_jobs (queue, started_at) WHERE st
 -- floor (primary-key lookups). A full pass (p_full) reads the whole range instead, which counts, and puts back
 -- in running_below, a job a claim that took no lock started below the floor. The row changes only when
 --   - the walk passed more than max(500, twice the running jobs) entries (read from the statistics this
---     session keeps for the index, which count every entry a scan returns, dead or alive) and the queue's
---     settings last changed more than 60 s ago: the floor moves to p_now and running_below becomes the running
---     jobs started before it;
+--     session keeps for the index, which count every entry a scan returns, dead or alive; once a second in a
+--     session that keeps none, track_counts off) and the queue's settings last changed more than 60 s ago: the
+--     floor moves to p_now and running_below becomes the running jobs started before it;
 --   - the clock went back past the floor: the floor moves back to p_now, so this claim's runs are above it;
 --   - a full pass found a running job below the floor that running_below lacks.
 -- So the count costs the running jobs plus the entries of at most a few claims, however long the horizon is
@@ -97,7 +97,10 @@ BEGIN
         FROM sched_jobs j
         WHERE j.id = ANY(below) AND j.state::text = 'running' AND j.queue = p_queue AND j.started_at < floor_at;
     END IF;
-    moves := settled AND walked > greatest(500, 2 * (cardinality(walk_ids) + cardinality(below_ids)));
+    -- A session that keeps no statistics (track_counts off) reads no walk: the floor then moves once a second.
+    moves := settled AND CASE WHEN current_setting('track_counts')::boolean
+                              THEN walked > greatest(500, 2 * (cardinality(walk_ids) + cardinality(below_ids)))
+                              ELSE floor_at IS NULL OR floor_at < p_now - interval '1 second' END;
     IF moves OR lowered OR missing THEN
         IF moves THEN
             floor_at := p_now;

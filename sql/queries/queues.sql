@@ -108,8 +108,8 @@ WHERE state = 'queued' AND queue = %(queue)s AND run_at <= now();
 -- count's floor goes back to the beginning: its claims took no lock and kept no count, and their runs must be
 -- counted; updated_at keeps the floor from moving for 60 s, while claims that started before the limit commit
 -- ("Where the count starts reading").
-INSERT INTO sched_queues (queue, max_running, group_concurrency)
-VALUES (%(queue)s, %(max_running)s, %(group_concurrency)s)
+INSERT INTO sched_queues (queue, max_running, group_concurrency, updated_at)
+VALUES (%(queue)s, %(max_running)s, %(group_concurrency)s, clock_timestamp())
 ON CONFLICT (queue) DO UPDATE
 SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE sched_queues.max_running END,
     group_concurrency = CASE WHEN %(set_group_concurrency)s THEN EXCLUDED.group_concurrency
@@ -118,7 +118,8 @@ SET max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s
                          ELSE sched_queues.running_floor END,
     running_below = CASE WHEN sched_queues.max_running IS NULL AND sched_queues.group_concurrency IS NULL THEN '{}'
                          ELSE sched_queues.running_below END,
-    updated_at = now();
+    -- The moment the row is written (after any wait for its lock), not the transaction's start.
+    updated_at = clock_timestamp();
 
 -- name: QueueSetFair
 -- Turn fair sharing between groups on (the default) or off for a queue (docs/protocol.md, "Fair sharing").
