@@ -6,44 +6,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from support.connections import run_async
-from support.marks import NeverFull, drain
+from support.marks import NeverFull, drain, held_snapshot, settle_limits, worker_row
 
 from pgsched import db, migrate, repository
 from pgsched.models import ClaimedJob, NewJob
 from pgsched.sqlfiles import query, sql_dir
-
-
-def _worker(conn: db.Connection) -> str:
-    worker = str(uuid.uuid4())
-    conn.run(
-        "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency) VALUES (%s, 'h', 1, '{q}', '{t}', 1)",
-        (worker,),
-    )
-    return worker
-
-
-def _settled(conn: db.Connection) -> None:
-    # As if the limits had been set more than 60 s ago: the floor may move.
-    conn.run("UPDATE sched_queues SET updated_at = now() - interval '1 hour' WHERE queue = 'q'")
-
-
-@contextmanager
-def _held(dsn: str) -> Iterator[None]:
-    """A snapshot that holds vacuum back: every run that ends leaves its entry in the index of running jobs."""
-    with psycopg.connect(dsn) as holder:
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM sched_jobs")
-        yield
-        holder.rollback()
 
 
 def _add(conn: db.Connection, n: int) -> None:
@@ -102,11 +75,11 @@ def test_the_floor_stays_put_for_60_s_from_when_the_limit_was_written(dsn: str, 
 
 def test_the_floor_moves_when_the_sessions_keep_no_statistics(dsn: str, conn: db.Connection) -> None:
     repository.set_queue_concurrency(conn, "q", max_running=1_000)
-    _settled(conn)
-    worker = _worker(conn)
+    settle_limits(conn)
+    worker = worker_row(conn)
     options = conninfo_to_dict(dsn).get("options") or ""
     quiet = make_conninfo(dsn, options=f"{options} -c track_counts=off".strip())
-    with _held(dsn):
+    with held_snapshot(dsn):
         _add(conn, 900)
         assert drain(quiet, worker, NeverFull(), 200, "q") == 900
         assert _floor(conn)[0] is not None
@@ -114,11 +87,11 @@ def test_the_floor_moves_when_the_sessions_keep_no_statistics(dsn: str, conn: db
 
 def test_a_count_whose_clock_went_back_past_the_floor_lowers_it_and_stays_exact(dsn: str, conn: db.Connection) -> None:
     repository.set_queue_concurrency(conn, "q", max_running=50)
-    _settled(conn)
-    worker = _worker(conn)
+    settle_limits(conn)
+    worker = worker_row(conn)
     _add(conn, 3)
-    long_runs = _claim(dsn, _worker(conn), 3)
-    with _held(dsn):
+    long_runs = _claim(dsn, worker_row(conn), 3)
+    with held_snapshot(dsn):
         _move_floor(dsn, conn, worker)
         floor, below = _floor(conn)
         assert set(below) == {j.id for j in long_runs}
@@ -145,13 +118,13 @@ def test_a_limit_removed_then_set_again_counts_the_runs_claimed_without_a_lock_b
     # fair off: the queue keeps its row (and its floor) while it has no limit, and its claims take no lock.
     repository.set_queue_fair(conn, "q", False)
     repository.set_queue_concurrency(conn, "q", max_running=10)
-    _settled(conn)
-    worker = _worker(conn)
-    with _held(dsn):
+    settle_limits(conn)
+    worker = worker_row(conn)
+    with held_snapshot(dsn):
         _move_floor(dsn, conn, worker)
         repository.set_queue_concurrency(conn, "q", max_running=None)
         _add(conn, 8)
-        plain = _claim(dsn, _worker(conn), 8)
+        plain = _claim(dsn, worker_row(conn), 8)
         assert len(plain) == 8
         # Runs of the unlimited queue: started_at is their transaction's start, after the old floor; now put one
         # before it, as a transaction that began before the floor moved would.
@@ -162,13 +135,13 @@ def test_a_limit_removed_then_set_again_counts_the_runs_claimed_without_a_lock_b
         )
         repository.set_queue_concurrency(conn, "q", max_running=210)
         assert _floor(conn) == (None, [])
-        _settled(conn)
+        settle_limits(conn)
         # The first walk reads from the beginning; the floor moves past the plain runs, which go below it.
         _move_floor(dsn, conn, worker)
         assert set(_floor(conn)[1]) == {j.id for j in plain}
         assert _count(conn) == _running(conn) == 8
         _add(conn, 300)
-        assert len(_claim(dsn, _worker(conn), 300, NeverFull())) == 202
+        assert len(_claim(dsn, worker_row(conn), 300, NeverFull())) == 202
 
 
 @pytest.mark.xfail(
@@ -180,7 +153,7 @@ def test_a_limit_removed_then_set_again_counts_the_runs_claimed_without_a_lock_b
 def test_a_claim_at_repeatable_read_cannot_pass_a_limit_set_before_its_statement(dsn: str, conn: db.Connection) -> None:
     repository.set_queue_concurrency(conn, "q", max_running=1)
     repository.set_queue_concurrency(conn, "q", max_running=None)
-    worker = _worker(conn)
+    worker = worker_row(conn)
     _add(conn, 10)
     params = repository.claim_params("q", ["t"], 5, worker)
     with psycopg.connect(dsn) as old:
@@ -205,19 +178,19 @@ def test_a_limit_set_on_a_queue_with_runs_before_migration_0016_counts_them(serv
                 "INSERT INTO sched_queues (queue, max_running, group_concurrency, updated_at)"
                 " VALUES ('q', 106, 2, now() - interval '1 hour')"
             )
-            worker = _worker(conn)
+            worker = worker_row(conn)
             repository.enqueue_many(conn, [NewJob(task="t", queue="q", group=g) for g in "aabbcc"])
-            assert len(_claim(empty_dsn, _worker(conn), 10)) == 6
+            assert len(_claim(empty_dsn, worker_row(conn), 10)) == 6
             migrate.apply(conn)
             assert _floor(conn) == (None, [])
-            with _held(empty_dsn):
+            with held_snapshot(empty_dsn):
                 _add(conn, 700)
                 assert drain(empty_dsn, worker, NeverFull(), 200, "q") == 700
                 assert _floor(conn)[0] is not None
             assert _count(conn) == _count(conn, full=True) == _running(conn) == 6
             repository.enqueue_many(conn, [NewJob(task="t", queue="q", group="c") for _ in range(3)])
             _add(conn, 200)
-            assert len(_claim(empty_dsn, _worker(conn), 300, NeverFull())) == 100
+            assert len(_claim(empty_dsn, worker_row(conn), 300, NeverFull())) == 100
             assert _running(conn) == 106
             assert conn.row("SELECT count(*) FROM sched_jobs WHERE state = 'running' AND group_name = 'c'") == (2,)
 
@@ -237,11 +210,11 @@ def test_the_worker_role_moves_lowers_and_repairs_the_floor(
         admin.execute(f"GRANT sched_worker TO {login}")
     as_worker = make_conninfo(dsn, user=login)
     repository.set_queue_concurrency(conn, "q", max_running=20)
-    _settled(conn)
-    worker = _worker(conn)
+    settle_limits(conn)
+    worker = worker_row(conn)
     _add(conn, 2)
-    assert len(_claim(as_worker, _worker(conn), 2)) == 2
-    with _held(dsn):
+    assert len(_claim(as_worker, worker_row(conn), 2)) == 2
+    with held_snapshot(dsn):
         _add(conn, 700)
         assert drain(as_worker, worker, NeverFull(), 200, "q") == 700
         floor, below = _floor(conn)

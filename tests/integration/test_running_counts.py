@@ -6,44 +6,16 @@ latest."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import psycopg
 import pytest
 from support.connections import run_async
-from support.marks import NeverFull, drain
+from support.marks import NeverFull, drain, held_snapshot, settle_limits, worker_row
 
 from pgsched import db, repository
 from pgsched.models import ClaimedJob, NewJob, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
 GROUPS = ["a", "b", "c", None]
-
-
-def _worker(conn: db.Connection) -> str:
-    worker = str(uuid.uuid4())
-    conn.run(
-        "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency) VALUES (%s, 'h', 1, '{q}', '{t}', 1)",
-        (worker,),
-    )
-    return worker
-
-
-def _settled(conn: db.Connection) -> None:
-    # As if the limits had been set more than 60 s ago: the floor may move.
-    conn.run("UPDATE sched_queues SET updated_at = now() - interval '1 hour' WHERE queue = 'q'")
-
-
-@contextmanager
-def _held(dsn: str) -> Iterator[None]:
-    """A snapshot that holds vacuum back: every run that ends leaves its entry in the index of running jobs."""
-    with psycopg.connect(dsn) as holder:
-        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        holder.execute("SELECT count(*) FROM sched_jobs")
-        yield
-        holder.rollback()
 
 
 def _count(conn: db.Connection, full: bool = False) -> dict[str | None, int]:
@@ -108,12 +80,12 @@ def test_the_count_stays_exact_while_the_floor_moves_and_runs_end_every_way(
     dsn: str, conn: db.Connection, where: str
 ) -> None:
     repository.set_queue_concurrency(conn, "q", max_running=10_000, group_concurrency=5_000)
-    _settled(conn)
-    drainer = _worker(conn)
+    settle_limits(conn)
+    drainer = worker_row(conn)
     marks = NeverFull()
     # One run per way of ending, each on a worker of its own (the reaper takes a worker's runs), in every group.
-    owners = [_worker(conn) for _ in ENDINGS]
-    with _held(dsn):
+    owners = [worker_row(conn) for _ in ENDINGS]
+    with held_snapshot(dsn):
         runs = _runs(dsn, conn, drainer, marks, owners) if where == "below the floor" else []
         floors = []
         for _ in range(3):
@@ -166,8 +138,8 @@ def test_the_count_costs_the_same_however_many_jobs_ran_while_a_snapshot_holds_v
     dsn: str, conn: db.Connection
 ) -> None:
     repository.set_queue_concurrency(conn, "q", max_running=1_000)
-    _settled(conn)
-    worker = _worker(conn)
+    settle_limits(conn)
+    worker = worker_row(conn)
     marks = NeverFull()
     counts, full_counts = [], []
     # A worker's session soon runs the function's statements by generic plans (planned once, without the
@@ -177,7 +149,7 @@ def test_the_count_costs_the_same_however_many_jobs_ran_while_a_snapshot_holds_v
     # Three long runs, below the floor once it moves.
     repository.enqueue_many(conn, [NewJob(task="t", queue="q") for _ in range(3)])
     assert len(_claim(dsn, worker, 3)) == 3
-    with _held(dsn):
+    with held_snapshot(dsn):
         for round in range(1, 5):
             repository.enqueue_many(conn, [NewJob(task="t", queue="q") for _ in range(2_500)])
             assert drain(dsn, worker, marks, 250, "q") == 2_500
@@ -198,10 +170,10 @@ def _finish(dsn: str, worker: str, rows: list[tuple]) -> None:
 
 
 def test_the_runs_of_a_claim_that_took_no_lock_are_counted_once_it_commits(dsn: str, conn: db.Connection) -> None:
-    worker = _worker(conn)
+    worker = worker_row(conn)
     marks = NeverFull()
     params = repository.claim_params("q", ["t"], 3, worker)
-    with _held(dsn):
+    with held_snapshot(dsn):
         # A plain claim on its own connection, its transaction still open when the limit is set: it saw no limit
         # and took no lock, and its three runs are visible to no count until it commits.
         repository.enqueue_many(conn, [NewJob(task="t", queue="q") for _ in range(800)])
@@ -230,7 +202,7 @@ def test_the_runs_of_a_claim_that_took_no_lock_are_counted_once_it_commits(dsn: 
         with psycopg.connect(dsn) as stale:
             late = stale.execute(query("JobClaim"), params).fetchall()
             repository.set_queue_concurrency(conn, "q", max_running=200)
-            _settled(conn)
+            settle_limits(conn)
             repository.enqueue_many(conn, [NewJob(task="t", queue="q") for _ in range(800)])
             assert drain(dsn, worker, marks, 200, "q") == 800
             assert _floor(conn)[0] is not None

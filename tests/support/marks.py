@@ -3,6 +3,10 @@ a worker's drain of a queue through them, and what a statement's scans of one in
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 
 from pgsched import db, repository
@@ -49,3 +53,29 @@ def index_buffers(dsn: str, sql: str, params: dict, index: str) -> int:
         return sum(walk(child) for child in node.get("Plans", []))
 
     return walk(plan[0]["Plan"])
+
+
+@contextmanager
+def held_snapshot(dsn: str) -> Iterator[None]:
+    """A snapshot that holds vacuum back while the block runs: no row version after it can be removed."""
+    with psycopg.connect(dsn) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM sched_jobs")
+        yield
+        holder.rollback()
+
+
+def worker_row(conn: db.Connection) -> str:
+    """A worker's row serving queue "q" (task "t"), as a registered worker has before it claims; returns its id."""
+    worker = str(uuid.uuid4())
+    conn.run(
+        "INSERT INTO sched_workers (id, host, pid, queues, tasks, concurrency) VALUES (%s, 'h', 1, '{q}', '{t}', 1)",
+        (worker,),
+    )
+    return worker
+
+
+def settle_limits(conn: db.Connection) -> None:
+    """As if queue "q"'s limits had been set more than 60 s ago: the count's floor may move (docs/protocol.md,
+    "Where the count starts reading")."""
+    conn.run("UPDATE sched_queues SET updated_at = now() - interval '1 hour' WHERE queue = 'q'")
