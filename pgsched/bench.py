@@ -116,8 +116,10 @@ def _measure_all(conn: db.Connection, dsn: str, config: BenchConfig, report: Rep
     return results
 
 
-def noop_jobs(count: int, queue: str = "default") -> list[NewJob]:
-    return [NewJob(task="sched.noop", queue=queue) for _ in range(count)]
+def noop_jobs(count: int, queue: str = "default", groups: int = 0) -> list[NewJob]:
+    """``count`` no-op jobs; with ``groups``, spread over that many groups in turn (g0, g1, ...), which makes the
+    queue fair (docs/protocol.md, "Fair sharing")."""
+    return [NewJob(task="sched.noop", queue=queue, group=f"g{i % groups}" if groups else None) for i in range(count)]
 
 
 # Bulk inserts are timed this many times, each into an emptied queue, and the median reported: a single run of a

@@ -7,7 +7,9 @@ run, as a long report, a forgotten session or a replication slot would: every cl
 rows and index entries that nothing can remove. In the other, VACUUM runs between rounds. Each round reports both
 drain rates (first start to last finish, read from the jobs themselves) and the dead row versions piling up. At
 the end, enqueue-to-start latency is measured in both with jobs added one at a time to the idle worker, then the
-snapshot ends, one VACUUM runs, and one more round shows whether the table and its indexes still grow."""
+snapshot ends, one VACUUM runs, and one more round shows whether the table and its indexes still grow. With
+``groups``, the jobs of every round (and of the latency run) are spread over that many groups in turn, so the
+workers claim them by fair sharing between groups (sched_claim_limited), from their positions in each group."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class VacuumBenchConfig:
     batch_size: int = 500
     latency_jobs: int = 200
     round_timeout_s: float = 600.0
+    groups: int = 0
 
 
 def run(server_dsn: str, config: VacuumBenchConfig, report: Callable[[str], None]) -> dict[str, Any]:
@@ -131,6 +134,7 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
             "jobs_per_round": config.jobs,
             "concurrency": config.concurrency,
             "batch_size": config.batch_size,
+            "groups": config.groups,
         },
         "rounds": rounds,
         "held_vs_vacuumed_pct_last_rounds": round(statistics.median(r["held_vs_vacuumed_pct"] for r in tail), 1),
@@ -158,7 +162,7 @@ def _since(conn: db.Connection, after: int) -> tuple[int, float, list[float]]:
 def _round(conn: db.Connection, config: VacuumBenchConfig) -> int:
     """Add one round of jobs, wait for the worker to finish them, and return its drain rate."""
     after = _sizes(conn)[4]
-    repository.enqueue_many(conn, noop_jobs(config.jobs))
+    repository.enqueue_many(conn, noop_jobs(config.jobs, groups=config.groups))
     deadline = time.monotonic() + config.round_timeout_s
     while True:
         done, seconds, _ = _since(conn, after)
@@ -172,7 +176,7 @@ def _round(conn: db.Connection, config: VacuumBenchConfig) -> int:
 def _latency(conn: db.Connection, config: VacuumBenchConfig) -> tuple[float, float]:
     """Enqueue-to-start latency, p50 and p99 in ms, of jobs added one at a time to the idle worker."""
     after = _sizes(conn)[4]
-    for job in noop_jobs(config.latency_jobs):
+    for job in noop_jobs(config.latency_jobs, groups=config.groups):
         repository.enqueue(conn, job)
         time.sleep(0.02)  # each job meets an idle worker
     deadline = time.monotonic() + 60

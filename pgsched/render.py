@@ -288,7 +288,9 @@ def print_vacuum_bench(figures: dict[str, Any], console: Console | None = None) 
     console = console or Console()
     config = figures["config"]
     table = Table(
-        title=f"sched bench --vacuum-blocked: {config['jobs_per_round']:,} jobs per round", title_justify="left"
+        title=f"sched bench --vacuum-blocked: {config['jobs_per_round']:,} jobs per round"
+        + (f" in {config['groups']:,} groups" if config.get("groups") else ""),
+        title_justify="left",
     )
     for name in ("jobs before", "vacuumed", "held back", "held / vacuumed", "dead row versions", "table + indexes"):
         table.add_column(name, justify="right")

@@ -160,15 +160,23 @@ def bench(
         ),
     ] = False,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds of --vacuum-blocked.")] = 25,
+    groups: Annotated[
+        int,
+        typer.Option(
+            "--groups", min=0, help="With --vacuum-blocked: spread the jobs over this many groups (a fair queue)."
+        ),
+    ] = 0,
     as_json: JsonOutput = False,
 ) -> None:
     """Measure enqueue, drain, latency, I/O-bound efficiency and worker memory in a throwaway database."""
+    if groups and not vacuum_blocked:
+        raise usage("--groups is a setting of --vacuum-blocked")
     server = dsn or resolve_dsn(load_settings())
     if vacuum_blocked:
         from pgsched import bench_vacuum
 
         vacuum_config = bench_vacuum.VacuumBenchConfig(
-            rounds=rounds, jobs=jobs, concurrency=concurrency, batch_size=batch_size
+            rounds=rounds, jobs=jobs, concurrency=concurrency, batch_size=batch_size, groups=groups
         )
         figures = bench_vacuum.run(server, vacuum_config, lambda line: sys.stderr.write(f"- {line}\n"))
         if as_json:

@@ -6,6 +6,7 @@ import json
 import os
 
 import psycopg
+import pytest
 
 from pgsched.bench import TARGETS
 
@@ -37,11 +38,16 @@ def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: st
     assert _bench_databases(server_dsn) <= before
 
 
-def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(sched, server_dsn: str) -> None:
+@pytest.mark.parametrize("groups", [0, 4], ids=["plain", "fair"])
+def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(
+    sched, server_dsn: str, groups: int
+) -> None:
     before = _bench_databases(server_dsn)
-    result = sched("bench", "--vacuum-blocked", "--rounds", "2", "--jobs", "400", "--json", timeout=300)
+    args = ["--groups", str(groups)] if groups else []
+    result = sched("bench", "--vacuum-blocked", "--rounds", "2", "--jobs", "400", *args, "--json", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout)
+    assert figures["config"]["groups"] == groups
     assert [row["jobs_before"] for row in figures["rounds"]] == [0, 400]
     for row in figures["rounds"]:
         assert row["vacuumed_per_s"] > 0 and row["held_per_s"] > 0
@@ -52,3 +58,9 @@ def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(sc
     assert len(figures["after_vacuum"]) == 2
     assert "dead row versions" in result.stderr
     assert _bench_databases(server_dsn) <= before
+
+
+def test_groups_without_vacuum_blocked_is_refused(sched) -> None:
+    result = sched("bench", "--groups", "10")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("--groups is a setting of --vacuum-blocked")
