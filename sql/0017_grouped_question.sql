@@ -7,18 +7,29 @@
 -- every grouped job claimed since the horizon, of every group: at 600,000 jobs drained, one call cost about
 -- 0.5 s, paid by the last claim of each backlog and by every claim of a worker polling the drained queue.
 --
--- Now, after those four groups, every group is looked at as the turns of sched_claim_limited visit them: each
--- group the worker knows from its position (sched_group_head), and the groups between two known names (and
--- before the first, after the last) by a probe bounded by those names, one index descent where there are none.
--- So the answer costs a few descents per group the worker knows, and walks only the claimed jobs of groups it
--- does not know. A worker that knows no group (a full pass) reads from the queue's beginning, as before.
+-- Now JobClaim also passes the worker's segments of the ready index, and the question has three steps:
+--   1. the last four groups the worker claimed from, from their positions, as before: while a fair queue has a
+--      backlog, one of them has a job;
+--   2. for a worker that knows groups, whether the queue has a ready job at all where the worker reads it (its
+--      segments, read as JobClaim reads them, any task): on a drained queue there is none, and the answer is no
+--      for the price of a descent per segment (what a claim from positions may pass over, it may pass over here
+--      too);
+--   3. every group, as the turns of sched_claim_limited visit them: each group the worker knows from its
+--      position (sched_group_head), and the groups between two known names (and before the first, after the
+--      last) by a probe bounded by those names, one index descent where there are none. So it walks only the
+--      claimed jobs of groups the worker does not know. A worker that knows no group (a full pass) reads the
+--      grouped index from the queue's beginning, as before.
+-- The six-argument function, which JobClaim of the previous release calls, is steps 1 and 3.
 --
 -- Locks: replacing a function in place takes no lock on any table; a claim running the old body finishes with it.
 
-CREATE OR REPLACE FUNCTION sched_has_grouped_jobs(p_queue text, p_groups text[], p_priorities integer[],
-                                                  p_from timestamptz[], p_run_ats timestamptz[], p_ids bigint[])
+CREATE FUNCTION sched_has_grouped_jobs(
+    p_queue text, p_seg_hi integer[], p_seg_lo integer[], p_seg_run_at timestamptz[], p_seg_id bigint[],
+    p_seg_until timestamptz[], p_groups text[], p_priorities integer[], p_from timestamptz[],
+    p_run_ats timestamptz[], p_ids bigint[])
 RETURNS boolean
--- PL/pgSQL with generic plans and index-only scans of the grouped index, as in 0013.
+-- PL/pgSQL with generic plans and index-only scans (of the grouped index, and of the ready index in step 2), as
+-- in 0013.
 LANGUAGE plpgsql STABLE
 SET search_path FROM CURRENT
 SET enable_indexscan = off
@@ -29,7 +40,7 @@ SET jit = off
 SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
-    -- The groups the worker claimed from last: while a fair queue has a backlog, one of them has a job.
+    -- 1. The groups the worker claimed from last.
     IF EXISTS (SELECT 1
                FROM unnest(p_groups[greatest(cardinality(p_groups) - 3, 1):],
                            p_priorities[greatest(cardinality(p_groups) - 3, 1):],
@@ -39,9 +50,30 @@ BEGIN
                CROSS JOIN LATERAL sched_group_head(p_queue, k.g, k.p, k.f, k.r, k.i) AS h) THEN
         RETURN true;
     END IF;
-    -- Every group: one row per known name (with the name before it) and one for the names after the last. Each
-    -- row probes the names between the one before and its own ('' is before every name: a name is never empty),
-    -- then reads its group from the position. No known name: one row, which reads the queue from its beginning.
+    -- 2. Any ready job where the worker reads the queue. Not asked without segments, nor of a worker that knows
+    --    no group (a full pass): step 3 then reads the grouped index from its beginning, and this step would add
+    --    a read of the ready index from its beginning.
+    IF p_seg_hi IS NOT NULL AND cardinality(p_groups) > 0 AND NOT EXISTS (
+        SELECT 1
+        FROM unnest(p_seg_hi, p_seg_lo, p_seg_run_at, p_seg_id, p_seg_until)
+            AS s (hi, lo, from_run_at, from_id, until_run_at)
+        CROSS JOIN LATERAL (
+            (SELECT j.id FROM sched_jobs j
+             WHERE s.hi = s.lo AND j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue
+               AND j.run_at <= now() AND j.priority = s.hi
+               AND (j.run_at, j.id) >= (s.from_run_at, s.from_id) AND j.run_at < s.until_run_at
+             ORDER BY j.run_at, j.id LIMIT 1)
+            UNION ALL
+            (SELECT j.id FROM sched_jobs j
+             WHERE s.hi > s.lo AND j.state = 'queued' AND NOT j.deferred AND j.queue = p_queue
+               AND j.run_at <= now() AND j.priority <= s.hi AND j.priority >= s.lo
+             ORDER BY j.priority DESC, j.run_at, j.id LIMIT 1)) AS c) THEN
+        RETURN false;
+    END IF;
+    -- 3. Every group: one row per known name (with the name before it) and one for the names after the last. Each
+    --    row probes the names between the one before and its own ('' is before every name: a name is never
+    --    empty), then reads its group from the position. No known name: one row, which reads the queue's grouped
+    --    jobs from their beginning.
     RETURN EXISTS (
         SELECT 1
         FROM (SELECT k.g, k.p, k.f, k.r, k.i, coalesce(lag(k.g) OVER (ORDER BY k.g), '') AS before
@@ -66,4 +98,15 @@ BEGIN
                  WHERE k.g IS NOT NULL LIMIT 1)
             ) AS x LIMIT 1) AS found);
 END
+$$;
+
+-- The previous release's question: steps 1 and 3.
+CREATE OR REPLACE FUNCTION sched_has_grouped_jobs(p_queue text, p_groups text[], p_priorities integer[],
+                                                  p_from timestamptz[], p_run_ats timestamptz[], p_ids bigint[])
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT sched_has_grouped_jobs(p_queue, NULL, NULL, NULL, NULL, NULL, p_groups, p_priorities, p_from, p_run_ats,
+                                  p_ids)
 $$;

@@ -64,13 +64,17 @@ WITH limited AS (
     -- It runs only for a fair queue (AND evaluates in order, and a subquery only when reached): while vacuum is
     -- held back it walks the dead entries of the first group's claimed jobs, which a queue with fair sharing
     -- turned off never pays, and a worker that knows the queue's groups looks first at the last ones it claimed
-    -- from, where it reads them. Through sched_has_grouped_jobs, which reads that index whatever the planner's
-    -- statistics (on a table never analysed the planner sorted the queue's whole ready range instead).
+    -- from, where it reads them, then whether the queue has a ready job at all where the worker reads it (on a
+    -- drained queue it has none), and only then at every group (migration 0017). Through sched_has_grouped_jobs,
+    -- which reads those indexes whatever the planner's statistics (on a table never analysed the planner sorted
+    -- the queue's whole ready range instead).
     SELECT EXISTS (SELECT 1 FROM sched_queues
                    WHERE queue = %(queue)s
                      AND (max_running IS NOT NULL OR group_concurrency IS NOT NULL OR group_rate IS NOT NULL))
            OR (NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)
-               AND sched_has_grouped_jobs(%(queue)s, %(grp_name)s::text[], %(grp_priority)s::int[],
+               AND sched_has_grouped_jobs(%(queue)s, %(seg_hi)s::int[], %(seg_lo)s::int[],
+                                          %(seg_run_at)s::timestamptz[], %(seg_id)s::bigint[],
+                                          %(seg_until)s::timestamptz[], %(grp_name)s::text[], %(grp_priority)s::int[],
                                           %(grp_from)s::timestamptz[], %(grp_run_at)s::timestamptz[],
                                           %(grp_id)s::bigint[])) AS yes
 ),
