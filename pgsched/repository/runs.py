@@ -155,7 +155,7 @@ class ReadyMarks:
     PROBE_COST_SHARE = 20
     CHEAP_PROBE_S = 0.003
 
-    __slots__ = ("_cheap", "_groups", "_levels", "_next_full", "_next_probe")
+    __slots__ = ("_cheap", "_groups", "_levels", "_levels_probe_s", "_next_full", "_next_probe")
 
     def __init__(self) -> None:
         # priority -> (run_at, id) of the last job the last claim at that level took, most recent last.
@@ -164,6 +164,8 @@ class ReadyMarks:
         self._groups: dict[str, tuple[int, datetime, int]] = {}
         self._next_full = 0.0
         self._next_probe = 0.0
+        # The server's time for the levels' part of the last probe (the groups' part adds its own to it).
+        self._levels_probe_s = 0.0
         # Until a probe finds reading from the beginning costly (CHEAP_PROBE_S = 0: never cheap).
         self._cheap = self.CHEAP_PROBE_S > 0
 
@@ -234,6 +236,7 @@ class ReadyMarks:
         """Take the probe's first ready job of each level: a level whose first job lies before where claims
         read it is read from that job next time. Returns how many levels moved back; sets the next probe."""
         self._next_probe = now + min(max(took_s * self.PROBE_COST_SHARE, self.PROBE_MIN_S), self.PROBE_MAX_S)
+        self._levels_probe_s = took_s
         self._cheap = took_s < self.CHEAP_PROBE_S
         moved = 0
         for level, run_at, id in firsts:
@@ -263,9 +266,10 @@ class ReadyMarks:
         self, firsts: Sequence[tuple[str, int, datetime | None, int]], *, took_s: float, now: float
     ) -> int:
         """Take the probe's first ready job of each known group: a group whose first job lies before where its
-        turn reads it is read from that job next time. Returns how many groups moved back; the next probe also
-        waits PROBE_COST_SHARE times this part's cost (at most PROBE_MAX_S)."""
-        self._next_probe = max(self._next_probe, now + min(took_s * self.PROBE_COST_SHARE, self.PROBE_MAX_S))
+        turn reads it is read from that job next time. Returns how many groups moved back; the next probe waits at
+        least PROBE_COST_SHARE times the whole probe's cost, both parts (at most PROBE_MAX_S)."""
+        whole = self._levels_probe_s + took_s
+        self._next_probe = max(self._next_probe, now + min(whole * self.PROBE_COST_SHARE, self.PROBE_MAX_S))
         moved = 0
         for group, level, run_at, id in firsts:
             known = self._groups.get(group)

@@ -115,7 +115,8 @@ def test_the_probe_moves_a_group_back_to_a_job_before_its_position_while_the_fro
     assert moved == 1  # b's first job is within the margin; c is not known
     segments = marks.segments(1.01)
     assert segments.covers_in_group("a", 0, LONG_AGO, 4) and not segments.covers_in_group("b", 0, LONG_AGO, 4)
-    assert marks.probe_levels(2.99) is None and marks.probe_levels(3.0) == [0]  # 20 x 0.1 s after the groups' part
+    # 20 x (0.001 + 0.1 s) after the groups' part: the probe's share counts both parts.
+    assert marks.probe_levels(3.01) is None and marks.probe_levels(3.02) == [0]
     cheap = ReadyMarks()
     cheap.learn([row(1, 0, T0, "a")], full=True, now=0.0)
     assert cheap.probe_groups() == []  # while cheap, claims read every group from its beginning
