@@ -10,10 +10,10 @@
 -- Now JobClaim also passes the worker's segments of the ready index, and the question has three steps:
 --   1. the last four groups the worker claimed from, from their positions, as before: while a fair queue has a
 --      backlog, one of them has a job;
---   2. for a worker that knows groups, whether the queue has a ready job at all where the worker reads it (its
+--   2. unless the claim is a full pass, whether the queue has a ready job at all where the worker reads it (its
 --      segments, read as JobClaim reads them, any task): on a drained queue there is none, and the answer is no
 --      for the price of a descent per segment (what a claim from positions may pass over, it may pass over here
---      too);
+--      too). A full pass reads from the beginning, so this step would add a second walk to step 3's;
 --   3. every group, as the turns of sched_claim_limited visit them: each group the worker knows from its
 --      position (sched_group_head), and the groups between two known names (and before the first, after the
 --      last) by a probe bounded by those names, one index descent where there are none. So it walks only the
@@ -25,7 +25,7 @@
 
 CREATE FUNCTION sched_has_grouped_jobs(
     p_queue text, p_seg_hi integer[], p_seg_lo integer[], p_seg_run_at timestamptz[], p_seg_id bigint[],
-    p_seg_until timestamptz[], p_groups text[], p_priorities integer[], p_from timestamptz[],
+    p_seg_until timestamptz[], p_seg_full boolean, p_groups text[], p_priorities integer[], p_from timestamptz[],
     p_run_ats timestamptz[], p_ids bigint[])
 RETURNS boolean
 -- PL/pgSQL with generic plans and index-only scans (of the grouped index, and of the ready index in step 2), as
@@ -50,10 +50,8 @@ BEGIN
                CROSS JOIN LATERAL sched_group_head(p_queue, k.g, k.p, k.f, k.r, k.i) AS h) THEN
         RETURN true;
     END IF;
-    -- 2. Any ready job where the worker reads the queue. Not asked without segments, nor of a worker that knows
-    --    no group (a full pass): step 3 then reads the grouped index from its beginning, and this step would add
-    --    a read of the ready index from its beginning.
-    IF p_seg_hi IS NOT NULL AND cardinality(p_groups) > 0 AND NOT EXISTS (
+    -- 2. Any ready job where the worker reads the queue: not asked in a full pass, nor without segments.
+    IF p_seg_hi IS NOT NULL AND NOT p_seg_full AND NOT EXISTS (
         SELECT 1
         FROM unnest(p_seg_hi, p_seg_lo, p_seg_run_at, p_seg_id, p_seg_until)
             AS s (hi, lo, from_run_at, from_id, until_run_at)
@@ -107,6 +105,6 @@ RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path FROM CURRENT
 AS $$
-    SELECT sched_has_grouped_jobs(p_queue, NULL, NULL, NULL, NULL, NULL, p_groups, p_priorities, p_from, p_run_ats,
-                                  p_ids)
+    SELECT sched_has_grouped_jobs(p_queue, NULL, NULL, NULL, NULL, NULL, true, p_groups, p_priorities, p_from,
+                                  p_run_ats, p_ids)
 $$;

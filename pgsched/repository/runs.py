@@ -22,6 +22,8 @@ async def set_commit_durability(conn: AsyncConnection, level: str) -> None:
 # The lowest and highest priorities a segment can name (the column is an integer; the domain allows -1000..1000),
 # and the earliest and latest run_at.
 _LOWEST, _HIGHEST = -(2**31), 2**31 - 1
+# The priority of a job added without one.
+DEFAULT_LEVEL = 0
 _BEGINNING, _END = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
 
 
@@ -227,17 +229,41 @@ class ReadyMarks:
 
     def probe_levels(self, now: float) -> list[int] | None:
         """The levels the maintenance probe should look at now (those with a position, and those where a known
-        group is read from its position), or None when no probe is due."""
-        if now < self._next_probe or not (self._levels or self._groups):
+        group is read from its position), or None when no probe is due. A worker that knows none (it has not
+        claimed yet, or its queue is idle) probes the default level, so that while reading from the beginning
+        costs, an empty default level gets a position (``probed``) and its claims stop being full passes."""
+        if now < self._next_probe:
             return None
-        return sorted(self._levels.keys() | {level for level, _, _ in self._groups.values()}, reverse=True)
+        levels = self._levels.keys() | {level for level, _, _ in self._groups.values()}
+        return sorted(levels or {DEFAULT_LEVEL}, reverse=True)
 
-    def probed(self, firsts: Sequence[tuple[int, datetime | None, int]], *, took_s: float, now: float) -> int:
+    def probed(
+        self,
+        firsts: Sequence[tuple[int, datetime | None, int]],
+        *,
+        took_s: float,
+        now: float,
+        empty: Sequence[int] = (),
+        at: datetime | None = None,
+    ) -> int:
         """Take the probe's first ready job of each level: a level whose first job lies before where claims
-        read it is read from that job next time. Returns how many levels moved back; sets the next probe."""
+        read it is read from that job next time. Returns how many levels moved back; sets the next probe.
+
+        ``empty`` are the levels the probe found without a ready job as of ``at`` (its statement's start): while
+        reading from the beginning costs, each is read from ``at`` on next time (less the MARGIN, as from a
+        position), unless claims read it from later already. A job that goes back before that is the next
+        probe's to find, as before any position."""
         self._next_probe = now + min(max(took_s * self.PROBE_COST_SHARE, self.PROBE_MIN_S), self.PROBE_MAX_S)
         self._levels_probe_s = took_s
         self._cheap = took_s < self.CHEAP_PROBE_S
+        if at is not None and not self._cheap:
+            for level in empty:
+                mark = self._levels.get(level)
+                if mark is None or mark < (at, 0):
+                    self._levels.pop(level, None)
+                    self._levels[level] = (at, 0)
+            while len(self._levels) > self.MAX_LEVELS:
+                del self._levels[next(iter(self._levels))]
         moved = 0
         for level, run_at, id in firsts:
             if run_at is None:  # before year 1000: read the level from its beginning
@@ -339,11 +365,13 @@ async def claim_jobs(
 
 
 class FirstReady(NamedTuple):
-    """What the probe found: the first ready job (priority, run_at, id) of each level that has one, and the
-    seconds the server spent finding them (the cost of reading from the front, without the round trip)."""
+    """What the probe found: the first ready job (priority, run_at, id) of each level that has one, the seconds
+    the server spent finding them (the cost of reading from the front, without the round trip), and the moment
+    its statement started (the server's clock), as of which a level without a row had no ready job."""
 
     firsts: list[tuple[int, datetime | None, int]]
     server_s: float
+    at: datetime
 
 
 class FirstReadyInGroups(NamedTuple):
@@ -358,8 +386,8 @@ async def first_ready(conn: AsyncConnection, queue: str, tasks: list[str], level
     """The first ready job of each of ``levels`` of ``queue``, read from the front of the ready index: the
     worker's probe for jobs before where its claims read (``ReadyMarks.probed``)."""
     rows = await conn.rows(query("JobReadyFirsts"), {"queue": queue, "tasks": tasks, "levels": levels}, prepare=True)
-    priorities, run_ats, ids, server_s = rows[0]
-    return FirstReady(list(zip(priorities or (), run_ats or (), ids or (), strict=True)), server_s)
+    priorities, run_ats, ids, server_s, at = rows[0]
+    return FirstReady(list(zip(priorities or (), run_ats or (), ids or (), strict=True)), server_s, at)
 
 
 async def first_ready_in_groups(conn: AsyncConnection, queue: str, probes: list[GroupProbe]) -> FirstReadyInGroups:
@@ -395,7 +423,8 @@ async def probe_ready(
     if levels is None:
         return None
     probe = await first_ready(conn, queue, tasks, levels)
-    moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock())
+    empty = set(levels).difference(level for level, _, _ in probe.firsts)
+    moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock(), empty=sorted(empty), at=probe.at)
     if groups := marks.probe_groups():
         found = await first_ready_in_groups(conn, queue, groups)
         moved += marks.probed_groups(found.firsts, took_s=found.server_s, now=clock())

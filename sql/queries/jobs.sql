@@ -74,9 +74,9 @@ WITH limited AS (
            OR (NOT EXISTS (SELECT 1 FROM sched_queues WHERE queue = %(queue)s AND NOT fair)
                AND sched_has_grouped_jobs(%(queue)s, %(seg_hi)s::int[], %(seg_lo)s::int[],
                                           %(seg_run_at)s::timestamptz[], %(seg_id)s::bigint[],
-                                          %(seg_until)s::timestamptz[], %(grp_name)s::text[], %(grp_priority)s::int[],
-                                          %(grp_from)s::timestamptz[], %(grp_run_at)s::timestamptz[],
-                                          %(grp_id)s::bigint[])) AS yes
+                                          %(seg_until)s::timestamptz[], %(seg_full)s::bool, %(grp_name)s::text[],
+                                          %(grp_priority)s::int[], %(grp_from)s::timestamptz[],
+                                          %(grp_run_at)s::timestamptz[], %(grp_id)s::bigint[])) AS yes
 ),
 bucket AS (
     -- Locked, then read in its newest version (a claimer that waited here sees a pause or a charge committed
@@ -535,8 +535,10 @@ LEFT JOIN (SELECT queue, count(*)::int AS n, max(run_at) AS last FROM promoted G
 -- control connection, so claims never wait for it. One row of arrays, and the seconds the server spent on it,
 -- read after the aggregate has consumed every level: what the walk costs the server, without the network's
 -- round trip, which a worker far from its database (a managed server, a pooler) would otherwise count as cost.
+-- And the statement's start: a level without a row had no ready job of the worker's tasks as of then.
 SELECT array_agg(f.priority::int), array_agg(CASE WHEN f.run_at >= '1000-01-01 00:00:00+00' THEN f.run_at END),
-       array_agg(f.id), extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
+       array_agg(f.id), extract(epoch FROM clock_timestamp() - statement_timestamp())::float8,
+       statement_timestamp()
 FROM unnest(%(levels)s::int[]) AS l(level)
 CROSS JOIN LATERAL (
     SELECT priority, run_at, id FROM sched_jobs

@@ -237,7 +237,8 @@ _QUESTION = (
 )
 _QUESTION_WITH_SEGMENTS = (
     "sched_has_grouped_jobs('q', %(seg_hi)s::int[], %(seg_lo)s::int[], %(seg_run_at)s::timestamptz[],"
-    " %(seg_id)s::bigint[], %(seg_until)s::timestamptz[], %(grp_name)s::text[], %(grp_priority)s::int[],"
+    " %(seg_id)s::bigint[], %(seg_until)s::timestamptz[], %(seg_full)s::bool, %(grp_name)s::text[],"
+    " %(grp_priority)s::int[],"
     " %(grp_from)s::timestamptz[], %(grp_run_at)s::timestamptz[], %(grp_id)s::bigint[])"
 )
 

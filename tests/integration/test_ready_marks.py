@@ -230,3 +230,66 @@ def test_the_probe_counts_the_servers_time_not_the_round_trip(dsn: str, conn: db
     marks.probed(found.firsts, took_s=found.server_s, now=0.0)
     if found.server_s < repository.ReadyMarks.CHEAP_PROBE_S:
         assert marks.segments(1.0).full  # cheap: claims keep reading from the front
+
+
+async def _probe_as_maintenance(dsn: str, marks: repository.ReadyMarks, queue: str) -> int | None:
+    conn = await db.connect_async(dsn)
+    try:
+        return await repository.probe_ready(conn, queue, ["t"], marks, now=float("inf"))
+    finally:
+        await conn.close()
+
+
+def _claim_buffers(dsn: str, queue: str, segments: repository.Segments, grouped: bool) -> int:
+    """Shared buffers one JobClaim of 10 touches (rolled back): of a fair queue, the whole claim, inside the
+    functions it calls too; of a plain queue, its scans of the ready index."""
+    params = repository.claim_params(queue, ["t"], 10, str(uuid.uuid4()), segments)
+    if not grouped:
+        return index_buffers(dsn, query("JobClaim"), params, "sched_jobs_ready")
+    with psycopg.connect(dsn) as raw:
+        ((plan,),) = raw.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params).fetchall()
+        raw.rollback()
+    top = plan[0]["Plan"]
+    return top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "fair"])
+def test_a_new_worker_on_a_drained_queue_stops_walking_the_claimed_jobs_after_its_first_probe(
+    dsn: str, conn: db.Connection, grouped: bool
+) -> None:
+    # A worker that has not claimed yet knows no position: each of its claims was a full pass, which while vacuum
+    # is held back walks every job claimed since (a worker restarted during the incident, polling an idle queue
+    # once a second). Its probe now looks at the default level; finding it empty while the walk costs, the
+    # worker reads that level from the probe's start on, and a fair queue's question about groups stops there too.
+    other, fresh = str(uuid.uuid4()), str(uuid.uuid4())
+    for worker in (other, fresh):
+        asyncio.run(_register(dsn, worker))
+    with psycopg.connect(dsn) as holder:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute("SELECT count(*) FROM sched_jobs_all")
+        jobs = [NewJob(task="t", group=f"g{i % 50}" if grouped else None) for i in range(10_000)]
+        repository.enqueue_many(conn, jobs)
+        assert drain(dsn, other, NeverFull(), 500) == 10_000
+        marks = NeverFull()
+        assert _claim(dsn, fresh, marks, 10) == []  # its first claim: a full pass
+        walking = _claim_buffers(dsn, "default", marks.segments(float("-inf")), grouped)
+        assert asyncio.run(_probe_as_maintenance(dsn, marks, "default")) == 0
+        positioned = _claim_buffers(dsn, "default", marks.segments(float("-inf")), grouped)
+        # Jobs added afterwards are claimed from there; one added behind the position (a producer's transaction
+        # that began a minute ago) is found by the next probe.
+        (job,) = repository.enqueue_many(conn, [NewJob(task="t", group="g1" if grouped else None)])
+        assert [j.id for j in _claim(dsn, fresh, marks, 10)] == [job.id]
+        (late,) = repository.enqueue_many(conn, [NewJob(task="t", group="g2" if grouped else None)])
+        conn.run("UPDATE sched_jobs SET run_at = run_at - interval '1 minute' WHERE id = %s", (late.id,))
+        assert _claim(dsn, fresh, marks, 10) == []
+        assert asyncio.run(_probe_as_maintenance(dsn, marks, "default")) == 1
+        assert [j.id for j in _claim(dsn, fresh, marks, 10)] == [late.id]
+        holder.rollback()
+    # The full pass walks the 10,000 dead entries: for a fair queue, the grouped index (the question about groups)
+    # and then the ready index (8,300 buffers of the whole claim against 220, most of them the catalog in a new
+    # session); for a plain queue the ready index (counted alone: ~300 buffers against a handful).
+    if grouped:
+        assert walking > 4_000 and positioned < 500, (walking, positioned)
+    else:
+        assert walking > 200 and positioned < 20, (walking, positioned)

@@ -191,7 +191,7 @@ def test_the_probe_period_follows_its_cost_within_bounds() -> None:
     marks.probed([], took_s=10.0, now=300.0)
     assert marks.probe_levels(304.99) is None
     assert marks.probe_levels(305.0) == [0]
-    assert ReadyMarks().probe_levels(0.0) is None  # nothing to probe before the first claim
+    assert ReadyMarks().probe_levels(0.0) == [0]  # before the first claim: the default level
 
 
 def test_while_reading_from_the_beginning_is_cheap_every_claim_is_a_full_pass() -> None:
@@ -202,6 +202,31 @@ def test_while_reading_from_the_beginning_is_cheap_every_claim_is_a_full_pass() 
     assert not marks.segments(1.01).full
     marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S / 2, now=2.0)  # cheap again (vacuum caught up)
     assert marks.segments(2.01).full
+
+
+def test_a_level_the_probe_finds_empty_is_read_from_the_probe_on_while_the_front_costs() -> None:
+    # A worker that never claimed (its queue idle) reads everything from the beginning in every claim; its probe
+    # looks at the default level, and finding it empty while the walk costs, reads it from the probe's start on.
+    marks = ReadyMarks()
+    marks.learn([], full=True, now=0.0)
+    assert marks.probe_levels(0.0) == [0]
+    marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S / 2, now=1.0, empty=[0], at=T0)  # cheap: nothing changes
+    assert marks.segments(1.01).full
+    marks.probed([], took_s=0.5, now=2.0, empty=[0], at=T0)
+    segments = marks.segments(2.01)
+    assert not segments.full
+    assert segments.covers(0, T0 - timedelta(milliseconds=40), 1) and segments.covers(0, T0 + timedelta(hours=1), 1)
+    assert not segments.covers(0, T0 - timedelta(milliseconds=60), 1)  # a late job: the next probe's to find
+    assert segments.covers(3, LONG_AGO, 1) and segments.covers(-3, LONG_AGO, 1)  # other levels: from the start
+    # A later empty probe moves the level on; a position past the probe's start stays where it is.
+    marks.probed([], took_s=0.5, now=30.0, empty=[0], at=T0 + timedelta(seconds=5))
+    assert not marks.segments(30.01).covers(0, T0 + timedelta(seconds=4), 1)
+    marks.learn([row(9, 0, T0 + timedelta(seconds=9))], full=False, now=31.0)
+    marks.probed([], took_s=0.5, now=60.0, empty=[0], at=T0 + timedelta(seconds=6))
+    assert not marks.segments(60.01).covers(0, T0 + timedelta(seconds=8), 1)
+    # A level with a ready job before its position moves back to it, as always.
+    assert marks.probed([(0, T0, 3)], took_s=0.5, now=90.0, at=T0 + timedelta(seconds=10)) == 1
+    assert marks.segments(90.01).covers(0, T0, 3)
 
 
 def test_a_job_due_before_year_1000_leaves_its_level_without_a_position() -> None:
