@@ -77,7 +77,13 @@ from pgsched.repository.schedules import (
     upsert_code_schedules,
     upsert_schedule,
 )
-from pgsched.repository.workers import deregister_worker, heartbeat_worker, list_workers, register_worker
+from pgsched.repository.workers import (
+    deregister_worker,
+    heartbeat_worker,
+    list_workers,
+    register_worker,
+    schema_version,
+)
 from pgsched.sqlfiles import shared_name
 
 
@@ -152,6 +158,7 @@ __all__ = [
     "retry_jobs",
     "running_for_worker",
     "sample_matching",
+    "schema_version",
     "set_commit_durability",
     "set_progress",
     "set_queue_concurrency",

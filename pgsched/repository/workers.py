@@ -53,6 +53,15 @@ async def register_worker(
         )
 
 
+async def schema_version(conn: AsyncConnection) -> int:
+    """The newest migration applied to the database; 0 where sched's tables were never created."""
+    ((exists,),) = await conn.rows(query("MigrationTableExists"))
+    if not exists:
+        return 0
+    ((version,),) = await conn.rows(query("MigrationLatest"))
+    return int(version)
+
+
 async def heartbeat_worker(conn: AsyncConnection, worker_id: str, running: int) -> bool:
     """Beat; False means the worker's row is gone (it was reaped) and it must re-register."""
     return bool(await conn.rows(query("WorkerHeartbeat"), {"id": worker_id, "running": running}))

@@ -23,8 +23,8 @@ from typing import Any
 
 from loguru import logger
 
-from pgsched import repository
-from pgsched.errors import SchedError
+from pgsched import migrate, repository
+from pgsched.errors import DatabaseError, SchedError
 from pgsched.worker.config import WorkerConfig
 from pgsched.worker.executor import Executor
 from pgsched.worker.fetcher import ClaimAhead, DueTimes, Fetcher
@@ -102,8 +102,18 @@ class Worker:
     # --- life cycle -----------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Register the worker and record the schedules its handlers declare; it may claim after this."""
+        """Check that the database has this release's migrations, register the worker and record the schedules
+        its handlers declare; it may claim after this."""
         control = await self.control_link.get()
+        # A worker's queries call functions its release's migrations create: on an older database every claim
+        # would fail. Migrate first (docs/design.md, "Upgrades"); a newer database is fine.
+        needed = migrate.available()[-1].version
+        found = await repository.schema_version(control)
+        if found < needed:
+            raise DatabaseError(
+                f"this database's sched tables are at migration {found:04d} and this release needs {needed:04d}:"
+                " run `sched migrate` before starting its workers"
+            )
         await self.heartbeat.register(control)
         await declare_schedules(control, self.tasks.values(), self.config.queues[0])
 

@@ -11,6 +11,10 @@ SELECT now();
 -- Applied migrations, or nothing on an empty database.
 SELECT version, name, checksum FROM sched_migrations ORDER BY version;
 
+-- name: MigrationLatest
+-- The newest migration applied (on a database where the migrations table exists).
+SELECT coalesce(max(version), 0) FROM sched_migrations;
+
 -- name: MigrationLock
 -- Serialize concurrent migrates; held until the session's connection closes.
 SELECT pg_advisory_lock(hashtext('sched_migrate'));

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -10,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.cli import run_sched
 
 from pgsched import db, migrate
 from pgsched.errors import DatabaseError, InvalidInput, SchedError
@@ -342,3 +344,26 @@ def test_the_lease_migration_gives_running_jobs_distinct_leases_and_workers_a_co
             "SELECT extract(epoch FROM stale_after), extract(epoch FROM timeout_grace) FROM sched_workers"
         )
         assert tuple(float(v) for v in contract) == (30.0, 10.0)
+
+
+def test_a_worker_refuses_a_database_without_its_releases_migrations(empty_dsn: str, tmp_path: Path) -> None:
+    # Its claims call functions the last migration creates: on the older database every claim would fail.
+    latest = migrate.available()[-1].version
+    with db.connect(empty_dsn) as conn:
+        _migrate_up_to(conn, latest - 1, tmp_path / "older")
+    (tmp_path / "noop_app.py").write_text(
+        "from pgsched.worker import task\n\n\n@task('t')\ndef t(payload, ctx):\n    pass\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    refused = run_sched(empty_dsn, "worker", "--app", "noop_app", "--burst", env=env, timeout=60)
+    assert refused.returncode != 0
+    message = refused.stderr.strip().splitlines()[-1]
+    assert message.endswith(
+        f"this database's sched tables are at migration {latest - 1:04d} and this release needs {latest:04d}:"
+        " run `sched migrate` before starting its workers"
+    ), refused.stderr[-2000:]
+    with db.connect(empty_dsn) as conn:
+        assert conn.row("SELECT count(*) FROM sched_workers") == (0,)  # it never registered
+        migrate.apply(conn)
+    started = run_sched(empty_dsn, "worker", "--app", "noop_app", "--burst", env=env, timeout=60)
+    assert started.returncode == 0, started.stderr[-2000:]
