@@ -80,6 +80,24 @@ class Segments:
                 return priority != level or from_run_at <= run_at < at or (run_at, id) >= (at, at_id)
         return True
 
+    def literals(self) -> dict[str, Any]:
+        """``params()`` with every list as a PostgreSQL array literal, which the statement casts: the driver's
+        dumping of lists element by element cost a claim from positions 7 ms for 100 known groups (its client
+        time, more than the server's), and grows with the groups."""
+        return {
+            "seg_hi": _int_array(self.hi),
+            "seg_lo": _int_array(self.lo),
+            "seg_run_at": _time_array(self.run_at),
+            "seg_id": _int_array(self.id),
+            "seg_until": _time_array(self.until),
+            "seg_full": self.full,
+            "grp_name": _text_array(self.group),
+            "grp_priority": _int_array(self.group_priority),
+            "grp_from": _time_array(self.group_from),
+            "grp_run_at": _time_array(self.group_run_at),
+            "grp_id": _int_array(self.group_id),
+        }
+
     def params(self) -> dict[str, Any]:
         return {
             "seg_hi": self.hi,
@@ -94,6 +112,20 @@ class Segments:
             "grp_run_at": self.group_run_at,
             "grp_id": self.group_id,
         }
+
+
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _time_array(values: list[datetime]) -> str:
+    # ISO 8601 with its offset: no character an array literal would need quoted.
+    return "{" + ",".join(value.isoformat() for value in values) + "}"
+
+
+def _text_array(values: list[str]) -> str:
+    # Every element quoted (so that a name such as NULL stays a name), backslashes and quotes escaped.
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
 
 
 def _full_pass() -> Segments:
@@ -356,7 +388,7 @@ async def claim_jobs(
     segments = marks.segments(started) if marks is not None else FULL_PASS
     rows = await conn.rows(
         query("JobClaim"),
-        {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id, **segments.params()},
+        {"queue": queue, "tasks": tasks, "limit": limit, "worker_id": worker_id, **segments.literals()},
         prepare=True,
     )
     if marks is not None:

@@ -7,13 +7,13 @@
 -- The database's clock: schedule times are computed from it, never from a client's or worker's clock.
 SELECT now();
 
--- name: MigrationListApplied
--- Applied migrations, or nothing on an empty database.
-SELECT version, name, checksum FROM sched_migrations ORDER BY version;
-
 -- name: MigrationLatest
 -- The newest migration applied (on a database where the migrations table exists).
 SELECT coalesce(max(version), 0) FROM sched_migrations;
+
+-- name: MigrationListApplied
+-- Applied migrations, or nothing on an empty database.
+SELECT version, name, checksum FROM sched_migrations ORDER BY version;
 
 -- name: MigrationLock
 -- Serialize concurrent migrates; held until the session's connection closes.

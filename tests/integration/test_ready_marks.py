@@ -293,3 +293,37 @@ def test_a_new_worker_on_a_drained_queue_stops_walking_the_claimed_jobs_after_it
         assert walking > 4_000 and positioned < 500, (walking, positioned)
     else:
         assert walking > 200 and positioned < 20, (walking, positioned)
+
+
+def test_the_claims_array_literals_read_back_as_the_lists_they_encode(conn: db.Connection) -> None:
+    # The claim sends its segments as array literals (Segments.literals): names that an array literal would
+    # otherwise split, unquote or read as NULL, and times at the ends of the range and in other time zones.
+    from datetime import timedelta, timezone
+
+    segments = repository.Segments()
+    far_east = timezone(timedelta(hours=13, minutes=45))
+    times = [datetime(1, 1, 1, tzinfo=UTC), datetime(2026, 3, 29, 1, 30, 0, 123456, tzinfo=far_east)]
+    names = ["a,b", 'c"d', "e\\f", "NULL", " spaced ", "{braces}", "ünï", "", 'x\\"y']
+    for number, name in enumerate(names):
+        segments.add_group(name, number - 3, times[number % 2], times[(number + 1) % 2], 2**62 + number)
+    segments.add(2**31 - 1, -(2**31), times[0], 0, datetime(9999, 12, 31, tzinfo=UTC))
+    segments.add(5, 5, times[1], 7, times[1] + timedelta(hours=1))
+    columns = {
+        "seg_hi": "int[]",
+        "seg_lo": "int[]",
+        "seg_run_at": "timestamptz[]",
+        "seg_id": "bigint[]",
+        "seg_until": "timestamptz[]",
+        "seg_full": "bool",
+        "grp_name": "text[]",
+        "grp_priority": "int[]",
+        "grp_from": "timestamptz[]",
+        "grp_run_at": "timestamptz[]",
+        "grp_id": "bigint[]",
+    }
+    # Compared on the server with the driver's own dumping of the lists, in a session east and one west of UTC.
+    sql = "SELECT " + ", ".join(f"%({key})s::{kind} = %(list_{key})s::{kind}" for key, kind in columns.items())
+    params = {**segments.literals(), **{f"list_{key}": value for key, value in segments.params().items()}}
+    for zone in ("Pacific/Kiritimati", "America/Los_Angeles"):
+        conn.run(f"SET TimeZone = '{zone}'")
+        assert conn.row(sql, params) == (True,) * len(columns), zone
