@@ -14,6 +14,12 @@ from pgsched.models import ClaimedJob, JobState, Outcome, OutcomeKind
 from pgsched.sqlfiles import query
 
 
+async def plan_claims_by_index(conn: AsyncConnection) -> None:
+    """On a claimer's session (not behind a transaction pooler): the plans the server keeps for its prepared
+    claim read by the indexes, never the whole table (SessionClaimerPlans says why)."""
+    await conn.rows(query("SessionClaimerPlans"))
+
+
 async def set_commit_durability(conn: AsyncConnection, level: str) -> None:
     """Set this session's synchronous_commit: off, local, remote_write or on (see SCHED_WORKER_COMMIT)."""
     await conn.rows(query("SessionSetSynchronousCommit"), {"level": level})

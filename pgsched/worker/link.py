@@ -118,6 +118,8 @@ class Link:
     async def _prepare(self, conn: AsyncConnection) -> None:
         if self._claims:
             await repository.skip_leases_ahead(conn)
+            if not conn.pooled:
+                await repository.plan_claims_by_index(conn)
         if self._commit is None:
             return
         if conn.pooled:

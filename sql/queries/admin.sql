@@ -77,6 +77,16 @@ SELECT set_config('search_path', %(schema)s, true);
 -- process id of its own invention, so a mismatch with this one shows a pooler between client and server.
 SELECT pg_backend_pid();
 
+-- name: SessionClaimerPlans
+-- A claimer's session plans by the indexes even in the plans it keeps. The claim is a prepared statement, and
+-- after five executions the server may keep one plan for the session, made without the values: a worker that
+-- polled an empty queue at its start kept a plan that read sched_jobs sequentially and sorted it (the cheapest
+-- way through a nearly empty table), and where nothing invalidates the plan (no vacuum or analyze of the
+-- table: while the horizon is held, with autovacuum off or waiting) it kept reading the whole table, dead rows
+-- and all, at every claim. Every read of the claim has an index; with sequential and bitmap scans off, a kept
+-- plan uses them. (Behind a transaction pooler nothing is prepared, so no plan is kept.)
+SELECT set_config('enable_seqscan', 'off', false), set_config('enable_bitmapscan', 'off', false);
+
 -- name: SessionCommitWithoutFlushWait
 -- Commits return before the WAL flush: for a producer that chose speed over the last moment of durability.
 SET synchronous_commit = off;

@@ -32,13 +32,15 @@ FROM sched_jobs_all
 WHERE id > %(after)s;
 
 -- name: BenchJobsTableSize
--- The job table's dead row versions, its size, its indexes' and its ready index's, in bytes, the last job id (in
--- either table), and the history's size with its indexes.
+-- The job table's dead row versions, its size, its indexes' and its ready index's, in bytes, the last job id
+-- handed out, and the history's size with its indexes.
 SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'sched_jobs'::regclass), 0) AS dead,
        pg_table_size('sched_jobs') AS table_bytes,
        pg_indexes_size('sched_jobs') AS index_bytes,
        pg_relation_size('sched_jobs_ready') AS ready_index_bytes,
-       (SELECT coalesce(max(id), 0) FROM sched_jobs_all) AS last_id,
+       -- The sequence, not max(id): while vacuum is held back, a drained table's primary key is all dead entries,
+       -- and max(id) walked every one of them (0.2 s a call at 500,000 jobs), loading the database it measures.
+       (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM sched_jobs_id_seq) AS last_id,
        (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
         FROM pg_partition_tree('sched_job_history'::regclass)) AS history_bytes;
 

@@ -3,6 +3,7 @@ partial indexes and the primary key, never the whole table, and the outcome batc
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import psycopg
@@ -75,3 +76,35 @@ def test_an_outcome_batch_stays_on_the_primary_key(crowded: str) -> None:
     assert "Seq Scan on sched_jobs" not in plan
     assert "Nested Loop" not in plan
     assert "rows=500" in plan
+
+
+def _kept_claim_plan(dsn: str, claimer_session: bool) -> str:
+    """The plan the server keeps for JobClaim on a session that claimed from an empty queue seven times (after
+    five executions it may keep one plan, made without the values), as EXPLAIN EXECUTE shows it."""
+    text = query("JobClaim")
+    params = repository.claim_params("q", ["t"], 10, str(uuid.uuid4()))
+    with psycopg.connect(dsn, autocommit=True) as raw:
+        if claimer_session:
+            raw.execute(query("SessionClaimerPlans"))
+        for _ in range(7):
+            raw.execute(text, params, prepare=True)
+        ((name,),) = raw.execute(
+            "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%WITH limited AS%' AND generic_plans > 0"
+        ).fetchall()
+        # The statement's parameters are numbered in order of first appearance.
+        names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", text)))
+        call = sql.SQL("EXPLAIN EXECUTE {}({})").format(
+            sql.Identifier(name), sql.SQL(", ").join(sql.Literal(params[n]) for n in names)
+        )
+        return "\n".join(row[0] for row in raw.execute(call).fetchall())
+
+
+def test_a_claimers_session_keeps_a_plan_that_reads_by_the_indexes(dsn: str, conn: db.Connection) -> None:
+    # A plan kept while the table was nearly empty read it sequentially; where nothing invalidates it (no vacuum
+    # or analyze: a held horizon, autovacuum off) every claim then read the whole table, dead rows and all.
+    # The worker's claim connection turns sequential and bitmap scans off (SessionClaimerPlans).
+    kept = _kept_claim_plan(dsn, claimer_session=True)
+    assert "Seq Scan on sched_jobs" not in kept, kept
+    assert "Index Scan using sched_jobs_ready on sched_jobs" in kept, kept
+    # Without it, the same session keeps the plan that reads the table (the test can fail).
+    assert "Seq Scan on sched_jobs" in _kept_claim_plan(dsn, claimer_session=False)
