@@ -5,7 +5,7 @@
 -- none of them has a ready job (the queue is drained, or their backlog ran out) it read sched_jobs_ready_group
 -- from the queue's beginning up to its first entry. While vacuum is held back that read walks the dead entry of
 -- every grouped job claimed since the horizon, of every group: at 600,000 jobs drained, one call cost about
--- 0.5 s, paid by the last claim of each backlog and by every claim of a worker polling the drained queue.
+-- 0.7 s, paid by the last claim of each backlog and by every claim of a worker polling the drained queue.
 --
 -- Now JobClaim also passes the worker's segments of the ready index, and the question has three steps:
 --   1. the last four groups the worker claimed from, from their positions, as before: while a fair queue has a
@@ -20,7 +20,8 @@
 --      last) by a probe bounded by those names, one index descent where there are none. So it walks only the
 --      claimed jobs of groups the worker does not know. A worker that knows no group (a full pass) reads the
 --      grouped index from the queue's beginning, as before.
--- The six-argument function, which JobClaim of the previous release calls, is steps 1 and 3.
+-- The six-argument function, which JobClaim of the previous release calls, is steps 1 and 3. And
+-- sched_claim_limited keeps generic plans (at the end).
 --
 -- Locks: replacing a function in place, or a setting of one, takes no lock on any table; a claim running the old
 -- body finishes with it.
