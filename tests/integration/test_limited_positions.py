@@ -163,7 +163,10 @@ def test_a_fair_claim_steps_over_the_jobs_claimed_while_a_snapshot_holds_vacuum_
     # positions reads each group from the last job claimed of it, and the head from the last job taken in claim
     # order: the same pages after 15,000 jobs as after 5,000 (the 200 jobs it takes cost the same in both).
     assert full_pass[1] > full_pass[0] + 5_000, full_pass
-    assert from_marks[1] < from_marks[0] * 1.1, from_marks
+    # With group rates, what a claim reads also depends on when the once-a-second sweep of full buckets last ran
+    # (one clean-clone run measured 5,606 then 6,934): a bound of 30% still fails the cost that grew with the
+    # jobs before 0015 (6,873 then 10,048).
+    assert from_marks[1] < from_marks[0] * (1.3 if group_rate else 1.1), from_marks
     assert from_marks[1] < full_pass[1] - 5_000, (from_marks, full_pass)
 
 
