@@ -9,7 +9,10 @@ drain rates (first start to last finish, read from the jobs themselves) and the 
 the end, enqueue-to-start latency is measured in both with jobs added one at a time to the idle worker, then the
 snapshot ends, one VACUUM runs, and one more round shows whether the table and its indexes still grow. With
 ``groups``, the jobs of every round (and of the latency run) are spread over that many groups in turn, so the
-workers claim them by fair sharing between groups (sched_claim_limited), from their positions in each group."""
+workers claim them by fair sharing between groups (sched_claim_limited), from their positions in each group. The
+queue's flow control (``max_running``, ``group_concurrency``, ``group_rate``; docs/protocol.md, "Queue controls") is
+set the same way in both databases before the first round, so the limited claim's counts and buckets are measured
+while their own rows pile up too."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgsched import db, migrate, repository
+from pgsched.admin import QueueLimits, set_queue_limits
 from pgsched.bench import noop_jobs, p50_ms, p99_ms, spawn_worker, wait_for_worker
 from pgsched.errors import DatabaseError, SchedError
 from pgsched.repository import bench as measured
@@ -39,6 +43,17 @@ class VacuumBenchConfig:
     latency_jobs: int = 200
     round_timeout_s: float = 600.0
     groups: int = 0
+    max_running: int | None = None
+    group_concurrency: int | None = None
+    group_rate: str | None = None
+
+    def limits(self) -> QueueLimits | None:
+        """The flow control of the benchmark's queue, if any (InvalidInput for a bad figure)."""
+        if self.max_running is None and self.group_concurrency is None and self.group_rate is None:
+            return None
+        return QueueLimits.parse(
+            max_running=self.max_running, group_concurrency=self.group_concurrency, group_rate=self.group_rate
+        )
 
 
 def run(server_dsn: str, config: VacuumBenchConfig, report: Callable[[str], None]) -> dict[str, Any]:
@@ -64,8 +79,11 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
     workers = {}
     holder = None
     try:
+        limits = config.limits()
         for conn in conns.values():
             migrate.apply(conn)
+            if limits is not None:
+                set_queue_limits(conn, "default", limits)
         # The snapshot is taken by the first statement and kept until the end: vacuum can remove no row version
         # that this transaction might still see.
         holder = db.connect(dsns["held"])
@@ -135,6 +153,9 @@ def _measure(dsns: dict[str, str], config: VacuumBenchConfig, report: Callable[[
             "concurrency": config.concurrency,
             "batch_size": config.batch_size,
             "groups": config.groups,
+            "max_running": config.max_running,
+            "group_concurrency": config.group_concurrency,
+            "group_rate": config.group_rate,
         },
         "rounds": rounds,
         "held_vs_vacuumed_pct_last_rounds": round(statistics.median(r["held_vs_vacuumed_pct"] for r in tail), 1),

@@ -289,7 +289,10 @@ def print_vacuum_bench(figures: dict[str, Any], console: Console | None = None) 
     config = figures["config"]
     table = Table(
         title=f"sched bench --vacuum-blocked: {config['jobs_per_round']:,} jobs per round"
-        + (f" in {config['groups']:,} groups" if config.get("groups") else ""),
+        + (f" in {config['groups']:,} groups" if config.get("groups") else "")
+        + (f", at most {config['max_running']:,} running" if config.get("max_running") else "")
+        + (f", at most {config['group_concurrency']:,} running per group" if config.get("group_concurrency") else "")
+        + (f", each group at {config['group_rate']}" if config.get("group_rate") else ""),
         title_justify="left",
     )
     for name in ("jobs before", "vacuumed", "held back", "held / vacuumed", "dead row versions", "table + indexes"):

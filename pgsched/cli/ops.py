@@ -166,18 +166,46 @@ def bench(
             "--groups", min=0, help="With --vacuum-blocked: spread the jobs over this many groups (a fair queue)."
         ),
     ] = 0,
+    max_running: Annotated[
+        Optional[int],
+        typer.Option("--max-running", min=1, help="With --vacuum-blocked: the queue's most running jobs in all."),
+    ] = None,
+    group_concurrency: Annotated[
+        Optional[int],
+        typer.Option("--group-concurrency", min=1, help="With --vacuum-blocked --groups: most running jobs per group."),
+    ] = None,
+    group_rate: Annotated[
+        Optional[str],
+        typer.Option("--group-rate", help="With --vacuum-blocked --groups: each group's rate (100/s, 30/m)."),
+    ] = None,
     as_json: JsonOutput = False,
 ) -> None:
     """Measure enqueue, drain, latency, I/O-bound efficiency and worker memory in a throwaway database."""
-    if groups and not vacuum_blocked:
-        raise usage("--groups is a setting of --vacuum-blocked")
+    for name, value in (
+        ("--groups", groups),
+        ("--max-running", max_running),
+        ("--group-concurrency", group_concurrency),
+        ("--group-rate", group_rate),
+    ):
+        if value and not vacuum_blocked:
+            raise usage(f"{name} is a setting of --vacuum-blocked")
+    if (group_concurrency or group_rate) and not groups:
+        raise usage("--group-concurrency and --group-rate need --groups")
     server = dsn or resolve_dsn(load_settings())
     if vacuum_blocked:
         from pgsched import bench_vacuum
 
         vacuum_config = bench_vacuum.VacuumBenchConfig(
-            rounds=rounds, jobs=jobs, concurrency=concurrency, batch_size=batch_size, groups=groups
+            rounds=rounds,
+            jobs=jobs,
+            concurrency=concurrency,
+            batch_size=batch_size,
+            groups=groups,
+            max_running=max_running,
+            group_concurrency=group_concurrency,
+            group_rate=group_rate,
         )
+        vacuum_config.limits()  # a bad figure is refused before any database is made
         figures = bench_vacuum.run(server, vacuum_config, lambda line: sys.stderr.write(f"- {line}\n"))
         if as_json:
             print_json(figures)

@@ -743,6 +743,23 @@ async def cancel_requested(conn: AsyncConnection, worker_id: str) -> set[int]:
     return {r[0] for r in await conn.rows(query("JobListCancelRequested"), {"worker_id": worker_id})}
 
 
+class FlowWait(NamedTuple):
+    """What a worker whose claim found nothing waits for (QueueFlowWait): whether its queues have flow control at
+    all, whether any caps its running jobs, and the seconds until the first bucket that had no whole token when
+    the claim started has one (None: no such bucket; negative: it came while the claim ran)."""
+
+    controlled: bool
+    capped: bool
+    token_in: float | None
+
+
+async def flow_wait(conn: AsyncConnection, queues: list[str], since: float) -> FlowWait:
+    """After a claim of ``queues`` that started ``since`` seconds ago found nothing."""
+    row = await conn.row(query("QueueFlowWait"), {"queues": queues, "since": since})
+    assert row is not None
+    return FlowWait(bool(row[0]), bool(row[1]), None if row[2] is None else float(row[2]))
+
+
 async def rate_limited_backlog(conn: AsyncConnection, queues: list[str], tasks: list[str]) -> bool:
     """Whether ready jobs of these queues and tasks are held back only by a rate limit (not by a pause)."""
     row = await conn.row(query("QueueRateLimitedBacklog"), {"queues": queues, "tasks": tasks})

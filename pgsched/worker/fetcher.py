@@ -98,6 +98,11 @@ class DueTimes:
             if earliest is None or due < earliest:
                 self.wake.set()  # the fetcher recomputes how long to sleep
 
+    def after(self, seconds: float) -> None:
+        """Look again in ``seconds`` (when a rate limit has its next token), without waking the fetcher now."""
+        if len(self._due) < self.MAX_REMEMBERED:
+            heapq.heappush(self._due, time.monotonic() + seconds)
+
     def sleep_for(self, poll_interval: float) -> float:
         """How long the fetcher may sleep: the poll interval, or less when a known job falls due sooner."""
         due = self._due
@@ -109,6 +114,12 @@ class DueTimes:
 
 class Fetcher:
     """Claims jobs for the executor's free slots (the only claimer of its worker)."""
+
+    # A worker whose queues have no flow control asks again only this much later (_learn_flow_control): a limit
+    # set meanwhile holds at the next claim all the same; only the prompt wake-ups wait for it.
+    FLOW_RECHECK_S = 5.0
+    # The shortest wait for a token: a bucket about to refill is looked at again no sooner than this.
+    MIN_TOKEN_WAIT_S = 0.001
 
     def __init__(
         self,
@@ -139,6 +150,8 @@ class Fetcher:
         self._claim_answer_lost = False
         # Where this worker's claims of each queue start reading the ready index (repository.ReadyMarks).
         self.marks = {queue: repository.ReadyMarks() for queue in config.queues}
+        self._flow_checked_until = 0.0
+        self._claim_started = 0.0  # monotonic
 
     async def run(self) -> None:
         """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
@@ -192,7 +205,7 @@ class Fetcher:
         return None
 
     async def _claim(self, free: int) -> int:
-        started = time.monotonic()
+        started = self._claim_started = time.monotonic()
         conn = await self._link.get()
         claimed = 0
         for queue in self._config.queues:
@@ -252,8 +265,28 @@ class Fetcher:
             return await repository.rate_limited_backlog(conn, self._config.queues, self._task_names)
         return True
 
+    async def _learn_flow_control(self) -> None:
+        """Before sleeping after a claim that found nothing: come back when a bucket that had no whole token when
+        that claim started has one (at once if it came meanwhile: a claim woken a little early by something
+        else), and, while a queue caps its running jobs, whenever this worker's ended runs are written (they free
+        the slots its claims count), instead of a poll interval later (docs/protocol.md, "When a held-back worker
+        looks again")."""
+        now = time.monotonic()
+        if now < self._flow_checked_until:
+            return
+        async with self._link.attempt("reading flow control"):
+            conn = await self._link.get()
+            wait = await repository.flow_wait(conn, self._config.queues, now - self._claim_started)
+            self._outcomes.on_runs_ended = self._due.wake.set if wait.capped else None
+            if wait.token_in is not None:
+                self._due.after(max(wait.token_in, self.MIN_TOKEN_WAIT_S))
+            if not wait.controlled:
+                self._flow_checked_until = now + self.FLOW_RECHECK_S
+
     async def _wait_for_work(self) -> None:
-        """Sleep until a NOTIFY, a freed slot's worth of news, the next known due time, or the poll interval."""
+        """Sleep until a NOTIFY, a freed slot's worth of news, the next known due time or token, or the poll
+        interval."""
+        await self._learn_flow_control()
         timeout = self._due.sleep_for(self._config.poll_interval)
         executor = self._executor
         if self._config.burst and executor.in_flight:

@@ -237,6 +237,9 @@ class OutcomeBuffer:
         # Ids of the outcomes a flush that splits its batch has settled (written, or given up), so a connection
         # lost halfway hands back only the rest.
         self._settled: set[int] = set()
+        # Called after each batch is written while a queue of this worker caps its running jobs: the runs that
+        # ended free slots its claims count (set by the fetcher).
+        self.on_runs_ended: Callable[[], None] | None = None
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -374,6 +377,8 @@ class OutcomeBuffer:
             self._on_retry_due(queue, epoch)
         if self._metrics is not None:
             self._metrics.flushed(batch, result, seconds)
+        if self.on_runs_ended is not None:
+            self.on_runs_ended()
 
     async def write_progress(self, reports: list[tuple[int, int, str]]) -> None:
         """Store progress reports (job id, lease, JSON text) of running jobs."""

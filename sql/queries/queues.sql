@@ -29,6 +29,32 @@ DELETE FROM sched_queues
 WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL AND max_running IS NULL
   AND group_concurrency IS NULL AND group_rate IS NULL AND fair;
 
+-- name: QueueFlowWait
+-- What a worker whose claim found nothing in these queues waits for (docs/protocol.md, "When a held-back worker
+-- looks again"): whether any has flow control at all; whether any caps its running jobs, whose slots free when
+-- runs end; and the seconds until the first bucket that had no whole token when the claim started (%(since)s
+-- seconds ago) has one: the queue's bucket, or the first of its groups' buckets, read from that moment on, so the
+-- rows of older charges are never walked. It may be negative: a token that came while the claim ran.
+SELECT coalesce(bool_or(q.rate IS NOT NULL OR q.group_rate IS NOT NULL OR q.max_running IS NOT NULL
+                        OR q.group_concurrency IS NOT NULL), false) AS controlled,
+       coalesce(bool_or((q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL) AND NOT q.paused), false)
+           AS capped,
+       extract(epoch FROM min(least(
+           CASE WHEN q.rate IS NOT NULL AND NOT q.paused
+                     AND q.refilled_at + make_interval(secs => greatest(0, 1 - q.tokens) / q.rate) > claim.at
+               THEN q.refilled_at + make_interval(secs => greatest(0, 1 - q.tokens) / q.rate)
+           END,
+           CASE WHEN q.group_rate IS NOT NULL AND NOT q.paused THEN
+               (SELECT b.full_at - make_interval(secs => (q.group_burst - 1) / q.group_rate)
+                FROM sched_group_buckets b
+                WHERE b.queue = q.queue
+                  AND b.full_at > claim.at + make_interval(secs => (q.group_burst - 1) / q.group_rate)
+                ORDER BY b.full_at LIMIT 1)
+           END)) - clock_timestamp())::float8 AS token_in
+FROM sched_queues q
+CROSS JOIN (SELECT clock_timestamp() - make_interval(secs => %(since)s) AS at) AS claim
+WHERE q.queue = ANY(%(queues)s::text[]);
+
 -- name: QueueGroupBucketsDelete
 -- Drop a queue's group buckets (all full again), when its group rate is set, changed or removed.
 DELETE FROM sched_group_buckets WHERE queue = %(queue)s;

@@ -38,16 +38,26 @@ def test_bench_reports_every_figure_and_drops_its_database(sched, server_dsn: st
     assert _bench_databases(server_dsn) <= before
 
 
-@pytest.mark.parametrize("groups", [0, 4], ids=["plain", "fair"])
+LIMITED = ["--groups", "4", "--max-running", "50", "--group-concurrency", "5", "--group-rate", "60/s"]
+
+
+@pytest.mark.parametrize("args", [[], ["--groups", "4"], LIMITED], ids=["plain", "fair", "flow control"])
 def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(
-    sched, server_dsn: str, groups: int
+    sched, server_dsn: str, args: list[str]
 ) -> None:
     before = _bench_databases(server_dsn)
-    args = ["--groups", str(groups)] if groups else []
     result = sched("bench", "--vacuum-blocked", "--rounds", "2", "--jobs", "400", *args, "--json", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout)
-    assert figures["config"]["groups"] == groups
+    assert figures["config"]["groups"] == (4 if args else 0)
+    if args == LIMITED:
+        assert (
+            figures["config"] | {"max_running": 50, "group_concurrency": 5, "group_rate": "60/s"} == figures["config"]
+        )
+        # The limits were set in both databases: four groups at 60 jobs a second drain 400 jobs in no less than
+        # (400 - 4 full buckets) / 240 s, whatever the machine (a drain without them takes a fraction of that).
+        for row in figures["rounds"]:
+            assert row["vacuumed_per_s"] <= 250 and row["held_per_s"] <= 250, row
     assert [row["jobs_before"] for row in figures["rounds"]] == [0, 400]
     for row in figures["rounds"]:
         assert row["vacuumed_per_s"] > 0 and row["held_per_s"] > 0
@@ -60,7 +70,18 @@ def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(
     assert _bench_databases(server_dsn) <= before
 
 
-def test_groups_without_vacuum_blocked_is_refused(sched) -> None:
-    result = sched("bench", "--groups", "10")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--groups", "10"], "--groups is a setting of --vacuum-blocked"),
+        (["--max-running", "10"], "--max-running is a setting of --vacuum-blocked"),
+        (["--vacuum-blocked", "--group-rate", "5/s"], "--group-concurrency and --group-rate need --groups"),
+        (["--vacuum-blocked", "--groups", "3", "--group-rate", "fast"], "--group-rate: invalid rate 'fast'"),
+    ],
+)
+def test_bench_settings_out_of_place_are_refused(sched, server_dsn: str, args: list[str], message: str) -> None:
+    before = _bench_databases(server_dsn)
+    result = sched("bench", *args)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("--groups is a setting of --vacuum-blocked")
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert _bench_databases(server_dsn) == before
