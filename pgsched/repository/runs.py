@@ -4,7 +4,7 @@ due-job promotion (docs/protocol.md)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -86,38 +86,14 @@ class Segments:
                 return priority != level or from_run_at <= run_at < at or (run_at, id) >= (at, at_id)
         return True
 
+    def params(self) -> dict[str, Any]:
+        return {key: getattr(self, name) for key, name, _ in _SEGMENT_PARAMS}
+
     def literals(self) -> dict[str, Any]:
         """``params()`` with every list as a PostgreSQL array literal, which the statement casts: the driver's
         dumping of lists element by element cost a claim from positions 7 ms for 100 known groups (its client
         time, more than the server's), and grows with the groups."""
-        return {
-            "seg_hi": _int_array(self.hi),
-            "seg_lo": _int_array(self.lo),
-            "seg_run_at": _time_array(self.run_at),
-            "seg_id": _int_array(self.id),
-            "seg_until": _time_array(self.until),
-            "seg_full": self.full,
-            "grp_name": _text_array(self.group),
-            "grp_priority": _int_array(self.group_priority),
-            "grp_from": _time_array(self.group_from),
-            "grp_run_at": _time_array(self.group_run_at),
-            "grp_id": _int_array(self.group_id),
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "seg_hi": self.hi,
-            "seg_lo": self.lo,
-            "seg_run_at": self.run_at,
-            "seg_id": self.id,
-            "seg_until": self.until,
-            "seg_full": self.full,
-            "grp_name": self.group,
-            "grp_priority": self.group_priority,
-            "grp_from": self.group_from,
-            "grp_run_at": self.group_run_at,
-            "grp_id": self.group_id,
-        }
+        return {key: literal(getattr(self, name)) for key, name, literal in _SEGMENT_PARAMS}
 
 
 def _int_array(values: list[int]) -> str:
@@ -132,6 +108,26 @@ def _time_array(values: list[datetime]) -> str:
 def _text_array(values: list[str]) -> str:
     # Every element quoted (so that a name such as NULL stays a name), backslashes and quotes escaped.
     return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+def _as_is(value: bool) -> bool:
+    return value
+
+
+# JobClaim's parameter, the Segments field that holds it, and how literals() writes it.
+_SEGMENT_PARAMS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("seg_hi", "hi", _int_array),
+    ("seg_lo", "lo", _int_array),
+    ("seg_run_at", "run_at", _time_array),
+    ("seg_id", "id", _int_array),
+    ("seg_until", "until", _time_array),
+    ("seg_full", "full", _as_is),
+    ("grp_name", "group", _text_array),
+    ("grp_priority", "group_priority", _int_array),
+    ("grp_from", "group_from", _time_array),
+    ("grp_run_at", "group_run_at", _time_array),
+    ("grp_id", "group_id", _int_array),
+)
 
 
 def _full_pass() -> Segments:
@@ -281,21 +277,22 @@ class ReadyMarks:
         *,
         took_s: float,
         now: float,
-        empty: Sequence[int] = (),
+        levels: Sequence[int] = (),
         at: datetime | None = None,
     ) -> int:
         """Take the probe's first ready job of each level: a level whose first job lies before where claims
         read it is read from that job next time. Returns how many levels moved back; sets the next probe.
 
-        ``empty`` are the levels the probe found without a ready job as of ``at`` (its statement's start): while
-        reading from the beginning costs, each is read from ``at`` on next time (less the MARGIN, as from a
-        position), unless claims read it from later already. A job that goes back before that is the next
-        probe's to find, as before any position."""
+        Of ``levels`` (those the probe asked about, as of ``at``: its statement's start), the ones without a
+        first job are empty: while reading from the beginning costs, each is read from ``at`` on next time (less
+        the MARGIN, as from a position), unless claims read it from later already. A job that goes back before
+        that is the next probe's to find, as before any position."""
         self._next_probe = now + min(max(took_s * self.PROBE_COST_SHARE, self.PROBE_MIN_S), self.PROBE_MAX_S)
         self._levels_probe_s = took_s
         self._cheap = took_s < self.CHEAP_PROBE_S
         if at is not None and not self._cheap:
-            for level in empty:
+            found = {level for level, _, _ in firsts}
+            for level in (level for level in levels if level not in found):
                 mark = self._levels.get(level)
                 if mark is None or mark < (at, 0):
                     self._levels.pop(level, None)
@@ -461,8 +458,7 @@ async def probe_ready(
     if levels is None:
         return None
     probe = await first_ready(conn, queue, tasks, levels)
-    empty = set(levels).difference(level for level, _, _ in probe.firsts)
-    moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock(), empty=sorted(empty), at=probe.at)
+    moved = marks.probed(probe.firsts, took_s=probe.server_s, now=clock(), levels=levels, at=probe.at)
     if groups := marks.probe_groups():
         found = await first_ready_in_groups(conn, queue, groups)
         moved += marks.probed_groups(found.firsts, took_s=found.server_s, now=clock())

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from support.connections import run_async
-from support.marks import NeverFull, drain, held_snapshot, worker_row
+from support.marks import NeverFull, drain, held_snapshot, statement_buffers, worker_row
 
 from pgsched import db, repository
 from pgsched.models import ClaimedJob, NewJob, Outcome, OutcomeKind
@@ -121,12 +121,9 @@ def test_the_previous_release_claims_through_a_full_pass(dsn: str, conn: db.Conn
 def _claim_buffers(dsn: str, segments: repository.Segments, limit: int) -> int:
     """Shared buffers one JobClaim touches, the claim rolled back: its plan's top node counts what the
     statement read, inside sched_claim_limited too."""
-    params = repository.claim_params("q", ["t"], limit, str(uuid.uuid4()), segments)
-    with psycopg.connect(dsn) as raw:
-        ((plan,),) = raw.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params).fetchall()
-        raw.rollback()
-    top = plan[0]["Plan"]
-    return top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    return statement_buffers(
+        dsn, query("JobClaim"), repository.claim_params("q", ["t"], limit, str(uuid.uuid4()), segments)
+    )
 
 
 @pytest.mark.slow
@@ -256,11 +253,7 @@ def _has_grouped_jobs(conn: db.Connection, marks: repository.ReadyMarks) -> tupl
 
 def _question_buffers(dsn: str, marks: repository.ReadyMarks) -> int:
     """Shared buffers the question without segments touches (it then looks at every group)."""
-    with psycopg.connect(dsn) as raw:
-        sql = f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT {_QUESTION}"
-        ((plan,),) = raw.execute(sql, marks.segments(float("-inf")).params()).fetchall()
-    top = plan[0]["Plan"]
-    return top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    return statement_buffers(dsn, f"SELECT {_QUESTION}", marks.segments(float("-inf")).params())
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from support.marks import NeverFull, drain, index_buffers
+from support.marks import NeverFull, drain, index_buffers, statement_buffers
 
 from pgsched import db, repository
 from pgsched.models import NewJob, Outcome, OutcomeKind
@@ -246,11 +246,7 @@ def _claim_buffers(dsn: str, queue: str, segments: repository.Segments, grouped:
     params = repository.claim_params(queue, ["t"], 10, str(uuid.uuid4()), segments)
     if not grouped:
         return index_buffers(dsn, query("JobClaim"), params, "sched_jobs_ready")
-    with psycopg.connect(dsn) as raw:
-        ((plan,),) = raw.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("JobClaim"), params).fetchall()
-        raw.rollback()
-    top = plan[0]["Plan"]
-    return top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
+    return statement_buffers(dsn, query("JobClaim"), params)
 
 
 @pytest.mark.slow

@@ -39,20 +39,34 @@ def drain(
     return run_async(dsn, body)
 
 
-def index_buffers(dsn: str, sql: str, params: dict, index: str) -> int:
-    """Shared buffers (hit + read) that the scans of ``index`` touch when ``sql`` runs with ``params``, under
-    EXPLAIN ANALYZE and rolled back: buffers do not depend on how busy the machine is. A node's figures include
-    those of the nodes below it (a subquery in a scan's condition)."""
+def _plan(dsn: str, sql: str, params: dict) -> dict:
+    """The top node of ``sql``'s plan as run with ``params`` under EXPLAIN ANALYZE, rolled back."""
     with psycopg.connect(dsn) as conn:
         ((plan,),) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchall()
         conn.rollback()
+    return plan[0]["Plan"]
+
+
+def _buffers(node: dict) -> int:
+    return node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+
+
+def statement_buffers(dsn: str, sql: str, params: dict) -> int:
+    """Shared buffers (hit + read) that ``sql`` touches with ``params``, rolled back: the top node counts what the
+    whole statement read, inside the functions it calls too. Buffers do not depend on how busy the machine is."""
+    return _buffers(_plan(dsn, sql, params))
+
+
+def index_buffers(dsn: str, sql: str, params: dict, index: str) -> int:
+    """Shared buffers (hit + read) that the scans of ``index`` touch when ``sql`` runs with ``params``, rolled
+    back. A node's figures include those of the nodes below it (a subquery in a scan's condition)."""
 
     def walk(node: dict) -> int:
         if node.get("Index Name") == index:
-            return node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+            return _buffers(node)
         return sum(walk(child) for child in node.get("Plans", []))
 
-    return walk(plan[0]["Plan"])
+    return walk(_plan(dsn, sql, params))
 
 
 @contextmanager

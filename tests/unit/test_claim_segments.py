@@ -210,19 +210,19 @@ def test_a_level_the_probe_finds_empty_is_read_from_the_probe_on_while_the_front
     marks = ReadyMarks()
     marks.learn([], full=True, now=0.0)
     assert marks.probe_levels(0.0) == [0]
-    marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S / 2, now=1.0, empty=[0], at=T0)  # cheap: nothing changes
+    marks.probed([], took_s=ReadyMarks.CHEAP_PROBE_S / 2, now=1.0, levels=[0], at=T0)  # cheap: nothing changes
     assert marks.segments(1.01).full
-    marks.probed([], took_s=0.5, now=2.0, empty=[0], at=T0)
+    marks.probed([], took_s=0.5, now=2.0, levels=[0], at=T0)
     segments = marks.segments(2.01)
     assert not segments.full
     assert segments.covers(0, T0 - timedelta(milliseconds=40), 1) and segments.covers(0, T0 + timedelta(hours=1), 1)
     assert not segments.covers(0, T0 - timedelta(milliseconds=60), 1)  # a late job: the next probe's to find
     assert segments.covers(3, LONG_AGO, 1) and segments.covers(-3, LONG_AGO, 1)  # other levels: from the start
     # A later empty probe moves the level on; a position past the probe's start stays where it is.
-    marks.probed([], took_s=0.5, now=30.0, empty=[0], at=T0 + timedelta(seconds=5))
+    marks.probed([], took_s=0.5, now=30.0, levels=[0], at=T0 + timedelta(seconds=5))
     assert not marks.segments(30.01).covers(0, T0 + timedelta(seconds=4), 1)
     marks.learn([row(9, 0, T0 + timedelta(seconds=9))], full=False, now=31.0)
-    marks.probed([], took_s=0.5, now=60.0, empty=[0], at=T0 + timedelta(seconds=6))
+    marks.probed([], took_s=0.5, now=60.0, levels=[0], at=T0 + timedelta(seconds=6))
     assert not marks.segments(60.01).covers(0, T0 + timedelta(seconds=8), 1)
     # A level with a ready job before its position moves back to it, as always.
     assert marks.probed([(0, T0, 3)], took_s=0.5, now=90.0, at=T0 + timedelta(seconds=10)) == 1
