@@ -80,7 +80,16 @@ class Worker:
         self.outcomes = OutcomeBuffer(self.outcome_link, self.id, config, self.due.note, metrics)
         self.executor = Executor(config, self.tasks, self.outcomes, ahead, metrics)
         self.fetcher = Fetcher(
-            self.id, config, self.claim_link, self.tasks, self.executor, self.outcomes, self.due, self.stop, ahead
+            self.id,
+            config,
+            self.claim_link,
+            self.tasks,
+            self.executor,
+            self.outcomes,
+            self.due,
+            self.stop,
+            ahead,
+            metrics,
         )
         self.listener = Listener(self.listen_link, self.due, self.executor.cancel_job, self.stop, config.poll_interval)
         self.heartbeat = Heartbeat(self.id, config, self.tasks, lambda: len(self.executor.running))

@@ -23,6 +23,7 @@ from pgsched.worker.stopping import Stop, wait_any
 
 if TYPE_CHECKING:
     from pgsched.worker.executor import Executor
+    from pgsched.worker.metrics import WorkerMetrics
 
 
 class ClaimAhead:
@@ -118,7 +119,10 @@ class Fetcher:
     # A worker whose queues have no flow control asks again only this much later (_learn_flow_control): a limit
     # set meanwhile holds at the next claim all the same; only the prompt wake-ups wait for it.
     FLOW_RECHECK_S = 5.0
-    # The shortest wait for a token: a bucket about to refill is looked at again no sooner than this.
+    # The shortest wait for a token: a bucket about to refill is looked at again no sooner than this. It doubles
+    # with each claim in a row that found nothing (up to the poll interval), so a worker that wakes for tokens it
+    # cannot use (other workers' tasks take them, or the groups whose buckets refill have no job left) backs off
+    # to its polls instead of waking at the rate.
     MIN_TOKEN_WAIT_S = 0.001
 
     def __init__(
@@ -132,6 +136,7 @@ class Fetcher:
         due: DueTimes,
         stop: Stop,
         ahead: ClaimAhead | None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._worker_id = worker_id
         self._config = config
@@ -147,11 +152,13 @@ class Fetcher:
         self._due = due
         self._stop = stop
         self._ahead = ahead
+        self._metrics = metrics
         self._claim_answer_lost = False
         # Where this worker's claims of each queue start reading the ready index (repository.ReadyMarks).
         self.marks = {queue: repository.ReadyMarks() for queue in config.queues}
         self._flow_checked_until = 0.0
         self._claim_started = 0.0  # monotonic
+        self._empty_claims = 0  # claims in a row that took nothing
 
     async def run(self) -> None:
         """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
@@ -172,6 +179,7 @@ class Fetcher:
                 continue
             if claimed:
                 confirm_drained = False
+                self._empty_claims = 0
                 continue
             if config.burst and executor.in_flight == 0:
                 # Outcomes not yet written may release dependents: flush, then look once more.
@@ -217,6 +225,8 @@ class Fetcher:
                 min(free - claimed, self._config.batch_size),
                 self.marks[queue],
             )
+            if self._metrics is not None:
+                self._metrics.claims.labels(queue, "yes" if jobs else "no").inc()
             if jobs:
                 if self._tasks_with_limits:
                     await self._apply_task_limits(conn, jobs)
@@ -272,6 +282,7 @@ class Fetcher:
         the slots its claims count), instead of a poll interval later (docs/protocol.md, "When a held-back worker
         looks again")."""
         now = time.monotonic()
+        empty_claims, self._empty_claims = self._empty_claims, self._empty_claims + 1
         if now < self._flow_checked_until:
             return
         async with self._link.attempt("reading flow control"):
@@ -279,7 +290,8 @@ class Fetcher:
             wait = await repository.flow_wait(conn, self._config.queues, now - self._claim_started)
             self._outcomes.on_runs_ended = self._due.wake.set if wait.capped else None
             if wait.token_in is not None:
-                self._due.after(max(wait.token_in, self.MIN_TOKEN_WAIT_S))
+                shortest = min(self.MIN_TOKEN_WAIT_S * 2 ** min(empty_claims, 30), self._config.poll_interval)
+                self._due.after(max(wait.token_in, shortest))
             if not wait.controlled:
                 self._flow_checked_until = now + self.FLOW_RECHECK_S
 

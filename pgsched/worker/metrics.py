@@ -21,6 +21,12 @@ class WorkerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("queue", "task")
         self.jobs_claimed = Counter("sched_jobs_claimed", "Jobs claimed", labels, registry=self.registry)
+        self.claims = Counter(
+            "sched_claims",
+            "Claim statements run, by whether they took jobs (took=no: polls, and claims a limit held back)",
+            ("queue", "took"),
+            registry=self.registry,
+        )
         self.jobs_succeeded = Counter("sched_jobs_succeeded", "Jobs that succeeded", labels, registry=self.registry)
         self.jobs_failed = Counter("sched_jobs_failed", "Jobs that failed for good", labels, registry=self.registry)
         self.jobs_retried = Counter(

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import signal
+import time
 
 import pytest
-from harness import query, states, wait_for
+from harness import free_port, get, health, query, sample, states, wait_for
 
 from pgsched import repository
 
@@ -73,3 +74,38 @@ def test_a_worker_held_back_by_a_limit_wakes_when_the_limit_lets_it(
         )
         for (starts,) in rows:
             assert all(b - a >= 0.1 - 1e-5 for a, b in itertools.pairwise(starts)), starts
+
+
+OTHER_APP = """
+from pgsched.worker import task
+
+
+@task("idle")
+async def idle(payload, ctx):
+    return None
+"""
+
+
+def test_a_worker_that_cannot_use_the_tokens_backs_off_to_its_polls(dsn, conn, app_dir, start_worker, add_jobs) -> None:
+    # Worker A takes a token every 50 ms; worker B serves the same queue for another task only. Each claim of B
+    # finds nothing, and each time the bucket would have a token in under 50 ms: B would wake twenty times a
+    # second for tokens it cannot use. Its shortest wait doubles with each claim in a row that found nothing, so
+    # it comes back to its polls (one a second here) within a second or two.
+    (app_dir / "otherapp.py").write_text(OTHER_APP)
+    repository.set_queue_rate(conn, "q", 20.0, 1)
+    add_jobs("sleepy", 200, payload='{"seconds": 0.001}', queue="q")
+    port = free_port()
+    start_worker("--queue", "q", "--concurrency", "4")
+    other = start_worker("--queue", "q", "--app", "otherapp", "--poll-interval", "1s", "--health-port", str(port))
+    wait_for(lambda: health(port), 30, "the other worker's health server")
+    wait_for(lambda: states(dsn).get("succeeded", 0) >= 10, 30, "the first worker to take tokens")
+    started = sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no") or 0
+    time.sleep(4)
+    claims = sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no") - started
+    assert sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="yes") is None
+    # Waking for each token, it would have claimed about 80 times; backing off, about 4 polls plus the doubling
+    # waits that were left (at most about 10 in all).
+    assert claims <= 20, claims
+    assert states(dsn).get("succeeded", 0) < 200  # the tokens were still being taken meanwhile
+    other.send(signal.SIGTERM)
+    assert other.wait(timeout=30) == 0, other.log()[-2000:]
