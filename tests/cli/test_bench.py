@@ -54,10 +54,11 @@ def test_vacuum_blocked_bench_reports_both_databases_per_round_and_drops_them(
         assert (
             figures["config"] | {"max_running": 50, "group_concurrency": 5, "group_rate": "60/s"} == figures["config"]
         )
-        # The limits were set in both databases: four groups at 60 jobs a second drain 400 jobs in no less than
-        # (400 - 4 full buckets) / 240 s, whatever the machine (a drain without them takes a fraction of that).
+        # The limits were set in both databases: each group's 100 jobs start within its burst of 60 and then at 60
+        # a second, so the last starts no sooner than 40/60 s after the first: at most 600 jobs/s, whatever the
+        # machine (a drain without them takes a fraction of that).
         for row in figures["rounds"]:
-            assert row["vacuumed_per_s"] <= 250 and row["held_per_s"] <= 250, row
+            assert row["vacuumed_per_s"] <= 610 and row["held_per_s"] <= 610, row
     assert [row["jobs_before"] for row in figures["rounds"]] == [0, 400]
     for row in figures["rounds"]:
         assert row["vacuumed_per_s"] > 0 and row["held_per_s"] > 0
