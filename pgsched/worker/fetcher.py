@@ -73,6 +73,7 @@ class DueTimes:
         self.wake = asyncio.Event()
         self._queues = set(queues)
         self._due: list[float] = []  # monotonic times, a heap
+        self._token_at: float | None = None  # monotonic: when a rate limit has its next token
 
     def on_wakeup(self, payload: str) -> None:
         """A ``sched_wakeup`` NOTIFY: "queue" for a job due now, "queue epoch" for one due at that time; no epoch
@@ -99,18 +100,28 @@ class DueTimes:
             if earliest is None or due < earliest:
                 self.wake.set()  # the fetcher recomputes how long to sleep
 
-    def after(self, seconds: float) -> None:
-        """Look again in ``seconds`` (when a rate limit has its next token), without waking the fetcher now."""
-        if len(self._due) < self.MAX_REMEMBERED:
-            heapq.heappush(self._due, time.monotonic() + seconds)
+    def wait_for_token(self, seconds: float | None) -> None:
+        """Look again in ``seconds``, when a rate limit has its next token (None: no token to wait for). Each
+        answer replaces the last, so waits that found nothing never pile up."""
+        self._token_at = None if seconds is None else time.monotonic() + seconds
+
+    def took_token_wait(self) -> bool:
+        """Whether the fetcher's last sleep waited for a token (the token, or the poll that came first, ended it
+        unless a wake-up did); forgets it."""
+        waited, self._token_at = self._token_at is not None, None
+        return waited
 
     def sleep_for(self, poll_interval: float) -> float:
-        """How long the fetcher may sleep: the poll interval, or less when a known job falls due sooner."""
+        """How long the fetcher may sleep: the poll interval, or less when a known job falls due or a token
+        comes sooner."""
         due = self._due
         now = time.monotonic()
         while due and due[0] <= now:
             heapq.heappop(due)
-        return min(poll_interval, due[0] - now) if due else poll_interval
+        timeout = min(poll_interval, due[0] - now) if due else poll_interval
+        if self._token_at is not None:
+            timeout = max(0.0, min(timeout, self._token_at - now))
+        return timeout
 
 
 class Fetcher:
@@ -120,9 +131,9 @@ class Fetcher:
     # set meanwhile holds at the next claim all the same; only the prompt wake-ups wait for it.
     FLOW_RECHECK_S = 5.0
     # The shortest wait for a token: a bucket about to refill is looked at again no sooner than this. It doubles
-    # with each claim in a row that found nothing (up to the poll interval), so a worker that wakes for tokens it
-    # cannot use (other workers' tasks take them, or the groups whose buckets refill have no job left) backs off
-    # to its polls instead of waking at the rate.
+    # with each claim in a row that the token woke and that found nothing (up to the poll interval), so a worker
+    # that wakes for tokens it cannot use (other workers' tasks take them, or the groups whose buckets refill have
+    # no job left) backs off to its polls instead of waking at the rate.
     MIN_TOKEN_WAIT_S = 0.001
 
     def __init__(
@@ -158,7 +169,8 @@ class Fetcher:
         self.marks = {queue: repository.ReadyMarks() for queue in config.queues}
         self._flow_checked_until = 0.0
         self._claim_started = 0.0  # monotonic
-        self._empty_claims = 0  # claims in a row that took nothing
+        self._token_wakes = 0  # claims in a row, woken for a token, that took nothing
+        self._slept = "woken"  # what ended the last sleep: "woken" (a wake-up), "token" (a token wait) or "poll"
 
     async def run(self) -> None:
         """Claim until shutdown begins (or, with --burst, until nothing is ready and nothing is running)."""
@@ -179,7 +191,7 @@ class Fetcher:
                 continue
             if claimed:
                 confirm_drained = False
-                self._empty_claims = 0
+                self._token_wakes = 0
                 continue
             if config.burst and executor.in_flight == 0:
                 # Outcomes not yet written may release dependents: flush, then look once more.
@@ -282,16 +294,28 @@ class Fetcher:
         the slots its claims count), instead of a poll interval later (docs/protocol.md, "When a held-back worker
         looks again")."""
         now = time.monotonic()
-        empty_claims, self._empty_claims = self._empty_claims, self._empty_claims + 1
+        # Claims after a token wait count toward the back-off; one woken by a NOTIFY or an outcome that found
+        # nothing (another worker took the jobs) says nothing about the tokens and starts it again; a poll keeps it.
+        if self._slept == "token":
+            self._token_wakes += 1
+        elif self._slept == "woken":
+            self._token_wakes = 0
+        self._slept = "woken"
         if now < self._flow_checked_until:
             return
         async with self._link.attempt("reading flow control"):
             conn = await self._link.get()
             wait = await repository.flow_wait(conn, self._config.queues, now - self._claim_started)
+            was_capped = self._outcomes.on_runs_ended is not None
             self._outcomes.on_runs_ended = self._due.wake.set if wait.capped else None
+            if wait.capped and not was_capped:
+                # Runs may have ended between the claim's count and now, with nobody told: look once more.
+                self._due.wake.set()
+            token_in = None
             if wait.token_in is not None:
-                shortest = min(self.MIN_TOKEN_WAIT_S * 2 ** min(empty_claims, 30), self._config.poll_interval)
-                self._due.after(max(wait.token_in, shortest))
+                shortest = min(self.MIN_TOKEN_WAIT_S * 2 ** min(self._token_wakes, 30), self._config.poll_interval)
+                token_in = max(wait.token_in, shortest)
+            self._due.wait_for_token(token_in)
             if not wait.controlled:
                 self._flow_checked_until = now + self.FLOW_RECHECK_S
 
@@ -305,5 +329,7 @@ class Fetcher:
             # A burst worker re-checks as soon as its last job ends, not a poll interval later.
             executor.slot_freed.clear()
             await wait_any(self._due.wake, executor.slot_freed, timeout=timeout)
-            return
-        await wait_any(self._due.wake, timeout=timeout)
+        else:
+            await wait_any(self._due.wake, timeout=timeout)
+        waited = self._due.took_token_wait()
+        self._slept = "woken" if self._due.wake.is_set() else "token" if waited else "poll"

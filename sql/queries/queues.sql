@@ -34,15 +34,17 @@ WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL 
 -- looks again"): whether any has flow control at all; whether any caps its running jobs, whose slots free when
 -- runs end; and the seconds until the first bucket that had no whole token when the claim started (%(since)s
 -- seconds ago) has one: the queue's bucket, or the first of its groups' buckets, read from that moment on, so the
--- rows of older charges are never walked. It may be negative: a token that came while the claim ran.
+-- rows of older charges are never walked. It may be negative: a token that came while the claim ran. A claim
+-- refills the queue's bucket even when it takes nothing; one left with a whole token says the rate was not what
+-- held the claim back (the level it keeps is that of its last refill).
 SELECT coalesce(bool_or(q.rate IS NOT NULL OR q.group_rate IS NOT NULL OR q.max_running IS NOT NULL
                         OR q.group_concurrency IS NOT NULL), false) AS controlled,
        coalesce(bool_or((q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL) AND NOT q.paused), false)
            AS capped,
        extract(epoch FROM min(least(
-           CASE WHEN q.rate IS NOT NULL AND NOT q.paused
-                     AND q.refilled_at + make_interval(secs => greatest(0, 1 - q.tokens) / q.rate) > claim.at
-               THEN q.refilled_at + make_interval(secs => greatest(0, 1 - q.tokens) / q.rate)
+           CASE WHEN q.rate IS NOT NULL AND NOT q.paused AND q.tokens < 1
+                     AND q.refilled_at + make_interval(secs => (1 - q.tokens) / q.rate) > claim.at
+               THEN q.refilled_at + make_interval(secs => (1 - q.tokens) / q.rate)
            END,
            CASE WHEN q.group_rate IS NOT NULL AND NOT q.paused THEN
                (SELECT b.full_at - make_interval(secs => (q.group_burst - 1) / q.group_rate)

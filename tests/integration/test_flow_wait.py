@@ -54,6 +54,10 @@ def test_an_empty_queue_bucket_waits_for_its_next_token(dsn: str, conn: db.Conne
     assert late is not None and -0.2 <= late <= 0
     # The same bucket, asked about a claim that started after the token came: nothing to wait for.
     assert wait(dsn, ["q"], since=0.0).token_in is None
+    # A claim refills the bucket even when it takes nothing: left with a whole token, the rate was not what held
+    # that claim back, however long ago it started.
+    conn.run("UPDATE sched_queues SET tokens = 1, refilled_at = clock_timestamp() WHERE queue = 'q'")
+    assert wait(dsn, ["q"], since=1.0).token_in is None
     repository.set_queue_paused(conn, "q", True)
     assert wait(dsn, ["q"], since=1.0).token_in is None
 

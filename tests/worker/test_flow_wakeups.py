@@ -10,6 +10,7 @@ import itertools
 import signal
 import time
 
+import psycopg
 import pytest
 from harness import free_port, get, health, query, sample, states, wait_for
 
@@ -99,13 +100,60 @@ def test_a_worker_that_cannot_use_the_tokens_backs_off_to_its_polls(dsn, conn, a
     other = start_worker("--queue", "q", "--app", "otherapp", "--poll-interval", "1s", "--health-port", str(port))
     wait_for(lambda: health(port), 30, "the other worker's health server")
     wait_for(lambda: states(dsn).get("succeeded", 0) >= 10, 30, "the first worker to take tokens")
+    time.sleep(2)  # the back-off doubles its way up to the poll interval within about 1.3 s
     started = sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no") or 0
     time.sleep(4)
     claims = sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no") - started
     assert sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="yes") is None
-    # Waking for each token, it would have claimed about 80 times; backing off, about 4 polls plus the doubling
-    # waits that were left (at most about 10 in all).
-    assert claims <= 20, claims
+    # Waking for each token, it would claim about 80 times in those four seconds; backing off, once a poll.
+    assert claims <= 8, claims
     assert states(dsn).get("succeeded", 0) < 200  # the tokens were still being taken meanwhile
     other.send(signal.SIGTERM)
     assert other.wait(timeout=30) == 0, other.log()[-2000:]
+
+
+def notify_idle_wakeups(dsn: str, count: int) -> None:
+    """NOTIFYs that find nothing to claim (a job another worker took first, say)."""
+    with psycopg.connect(dsn, autocommit=True) as notifier:
+        for _ in range(count):
+            notifier.execute("NOTIFY sched_wakeup, 'q'")
+            time.sleep(0.05)
+
+
+def test_wake_ups_that_find_nothing_leave_no_token_waits_behind(dsn, conn, start_worker) -> None:
+    # An idle worker on a rate-limited queue: each wake-up finds nothing, and the bucket, with its whole token,
+    # was not what held the claim back. Such claims once each left a token wait behind that fired again after
+    # every poll, so forty NOTIFYs turned into seventy claims every ten seconds, for good.
+    repository.set_queue_rate(conn, "q", 10.0, 1)
+    port = free_port()
+    start_worker("--queue", "q", "--poll-interval", "5s", "--health-port", str(port))
+    wait_for(lambda: health(port), 30, "the worker's health server")
+    notify_idle_wakeups(dsn, 40)
+    time.sleep(0.5)
+    before = sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no")
+    time.sleep(4)
+    # At most the one poll of those four seconds (and one more if it fell at an edge).
+    assert sample(get(port, "/metrics")[1], "sched_claims_total", queue="q", took="no") - before <= 2
+
+
+def test_idle_wake_ups_do_not_slow_a_later_token_wait(dsn, conn, start_worker, add_jobs) -> None:
+    # Two workers of one slot each, a group at 2 jobs a second. Many NOTIFYs found nothing first; then one
+    # worker takes the group's long job, and the other must take the group's short jobs as its tokens come, not
+    # when its back-off for those NOTIFYs (which says nothing of tokens) allows, nor when the long job ends.
+    repository.set_queue_group_rate(conn, "q", 2.0, 1)
+    workers = [start_worker("--queue", "q", "--concurrency", "1", "--poll-interval", "60s") for _ in range(2)]
+    wait_for(lambda: len(query(dsn, "SELECT 1 FROM sched_workers")) == 2, 30, "both workers to register")
+    notify_idle_wakeups(dsn, 30)
+    add_jobs("sleepy", 1, payload='{"seconds": 30}', queue="q", group="g", priority=10)
+    short = add_jobs("sleepy", 5, payload='{"seconds": 0.01}', queue="q", group="g")
+    # At 2 a second after the long one took the first token: about 2.5 s; 15 s is far from the 30 s job's end.
+    wait_for(
+        lambda: (
+            query(dsn, "SELECT count(*) FROM sched_jobs_all WHERE id = ANY(%s) AND state = 'succeeded'", (short,))
+            == [(5,)]
+        ),
+        15,
+        "the short jobs to run as the group's tokens come",
+    )
+    for worker in workers:
+        worker.send(signal.SIGTERM)

@@ -52,8 +52,10 @@ def test_three_workers_never_run_more_than_the_limits(dsn, conn, start_worker, a
     assert max(per_group.values()) <= 2 and in_queue <= 5, (per_group, in_queue)
     # Twelve slots were offered: the limits, not the workers, held the runs back.
     assert max(per_group.values()) == 2 and in_queue == 5, (per_group, in_queue)
-    # Every worker took part.
-    assert len(query(dsn, "SELECT DISTINCT pid FROM executions")) == 3
+    # All three claimed throughout, but a worker takes again at once the slots its own ended runs free (docs/
+    # protocol.md, "When a held-back worker looks again"), so the third may never find one free at its polls:
+    # at least two ran jobs.
+    assert len(query(dsn, "SELECT DISTINCT pid FROM executions")) >= 2
 
 
 def test_three_workers_never_pass_a_group_rate(dsn, conn, start_worker, add_jobs) -> None:
