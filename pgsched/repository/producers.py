@@ -134,8 +134,22 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
             else:
                 conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = _all_new(ids)
-        conn.rows(query("QueueNotifyMany"), {"queues": sorted({job.queue for job in jobs})})
+        wake = _wake_ups(jobs, now)
+        conn.rows(query("QueueNotifyManyAt"), {"queues": [q for q, _ in wake], "ats": [at for _, at in wake]})
         return result
+
+
+def _wake_ups(jobs: Sequence[NewJob], now: datetime) -> list[tuple[str, datetime]]:
+    """Per queue, ``now`` if a job is due at once and the moment its earliest deferred job falls due."""
+    due_now: set[str] = set()
+    earliest: dict[str, datetime] = {}
+    for job in jobs:
+        run_at = job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now)
+        if run_at <= now:
+            due_now.add(job.queue)
+        elif job.queue not in earliest or run_at < earliest[job.queue]:
+            earliest[job.queue] = run_at
+    return sorted([(queue, now) for queue in due_now] + list(earliest.items()))
 
 
 def _already_held(conn: Connection, queue: str, jobs: Sequence[NewJob]) -> int:

@@ -534,6 +534,13 @@ async def promote_due(conn: AsyncConnection, limit: int = 5000, marks: DueMarks 
     """Move deferred jobs that fell due into the ready index (at most ``limit`` per queue); returns how many.
     The claim is correct without it; with it, the claim's sort of due rows stays small. With ``marks`` (one per
     worker), each queue is read from where the worker's last pass left it unless a full pass is due."""
+    return sum((await promote_due_by_queue(conn, limit, marks)).values())
+
+
+async def promote_due_by_queue(
+    conn: AsyncConnection, limit: int = 5000, marks: DueMarks | None = None
+) -> dict[str, int]:
+    """promote_due, returning how many jobs of each queue it promoted."""
     now = time.monotonic()
     since = marks.positions(now) if marks is not None else None
     params = {
@@ -545,7 +552,7 @@ async def promote_due(conn: AsyncConnection, limit: int = 5000, marks: DueMarks 
     promoted = list(zip(queues or (), counts or (), lasts or (), strict=True))
     if marks is not None:
         marks.learn(promoted, limit=limit, at=at, server_s=server_s, full=since is None, now=now)
-    return sum(count for _, count, _ in promoted)
+    return {queue: count for queue, count, _ in promoted if count}
 
 
 async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, int, float]]:

@@ -97,7 +97,7 @@ class Worker:
             self.heartbeat,
             CancelPoll(self.id, self.executor.held, self.executor.cancel_runs),
             Reaper(config),
-            DuePromoter(),
+            DuePromoter(config.queues, self.due.wake.set),
             ScheduleTicker(),
             ReadyProbe(self.fetcher.marks, self.tasks, self.due.wake.set),
         ]

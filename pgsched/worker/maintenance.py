@@ -125,16 +125,22 @@ class ScheduleTicker:
 class DuePromoter:
     """Moves deferred jobs that fell due into the ready index. The claim's sort of due rows stays small, and a
     claim from positions reads only the rows due in the last 2 s: older ones wait for this (or a full pass).
-    Each queue is read from where the last pass left it while vacuum is held back (repository.DueMarks)."""
+    Each queue is read from where the last pass left it while vacuum is held back (repository.DueMarks). When
+    it promoted jobs of the worker's own queues it wakes the fetcher: a deferred job added in bulk, a retry
+    another worker scheduled, or a due time the worker never heard of would otherwise wait for its next poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, queues: Iterable[str] = (), wake: Callable[[], None] | None = None) -> None:
         self._marks = repository.DueMarks()
+        self._queues = set(queues)
+        self._wake = wake
 
     def interval(self) -> float:
         return 1.0
 
     async def run_once(self, conn: AsyncConnection) -> None:
-        await repository.promote_due(conn, marks=self._marks)
+        promoted = await repository.promote_due_by_queue(conn, marks=self._marks)
+        if self._wake is not None and not self._queues.isdisjoint(promoted):
+            self._wake()
 
 
 class ReadyProbe:

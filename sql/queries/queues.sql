@@ -113,6 +113,12 @@ ORDER BY n.queue;
 SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
 FROM unnest(%(queues)s::text[]) AS q;
 
+-- name: QueueNotifyManyAt
+-- The wake-ups of a bulk insert (not one per row): per queue, one for its jobs due now and one with the moment
+-- its earliest deferred job falls due, which workers remember (as for a single deferred job).
+SELECT pg_notify('sched_wakeup', n.q || ' ' || extract(epoch FROM n.at)::text)
+FROM unnest(%(queues)s::text[], %(ats)s::timestamptz[]) AS n(q, at);
+
 -- name: QueueRateLimitedBacklog
 -- Whether a rate limit, the queue's or its groups' (and not a pause), is all that holds back ready jobs of these
 -- queues and tasks, so a burst worker waits for tokens instead of exiting.
@@ -167,9 +173,14 @@ INSERT INTO sched_queues (queue, max_backlog) VALUES (%(queue)s, %(max_backlog)s
 ON CONFLICT (queue) DO UPDATE SET max_backlog = EXCLUDED.max_backlog, updated_at = now();
 
 -- name: QueueSetPaused
--- Pause or resume a queue; claims see it from their next statement on.
-INSERT INTO sched_queues (queue, paused) VALUES (%(queue)s, %(paused)s)
-ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+-- Pause or resume a queue; claims see it from their next statement on. Resuming wakes the queue's workers (the
+-- NOTIFY goes out when the change commits), so its waiting jobs start now rather than at their next poll.
+WITH changed AS (
+    INSERT INTO sched_queues (queue, paused) VALUES (%(queue)s, %(paused)s)
+    ON CONFLICT (queue) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+    RETURNING queue, paused
+)
+SELECT pg_notify('sched_wakeup', queue) FROM changed WHERE NOT paused;
 
 -- name: QueueSetRate
 -- Set (or with a NULL rate, remove) a queue's token bucket; a new bucket starts full.
