@@ -540,7 +540,7 @@ async def promote_due(conn: AsyncConnection, limit: int = 5000, marks: DueMarks 
 async def promote_due_by_queue(
     conn: AsyncConnection, limit: int = 5000, marks: DueMarks | None = None
 ) -> dict[str, int]:
-    """promote_due, returning how many jobs of each queue it promoted."""
+    """promote_due, returning how many jobs of each queue it promoted; wakes the workers of those queues."""
     now = time.monotonic()
     since = marks.positions(now) if marks is not None else None
     params = {
@@ -552,7 +552,12 @@ async def promote_due_by_queue(
     promoted = list(zip(queues or (), counts or (), lasts or (), strict=True))
     if marks is not None:
         marks.learn(promoted, limit=limit, at=at, server_s=server_s, full=since is None, now=now)
-    return {queue: count for queue, count, _ in promoted if count}
+    by_queue = {queue: count for queue, count, _ in promoted if count}
+    if by_queue:
+        # Every worker of those queues looks again (a retry's backoff or a deferred job's delay ended, whose due
+        # time some never heard of); the one that promoted is woken by its caller too, even without LISTEN.
+        await conn.rows(query("QueueNotifyMany"), {"queues": sorted(by_queue)})
+    return by_queue
 
 
 async def ready_depth(conn: AsyncConnection, queues: list[str]) -> list[tuple[str, int, float]]:
@@ -764,6 +769,7 @@ async def flow_wait(conn: AsyncConnection, queues: list[str], since: float) -> F
 
 
 async def rate_limited_backlog(conn: AsyncConnection, queues: list[str], tasks: list[str]) -> bool:
-    """Whether ready jobs of these queues and tasks are held back only by a rate limit (not by a pause)."""
+    """Whether ready jobs of these queues and tasks are held back only by flow control (a rate, or a cap on
+    running jobs), not by a pause."""
     row = await conn.row(query("QueueRateLimitedBacklog"), {"queues": queues, "tasks": tasks})
     return bool(row and row[0])

@@ -131,10 +131,18 @@ class Fetcher:
     # set meanwhile holds at the next claim all the same; only the prompt wake-ups wait for it.
     FLOW_RECHECK_S = 5.0
     # The shortest wait for a token: a bucket about to refill is looked at again no sooner than this. It doubles
-    # with each claim in a row that the token woke and that found nothing (up to the poll interval), so a worker
-    # that wakes for tokens it cannot use (other workers' tasks take them, or the groups whose buckets refill have
-    # no job left) backs off to its polls instead of waking at the rate.
+    # with each claim in a row that followed a token wait and found nothing, so a worker that wakes for tokens it
+    # cannot use (other workers' tasks take them, or the groups whose buckets refill have no job left) backs off
+    # instead of waking at the rate ...
     MIN_TOKEN_WAIT_S = 0.001
+    # ... and stops doubling here (or at the poll interval, if shorter): a worker that loses the race for tokens
+    # to others with jobs of its own still waiting looks again at least this often.
+    MAX_TOKEN_WAIT_S = 1.0
+    # The claim's moment, as QueueFlowWait sees it, is set this much earlier than the client measured it: the
+    # flow statement reaches the server a little after the client's clock read, and a later moment would miss a
+    # token that came just after the claim read its bucket (the worker would then sleep a whole poll interval).
+    # A timer that fires a little early thus costs one more claim at once, never a poll interval.
+    CLAIM_MOMENT_MARGIN_S = 0.005
 
     def __init__(
         self,
@@ -191,13 +199,13 @@ class Fetcher:
                 continue
             if claimed:
                 confirm_drained = False
-                self._token_wakes = 0
+                self._token_wakes, self._slept = 0, "poll"  # the next empty claim did not follow a token wait
                 continue
             if config.burst and executor.in_flight == 0:
                 # Outcomes not yet written may release dependents: flush, then look once more.
                 await self._outcomes.flush_all(timeout=None)
                 if confirm_drained and await self._held_by_rate_limit():
-                    # Ready jobs wait only for tokens of a rate limit: this worker is not done until they ran.
+                    # Ready jobs wait only for a limit's tokens or slots: this worker is not done until they ran.
                     await self._wait_for_work()
                     continue
                 if confirm_drained:
@@ -280,8 +288,8 @@ class Fetcher:
             await repository.apply_task_limits(conn, self._worker_id, changes)
 
     async def _held_by_rate_limit(self) -> bool:
-        """Whether ready jobs wait only for a rate limit's tokens; on a database error, assume they do (the
-        burst worker looks again rather than exiting early)."""
+        """Whether ready jobs wait only for flow control (tokens, or slots others' runs hold); on a database
+        error, assume they do (the burst worker looks again rather than exiting early)."""
         async with self._link.attempt("checking rate limits"):
             conn = await self._link.get()
             return await repository.rate_limited_backlog(conn, self._config.queues, self._task_names)
@@ -305,7 +313,8 @@ class Fetcher:
             return
         async with self._link.attempt("reading flow control"):
             conn = await self._link.get()
-            wait = await repository.flow_wait(conn, self._config.queues, now - self._claim_started)
+            since = now - self._claim_started + self.CLAIM_MOMENT_MARGIN_S
+            wait = await repository.flow_wait(conn, self._config.queues, since)
             was_capped = self._outcomes.on_runs_ended is not None
             self._outcomes.on_runs_ended = self._due.wake.set if wait.capped else None
             if wait.capped and not was_capped:
@@ -313,7 +322,8 @@ class Fetcher:
                 self._due.wake.set()
             token_in = None
             if wait.token_in is not None:
-                shortest = min(self.MIN_TOKEN_WAIT_S * 2 ** min(self._token_wakes, 30), self._config.poll_interval)
+                longest = min(self.MAX_TOKEN_WAIT_S, self._config.poll_interval)
+                shortest = min(self.MIN_TOKEN_WAIT_S * 2 ** min(self._token_wakes, 30), longest)
                 token_in = max(wait.token_in, shortest)
             self._due.wait_for_token(token_in)
             if not wait.controlled:

@@ -125,9 +125,10 @@ class ScheduleTicker:
 class DuePromoter:
     """Moves deferred jobs that fell due into the ready index. The claim's sort of due rows stays small, and a
     claim from positions reads only the rows due in the last 2 s: older ones wait for this (or a full pass).
-    Each queue is read from where the last pass left it while vacuum is held back (repository.DueMarks). When
-    it promoted jobs of the worker's own queues it wakes the fetcher: a deferred job added in bulk, a retry
-    another worker scheduled, or a due time the worker never heard of would otherwise wait for its next poll."""
+    Each queue is read from where the last pass left it while vacuum is held back (repository.DueMarks). A pass
+    that promoted jobs wakes the workers of their queues (a NOTIFY), and this worker's fetcher directly when they
+    are of its queues (without LISTEN too): a retry whose backoff ended, or a due time a worker never heard of,
+    would otherwise wait for the next poll."""
 
     def __init__(self, queues: Iterable[str] = (), wake: Callable[[], None] | None = None) -> None:
         self._marks = repository.DueMarks()

@@ -120,11 +120,14 @@ SELECT pg_notify('sched_wakeup', n.q || ' ' || extract(epoch FROM n.at)::text)
 FROM unnest(%(queues)s::text[], %(ats)s::timestamptz[]) AS n(q, at);
 
 -- name: QueueRateLimitedBacklog
--- Whether a rate limit, the queue's or its groups' (and not a pause), is all that holds back ready jobs of these
--- queues and tasks, so a burst worker waits for tokens instead of exiting.
+-- Whether flow control (a rate, the queue's or its groups', or a cap on running jobs that others' runs fill) and
+-- not a pause is all that holds back ready jobs of these queues and tasks, so a burst worker waits for tokens or
+-- slots instead of exiting.
 SELECT EXISTS (
     SELECT 1 FROM sched_queues q
-    WHERE q.queue = ANY(%(queues)s::text[]) AND (q.rate IS NOT NULL OR q.group_rate IS NOT NULL) AND NOT q.paused
+    WHERE q.queue = ANY(%(queues)s::text[]) AND NOT q.paused
+      AND (q.rate IS NOT NULL OR q.group_rate IS NOT NULL OR q.max_running IS NOT NULL
+           OR q.group_concurrency IS NOT NULL)
       AND EXISTS (SELECT 1 FROM sched_jobs j
                   WHERE j.state = 'queued' AND j.queue = q.queue AND j.run_at <= now()
                     AND j.task = ANY(%(tasks)s::text[]))

@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
 from support.connections import run_async
 
@@ -220,6 +221,22 @@ def test_promotion_moves_only_due_deferred_jobs_into_the_ready_index(dsn: str, c
     flags = dict(conn.rows("SELECT id, deferred FROM sched_jobs_all"))
     assert flags == {**dict.fromkeys(due, False), future: True}
     assert run_async(dsn, lambda c: repository.promote_due(c)) == 0
+
+
+def test_a_promotion_wakes_the_workers_of_the_queues_it_moved_jobs_of(dsn: str, conn: db.Connection) -> None:
+    # A retry's backoff or a delay that ran out sends no NOTIFY of its own: whichever worker's promotion moves
+    # the job tells every worker of its queue, not only itself (it may have no free slot).
+    due = [add(conn, delay_s=60.0, queue=q) for q in ("a", "b", "b")]
+    add(conn, delay_s=3600.0, queue="c")
+    conn.run("UPDATE sched_jobs SET run_at = now() - interval '1 second' WHERE id = ANY(%s)", (due,))
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN sched_wakeup")
+        assert run_async(dsn, lambda c: repository.promote_due(c)) == 3
+        heard = sorted(n.payload for n in listener.notifies(timeout=2, stop_after=2))
+        assert [payload.split(" ")[0] for payload in heard] == ["a", "b"]
+        # Nothing promoted, nothing sent.
+        assert run_async(dsn, lambda c: repository.promote_due(c)) == 0
+        assert list(listener.notifies(timeout=0.5)) == []
 
 
 # --- keys under concurrency ------------------------------------------------------------------------------------

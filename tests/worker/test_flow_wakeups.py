@@ -12,9 +12,10 @@ import time
 
 import psycopg
 import pytest
-from harness import free_port, get, health, query, sample, states, wait_for
+from harness import free_port, get, health, query, sample, scalar, states, wait_for
 
 from pgsched import repository
+from pgsched.models import NewJob
 
 # Half the poll interval: the jobs below need at most four waits for a limit each, so a worker that waited for its
 # polls could not finish them in time, and one that wakes for the limit finishes in a second or two.
@@ -28,6 +29,11 @@ def set_rate(conn) -> None:
 
 def set_group_rate(conn) -> None:
     repository.set_queue_group_rate(conn, "q", 10.0, 1)
+
+
+def set_rate_and_group_rate(conn) -> None:
+    repository.set_queue_rate(conn, "q", 50.0, 1)
+    repository.set_queue_group_rate(conn, "q", 50.0, 1)
 
 
 def set_max_running(conn) -> None:
@@ -47,10 +53,13 @@ def set_group_concurrency(conn) -> None:
     [
         (set_rate, [None] * 5),
         (set_group_rate, ["a", "b"] * 4),
+        # Both buckets due at one moment: a claim that read them a hair before it once made the worker sleep a
+        # whole poll interval (the claim's moment, as the server placed it, came after the token).
+        (set_rate_and_group_rate, ["a"] * 200),
         (set_max_running, [None] * 8),
         (set_group_concurrency, ["a", "b"] * 4),
     ],
-    ids=["rate", "group rate", "max running", "group concurrency"],
+    ids=["rate", "group rate", "rate and group rate", "max running", "group concurrency"],
 )
 def test_a_worker_held_back_by_a_limit_wakes_when_the_limit_lets_it(
     dsn, conn, start_worker, add_jobs, limit, groups
@@ -65,16 +74,17 @@ def test_a_worker_held_back_by_a_limit_wakes_when_the_limit_lets_it(
     wait_for(lambda: states(dsn).get("succeeded") == len(ids), DRAINED_WITHIN_S, "the limited queue to drain")
     worker.send(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0, worker.log()[-2000:]
-    # The limit held all the same: at a rate of 10 a second in bursts of 1, starts of one bucket are at least
-    # 0.1 s apart (the claim's own moments, to the microsecond it rounds up to).
-    if limit in (set_rate, set_group_rate):
+    # The limit held all the same: in bursts of 1, starts of one bucket are at least 1 / rate apart (the claim's
+    # own moments, to the microsecond it rounds up to).
+    if limit in (set_rate, set_group_rate, set_rate_and_group_rate):
         rows = query(
             dsn,
             "SELECT array_agg(extract(epoch FROM started_at)::float8 ORDER BY started_at) FROM sched_jobs_all "
-            f"GROUP BY {'group_name' if limit is set_group_rate else 'queue'}",
+            f"GROUP BY {'queue' if limit is set_rate else 'group_name'}",
         )
         for (starts,) in rows:
-            assert all(b - a >= 0.1 - 1e-5 for a, b in itertools.pairwise(starts)), starts
+            gap = 1 / (50.0 if limit is set_rate_and_group_rate else 10.0)
+            assert all(b - a >= gap - 1e-5 for a, b in itertools.pairwise(starts)), starts
 
 
 OTHER_APP = """
@@ -155,5 +165,38 @@ def test_idle_wake_ups_do_not_slow_a_later_token_wait(dsn, conn, start_worker, a
         15,
         "the short jobs to run as the group's tokens come",
     )
+    for worker in workers:
+        worker.send(signal.SIGTERM)
+
+
+def test_a_worker_that_loses_the_race_for_tokens_keeps_looking(dsn, conn, start_worker, add_jobs) -> None:
+    # Two workers of one slot race for a group's tokens; the loser's claims find nothing, its back-off doubles,
+    # and it once doubled up to the poll interval (a minute here). When the winner then takes a long job, the
+    # loser must take the group's remaining short jobs as the tokens come: it looks again at least every second.
+    repository.set_queue_group_rate(conn, "q", 20.0, 1)
+    workers = [start_worker("--queue", "q", "--concurrency", "1", "--poll-interval", "60s") for _ in range(2)]
+    wait_for(lambda: len(query(dsn, "SELECT 1 FROM sched_workers")) == 2, 30, "both workers to register")
+    repository.enqueue_many(
+        conn,
+        [NewJob(task="sleepy", payload_json='{"seconds": 0.001}', queue="q", group="g", priority=5)] * 200
+        + [NewJob(task="sleepy", payload_json='{"seconds": 30}', queue="q", group="g", priority=4)]
+        + [NewJob(task="sleepy", payload_json='{"seconds": 0.001}', queue="q", group="g", priority=3)] * 10,
+    )
+    long_started = wait_for(
+        lambda: scalar(dsn, "SELECT extract(epoch FROM started_at)::float8 FROM sched_jobs_all WHERE priority = 4"),
+        60,
+        "the long job to start",
+    )
+    last = wait_for(
+        lambda: scalar(
+            dsn,
+            "SELECT CASE WHEN count(started_at) = 10 THEN extract(epoch FROM max(started_at))::float8 END "
+            "FROM sched_jobs_all WHERE priority = 3",
+        ),
+        20,
+        "the last short jobs to start",
+    )
+    # Within a second of looking again, plus ten tokens at 20 a second, plus room for a slow machine.
+    assert last - long_started < 5, last - long_started
     for worker in workers:
         worker.send(signal.SIGTERM)
