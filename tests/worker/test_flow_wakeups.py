@@ -200,3 +200,19 @@ def test_a_worker_that_loses_the_race_for_tokens_keeps_looking(dsn, conn, start_
     assert last - long_started < 5, last - long_started
     for worker in workers:
         worker.send(signal.SIGTERM)
+
+
+def test_a_burst_worker_waits_for_slots_that_other_workers_runs_hold(dsn, conn, start_worker, add_jobs) -> None:
+    # --burst exits once nothing is ready and nothing runs. Jobs held back only by a cap that another worker's
+    # run fills are ready all the same: the burst worker waits for the slot (as for a rate's tokens) instead of
+    # leaving them queued.
+    set_max_running(conn)
+    add_jobs("sleepy", 2, payload='{"seconds": 3}', queue="q")
+    other = start_worker("--queue", "q", "--concurrency", "2")
+    wait_for(lambda: states(dsn).get("running") == 2, 30, "the other worker to fill both slots")
+    add_jobs("sleepy", 3, payload='{"seconds": 0.01}', queue="q")
+    burst = start_worker("--queue", "q", "--burst", "--poll-interval", "200ms")
+    assert burst.wait(timeout=60) == 0, burst.log()[-2000:]
+    assert "queued" not in states(dsn), states(dsn)
+    other.send(signal.SIGTERM)
+    assert other.wait(timeout=30) == 0, other.log()[-2000:]
