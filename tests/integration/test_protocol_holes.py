@@ -230,7 +230,8 @@ def test_a_promotion_wakes_the_workers_of_the_queues_it_moved_jobs_of(dsn: str, 
     add(conn, delay_s=3600.0, queue="c")
     conn.run("UPDATE sched_jobs SET run_at = now() - interval '1 second' WHERE id = ANY(%s)", (due,))
     with psycopg.connect(dsn, autocommit=True) as listener:
-        listener.execute("LISTEN sched_wakeup")
+        # The installation's channel: suffixed with its schema outside public.
+        listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(repository.wakeup_channel())))
         assert run_async(dsn, lambda c: repository.promote_due(c)) == 3
         heard = sorted(n.payload for n in listener.notifies(timeout=2, stop_after=2))
         assert [payload.split(" ")[0] for payload in heard] == ["a", "b"]
