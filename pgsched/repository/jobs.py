@@ -135,7 +135,7 @@ def retry_jobs(conn: Connection, ids: Sequence[int]) -> RetryResult:
             remaining = [i for i in remaining if i not in done]
         result.refused = remaining
         if result.queued:
-            conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues)})
+            conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues), "ats": None})
     result.queued.sort()
     result.waiting.sort()
     return result

@@ -135,7 +135,7 @@ def enqueue_many(conn: Connection, jobs: Sequence[NewJob]) -> list[Enqueued]:
                 conn.copy_rows(query("JobCopyIn"), _COPY_TYPES, rows)
             result = _all_new(ids)
         wake = _wake_ups(jobs, now)
-        conn.rows(query("QueueNotifyManyAt"), {"queues": [q for q, _ in wake], "ats": [at for _, at in wake]})
+        conn.rows(query("QueueNotifyMany"), {"queues": [q for q, _ in wake], "ats": [at for _, at in wake]})
         return result
 
 
@@ -144,7 +144,7 @@ def _wake_ups(jobs: Sequence[NewJob], now: datetime) -> list[tuple[str, datetime
     due_now: set[str] = set()
     earliest: dict[str, datetime] = {}
     for job in jobs:
-        run_at = job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now)
+        run_at = _run_at(job, now)
         if run_at <= now:
             due_now.add(job.queue)
         elif job.queue not in earliest or run_at < earliest[job.queue]:
@@ -167,9 +167,14 @@ def _all_new(ids: list[int]) -> list[Enqueued]:
     return list(map(tuple.__new__, repeat(Enqueued), zip(ids, repeat(False))))
 
 
+def _run_at(job: NewJob, now: datetime) -> datetime:
+    """When a job of a bulk insert falls due; relative delays count from the server's clock (``now``)."""
+    return job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now)
+
+
 def _copy_row(new_id: int, job: NewJob, now: datetime) -> tuple:
-    """One job as the columns of JobCopyIn; relative delays count from the server's clock."""
-    run_at = job.run_at or (now + timedelta(seconds=job.delay_s) if job.delay_s else now)
+    """One job as the columns of JobCopyIn."""
+    run_at = _run_at(job, now)
     return (
         new_id,
         job.queue,

@@ -556,7 +556,7 @@ async def promote_due_by_queue(
     if by_queue:
         # Every worker of those queues looks again (a retry's backoff or a deferred job's delay ended, whose due
         # time some never heard of); the one that promoted is woken by its caller too, even without LISTEN.
-        await conn.rows(query("QueueNotifyMany"), {"queues": sorted(by_queue)})
+        await conn.rows(query("QueueNotifyMany"), {"queues": sorted(by_queue), "ats": None})
     return by_queue
 
 
@@ -686,7 +686,7 @@ async def record_outcomes(conn: AsyncConnection, worker_id: str, outcomes: Seque
         if settle:
             result.wake_queues.update(await _settle_dependents(conn, settle))
         if result.wake_queues:
-            await conn.rows(query("QueueNotifyMany"), {"queues": sorted(result.wake_queues)})
+            await conn.rows(query("QueueNotifyMany"), {"queues": sorted(result.wake_queues), "ats": None})
     result.fenced = [o.job_id for o in outcomes if o.lease not in written]
     return result
 
@@ -728,7 +728,7 @@ async def reap_stale(conn: AsyncConnection, *, wait: bool = False) -> ReapResult
         if result.failed or result.cancelled:
             queues.update(await _settle_dependents(conn, result.failed + result.cancelled))
         if queues:
-            await conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues)})
+            await conn.rows(query("QueueNotifyMany"), {"queues": sorted(queues), "ats": None})
         result.workers_removed = len(await conn.rows(query("WorkerDeleteStale")))
     return result
 

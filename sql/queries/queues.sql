@@ -34,9 +34,9 @@ WHERE queue = %(queue)s AND NOT paused AND rate IS NULL AND max_backlog IS NULL 
 -- looks again"): whether any has flow control at all; whether any caps its running jobs, whose slots free when
 -- runs end; and the seconds until the first bucket that had no whole token when the claim started (%(since)s
 -- seconds ago) has one: the queue's bucket, or the first of its groups' buckets, read from that moment on, so the
--- rows of older charges are never walked. It may be negative: a token that came while the claim ran. A claim
--- refills the queue's bucket even when it takes nothing; one left with a whole token says the rate was not what
--- held the claim back (the level it keeps is that of its last refill).
+-- rows of older charges are never walked. It may be negative: a token that came while the claim ran. A queue
+-- bucket keeps its level as of its last refill, and a claim that found a token there refilled it (unless the
+-- queue's cap stopped it first): one left with a whole token says the rate was not what held the claim back.
 SELECT coalesce(bool_or(q.rate IS NOT NULL OR q.group_rate IS NOT NULL OR q.max_running IS NOT NULL
                         OR q.group_concurrency IS NOT NULL), false) AS controlled,
        coalesce(bool_or((q.max_running IS NOT NULL OR q.group_concurrency IS NOT NULL) AND NOT q.paused), false)
@@ -109,14 +109,10 @@ LEFT JOIN sched_queues q ON q.queue = n.queue
 ORDER BY n.queue;
 
 -- name: QueueNotifyMany
--- One wake-up per queue for a bulk insert (not one per row).
-SELECT pg_notify('sched_wakeup', q || ' ' || extract(epoch FROM now())::text)
-FROM unnest(%(queues)s::text[]) AS q;
-
--- name: QueueNotifyManyAt
--- The wake-ups of a bulk insert (not one per row): per queue, one for its jobs due now and one with the moment
--- its earliest deferred job falls due, which workers remember (as for a single deferred job).
-SELECT pg_notify('sched_wakeup', n.q || ' ' || extract(epoch FROM n.at)::text)
+-- One wake-up per queue, not one per row: now, or at the moment given in %(ats)s (a bulk insert names its
+-- earliest deferred job's, which workers remember, as for a single deferred job); a queue without a moment (or
+-- %(ats)s NULL) means now.
+SELECT pg_notify('sched_wakeup', n.q || ' ' || extract(epoch FROM coalesce(n.at, now()))::text)
 FROM unnest(%(queues)s::text[], %(ats)s::timestamptz[]) AS n(q, at);
 
 -- name: QueueRateLimitedBacklog
